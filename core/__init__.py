@@ -1,0 +1,16 @@
+"""fmcore: self-supervised foundation-model pretraining, central or federated.
+
+Plugin authors need ``fmcore.hookimpl`` and the contracts in ``fmcore.domain``,
+``fmcore.method`` and ``fmcore.modalities.base``; see ``fmcore.hookspecs`` for every hook.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from fmcore.hookspecs import hookimpl
+
+try:
+    __version__ = version("fmcore")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0+unknown"
+
+__all__ = ["__version__", "hookimpl"]

@@ -1,0 +1,1 @@
+"""Trunks shared by every modality."""

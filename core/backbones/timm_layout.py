@@ -1,0 +1,208 @@
+"""Export a 2D encoder to timm's VisionTransformer state-dict layout and load it back.
+
+timm (timm/models/vision_transformer.py) keeps ``cls_token`` (1, 1, D), ``reg_token`` (1, R, D),
+one ``pos_embed`` and ``patch_embed.proj``; the trunk's ``blocks.*`` and ``norm.*`` already carry
+timm's names. ``pos_embed`` has two layouts, picked by timm's ``no_embed_class``:
+
+- ``False`` (timm's default, e.g. vit_small_patch16_224): (1, 1 + R + N, D), a row for the class
+  token, each register and each patch, added after concatenation. The trunk's ``cls_pos`` is row 0;
+  registers carry no position here, so their rows are exported as zeros and folded into
+  ``reg_token`` on load.
+- ``True`` (DeiT-3, timm's DINOv2 and register models): (1, N, D) for the patches only; the class
+  token's position is folded into ``cls_token``.
+
+Both are exact: a prefix token's positional embedding is a constant added to a constant. The
+encoder's ``mask_token`` has no timm counterpart and is neither exported nor loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from os import PathLike
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from fmcore.encoder import Encoder
+from fmcore.modalities.grid import GridTokenizer
+
+logger = logging.getLogger(__name__)
+
+#: timm classifier parts (VisionTransformer.head and .fc_norm) that loading skips.
+CLASSIFIER_KEYS = ("head.weight", "head.bias", "fc_norm.weight", "fc_norm.bias")
+
+
+def _tokenizer_2d(encoder: Encoder) -> GridTokenizer:
+    tokenizer = encoder.tokenizer
+    if not isinstance(tokenizer, GridTokenizer) or len(tokenizer.patch) != 2:
+        raise ValueError(
+            "timm's VisionTransformer layout needs a 2D GridTokenizer (image2d); this encoder has "
+            f"{type(tokenizer).__name__}"
+            + (f" with patch {tokenizer.patch}" if isinstance(tokenizer, GridTokenizer) else "")
+        )
+    return tokenizer
+
+
+@torch.no_grad()
+def to_timm_state_dict(encoder: Encoder, no_embed_class: bool = False) -> dict[str, Tensor]:
+    """The encoder's weights under timm's VisionTransformer names, as detached copies.
+
+    ``no_embed_class`` picks the ``pos_embed`` layout (see the module docstring); use ``True``
+    for timm models built with ``no_embed_class=True``, such as its register models.
+    """
+    if encoder.trunk.config.causal:
+        logger.warning("exporting a causal trunk: timm's VisionTransformer attends bidirectionally")
+    return _timm_state(encoder, no_embed_class)
+
+
+def _timm_state(encoder: Encoder, no_embed_class: bool) -> dict[str, Tensor]:
+    tokenizer = _tokenizer_2d(encoder)
+    trunk_state = dict(encoder.trunk.state_dict())
+    cls_token, cls_pos = trunk_state.pop("cls_token"), trunk_state.pop("cls_pos")
+    reg_token = trunk_state.pop("reg_token", None)
+    out = {"cls_token": cls_token + cls_pos if no_embed_class else cls_token}
+    if reg_token is not None:
+        out["reg_token"] = reg_token
+    if no_embed_class:
+        out["pos_embed"] = tokenizer.pos_embed
+    else:
+        rows = [cls_pos]
+        if reg_token is not None:
+            rows.append(torch.zeros_like(reg_token))
+        out["pos_embed"] = torch.cat([*rows, tokenizer.pos_embed], dim=1)  # (1, 1 + R + N, D)
+    out["patch_embed.proj.weight"] = tokenizer.proj.weight
+    out["patch_embed.proj.bias"] = tokenizer.proj.bias
+    out.update(trunk_state)  # blocks.*, norm.*
+    return {key: value.detach().clone().contiguous() for key, value in out.items()}
+
+
+def resample_pos_embed(pos: Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]) -> Tensor:
+    """(1, h*w, D) -> (1, H*W, D), bicubic with antialiasing in float32, as timm's
+    ``resample_abs_pos_embed`` does (timm/layers/pos_embed.py)."""
+    if old_grid == new_grid:
+        return pos
+    grid = pos.float().reshape(1, *old_grid, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=new_grid, mode="bicubic", antialias=True)
+    return grid.permute(0, 2, 3, 1).reshape(1, math.prod(new_grid), -1).to(pos.dtype)
+
+
+def _pos_layouts(
+    length: int, prefixes: list[int], native: tuple[int, int], grid: tuple[int, int] | None
+) -> list[tuple[int, tuple[int, int]]]:
+    """Candidate (prefix rows, patch grid) readings of a pos_embed with ``length`` rows: the given
+    ``grid``; else the native grid if one fits, else any square grid."""
+    counts = [(prefix, length - prefix) for prefix in prefixes]
+    if grid is not None:
+        return [(prefix, grid) for prefix, count in counts if count == math.prod(grid)]
+    return [(prefix, native) for prefix, count in counts if count == math.prod(native)] or [
+        (prefix, (side, side))
+        for prefix, count in counts
+        if count > 0 and (side := math.isqrt(count)) ** 2 == count
+    ]
+
+
+@torch.no_grad()
+def load_timm_state_dict(
+    encoder: Encoder,
+    state: dict[str, Tensor],
+    no_embed_class: bool | None = None,
+    source_grid: tuple[int, int] | None = None,
+) -> list[str]:
+    """Load a timm VisionTransformer state dict into ``encoder``; returns the ignored keys.
+
+    ``head.*`` and ``fc_norm.*`` (the classifier) are ignored. ``no_embed_class`` is inferred from
+    the ``pos_embed`` length when None. A ``pos_embed`` at another grid (square unless
+    ``source_grid`` says otherwise) is resampled to the tokenizer's native grid. Missing or
+    unexpected keys and shape mismatches raise one ValueError naming every offending key; the
+    encoder is left untouched then.
+    """
+    tokenizer = _tokenizer_2d(encoder)
+    state = dict(state)
+    ignored = [key for key in CLASSIFIER_KEYS if state.pop(key, None) is not None]
+    expected = {k: v.shape for k, v in _timm_state(encoder, False).items() if k != "pos_embed"}
+    missing = [key for key in expected if key not in state]
+    missing += [] if "pos_embed" in state else ["pos_embed"]
+    if "norm.weight" in missing and "fc_norm.weight" in ignored:
+        missing.append("(its fc_norm normalises pooled features, not tokens: not a final norm)")
+    unexpected = [key for key in state if key not in expected and key != "pos_embed"]
+    mismatched = [
+        f"{key}: checkpoint {tuple(state[key].shape)}, encoder {tuple(shape)}"
+        for key, shape in expected.items()
+        if key in state and state[key].shape != shape
+    ]
+
+    registers = encoder.trunk.config.num_registers
+    native = tokenizer.native_grid
+    layout: tuple[int, tuple[int, int]] | None = None  # (prefix rows in pos_embed, its grid)
+    if "pos_embed" in state:
+        pos = state["pos_embed"]
+        if pos.dim() != 3 or pos.shape[0] != 1 or pos.shape[2] != encoder.embed_dim:
+            want = f"(1, L, {encoder.embed_dim})"
+            mismatched.append(f"pos_embed: checkpoint {tuple(pos.shape)}, encoder {want}")
+        else:
+            options = [False, True] if no_embed_class is None else [no_embed_class]
+            prefixes = [0 if option else 1 + registers for option in options]
+            found = _pos_layouts(pos.shape[1], prefixes, native, source_grid)
+            if len(found) == 1:
+                layout = found[0]
+            else:
+                reading = "more than one" if found else "no"
+                mismatched.append(
+                    f"pos_embed: checkpoint {tuple(pos.shape)} has {reading} reading as"
+                    f" [1 + {registers} prefix rows +] an (h, w) patch grid (square unless"
+                    " source_grid= is given); pass no_embed_class= and/or source_grid="
+                )
+    if missing or unexpected or mismatched:
+        raise ValueError(
+            "checkpoint does not match timm's layout for this encoder:"
+            + "".join(
+                f"\n  {title}: {separator.join(keys)}"
+                for title, keys, separator in (
+                    ("missing keys", missing, ", "),
+                    ("unexpected keys", unexpected, ", "),
+                    ("shape mismatches", mismatched, "\n    "),
+                )
+                if keys
+            )
+        )
+    assert layout is not None
+    prefix, grid = layout
+
+    pos = state.pop("pos_embed")
+    mapped = {
+        "tokenizer.proj.weight": state.pop("patch_embed.proj.weight"),
+        "tokenizer.proj.bias": state.pop("patch_embed.proj.bias"),
+        "tokenizer.pos_embed": resample_pos_embed(pos[:, prefix:], grid, native),
+        "trunk.cls_pos": pos[:, :1] if prefix else torch.zeros_like(state["cls_token"]),
+    }
+    if registers:
+        reg_token = state.pop("reg_token")
+        mapped["trunk.reg_token"] = reg_token + pos[:, 1:prefix] if prefix else reg_token
+    mapped.update({f"trunk.{key}": value for key, value in state.items()})  # cls_token, blocks...
+    uncovered = sorted(set(encoder.state_dict()) - set(mapped) - {"mask_token"})
+    if uncovered:  # only if the tokenizer gains parameters that timm's layout lacks
+        raise ValueError(f"encoder keys not covered by timm's layout: {uncovered}")
+    encoder.load_state_dict(mapped, strict=False)
+    if grid != native:
+        logger.info("resampled pos_embed from grid %s to %s", grid, native)
+    if ignored:
+        logger.info("ignored timm classifier keys: %s", ", ".join(ignored))
+    return ignored
+
+
+def export_timm(encoder: Encoder, path: str | PathLike[str], no_embed_class: bool = False) -> None:
+    """Write the encoder as a timm-layout .safetensors file."""
+    save_file(to_timm_state_dict(encoder, no_embed_class), str(path), metadata={"format": "pt"})
+
+
+def import_timm(
+    encoder: Encoder,
+    path: str | PathLike[str],
+    no_embed_class: bool | None = None,
+    source_grid: tuple[int, int] | None = None,
+) -> list[str]:
+    """Load a timm-layout .safetensors file into the encoder; returns the ignored keys."""
+    return load_timm_state_dict(encoder, load_file(str(path)), no_embed_class, source_grid)

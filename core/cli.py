@@ -1,0 +1,144 @@
+"""The ``fmcore`` command: train, plugins, config (federate, eval and embed plug in beside them)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from fmcore import __version__
+from fmcore.config import ConfigSources, compose, core_config_dir, to_yaml
+from fmcore.errors import FmcoreError
+from fmcore.plugin_manager import Registry, registry
+
+OVERRIDE_HELP = """\
+overrides:
+  group=option      choose a config group file:   domain=pathology  method=dinov2  encoder=vit_small
+  key=value         change any existing key:      trainer.max_steps=10  data.root=/data/slides
+  +key=value        add a key that is not there:  +data.slide_mpp=0.25
+  values are YAML:  trainer.lr=1e-4  trainer.betas=[0.9,0.95]  run.dir=null
+
+examples:
+  fmcore train domain=pathology method=dinov2
+  fmcore train domain=digits method=simclr trainer.max_steps=20 run.dir=runs/demo
+  fmcore train run.dir=runs/demo resume=true
+  fmcore train --config runs/demo/config.yaml trainer.max_steps=200
+  torchrun --nproc-per-node 8 -m fmcore train domain=pathology method=dinov2 data.root=/slides
+"""
+
+
+def config_sources(plugins: Registry) -> ConfigSources:
+    return ConfigSources((core_config_dir(), *plugins.config_dirs))
+
+
+def _resolve(args: argparse.Namespace, plugins: Registry):  # -> DictConfig
+    return compose(args.overrides, config_sources(plugins), saved=args.config)
+
+
+def _add_override_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("overrides", nargs="*", metavar="override", help="see 'overrides' below")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="start from a saved config.yaml (a run directory's) instead of the defaults",
+    )
+
+
+def _warn_problems(plugins: Registry) -> None:
+    for problem in plugins.problems:
+        print(f"warning: {problem}", file=sys.stderr)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from fmcore.engine.trainer import train
+
+    plugins = registry()
+    _warn_problems(plugins)
+    result = train(_resolve(args, plugins), plugins)
+    print(f"finished {result.steps} steps; run directory {result.run_dir}")
+    return 0
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    plugins = registry()
+    _warn_problems(plugins)
+    print(to_yaml(_resolve(args, plugins)), end="")
+    return 0
+
+
+def cmd_config_groups(args: argparse.Namespace) -> int:
+    sources = config_sources(registry())
+    for group in sources.groups():
+        print(f"{group}: {', '.join(sources.options(group))}")
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    plugins = registry()
+    for info in plugins.plugins:
+        print(f"{info.name}  ({info.distribution} {info.version}, {info.module})")
+        for kind, names in sorted(info.provides.items()):
+            print(f"    {kind}: {', '.join(names)}")
+    for problem in plugins.problems:
+        print(f"BROKEN {problem}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fmcore",
+        description="Pretrain self-supervised foundation models, centrally or federated.",
+        epilog=OVERRIDE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"fmcore {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="command", required=True)
+
+    def add(name: str, help_text: str, handler, with_overrides: bool = True):
+        sub = commands.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=OVERRIDE_HELP if with_overrides else None,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        if with_overrides:
+            _add_override_arguments(sub)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    add("train", "train a method on a domain (central; torchrun for several GPUs)", cmd_train)
+    add(
+        "plugins",
+        "list installed plugins, what each provides, and broken ones",
+        cmd_plugins,
+        with_overrides=False,
+    )
+    config = commands.add_parser("config", help="show the resolved config or the config groups")
+    config_commands = config.add_subparsers(dest="config_command", metavar="action", required=True)
+    show = config_commands.add_parser(
+        "show",
+        help="print the resolved config for these overrides",
+        epilog=OVERRIDE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_override_arguments(show)
+    show.set_defaults(handler=cmd_config_show)
+    groups = config_commands.add_parser("groups", help="list config groups and their options")
+    groups.set_defaults(handler=cmd_config_groups)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except FmcoreError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; the last complete checkpoint is kept", file=sys.stderr)
+        return 130

@@ -1,0 +1,181 @@
+"""Config composition with omegaconf: ``train.yaml`` + chosen group files + dotted overrides.
+
+Command-line words are either a group choice (``domain=pathology``), an override of an existing
+key (``trainer.max_steps=10``), or a new key (``+data.slide_mpp=0.25``). Group files are merged in
+the order encoder, domain, method, then plugin groups, so a domain may adjust its encoder's
+tokenizer (patch size) and a method may adjust anything. Unknown keys and choices fail with the
+valid ones listed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf.errors import ConfigKeyError
+
+from fmcore.errors import ConfigError, UnknownChoice
+
+BASE_FILE = "train.yaml"
+GROUP_ORDER = ("encoder", "domain", "method")
+
+
+def core_config_dir() -> Path:
+    from importlib.resources import files
+
+    return Path(str(files("fmcore.configs")))
+
+
+@dataclass(frozen=True)
+class ConfigSources:
+    """The directories searched for config groups, fmcore's own first."""
+
+    dirs: tuple[Path, ...]
+
+    def groups(self) -> list[str]:
+        found = {p.name for d in self.dirs if d.is_dir() for p in d.iterdir() if p.is_dir()}
+        return sorted(found - {"__pycache__"}, key=_group_rank)
+
+    def options(self, group: str) -> dict[str, Path]:
+        """``{option name: file}`` for a group; the first directory providing a name wins."""
+        found: dict[str, Path] = {}
+        for directory in self.dirs:
+            for file in sorted((directory / group).glob("*.yaml")):
+                found.setdefault(file.stem, file)
+        return found
+
+    def base(self) -> Path:
+        return self.dirs[0] / BASE_FILE
+
+
+def _group_rank(group: str) -> tuple[int, str]:
+    return (GROUP_ORDER.index(group) if group in GROUP_ORDER else len(GROUP_ORDER), group)
+
+
+@dataclass(frozen=True)
+class Overrides:
+    choices: dict[str, str]
+    values: list[tuple[str, Any, bool]]  # (dotted key, value, may_add)
+
+
+def parse_overrides(words: Sequence[str], groups: Iterable[str]) -> Overrides:
+    groups = set(groups)
+    choices: dict[str, str] = {}
+    values: list[tuple[str, Any, bool]] = []
+    for word in words:
+        if "=" not in word:
+            raise ConfigError(
+                f"'{word}' is not an override: write key=value (trainer.max_steps=10),"
+                " group=option (domain=pathology) or +new.key=value"
+            )
+        key, raw = word.split("=", 1)
+        may_add = key.startswith("+")
+        key = key.lstrip("+")
+        if not key:
+            raise ConfigError(f"'{word}' has no key before '='")
+        if key in groups and not may_add:
+            choices[key] = raw
+        else:
+            values.append((key, _parse_value(raw), may_add))
+    return Overrides(choices, values)
+
+
+def _parse_value(raw: str) -> Any:
+    """YAML scalars and flow collections: 10 -> int, 1e-4 -> float, [a,b] -> list, null -> None."""
+    if raw == "":
+        return ""
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+    if isinstance(value, str) and _looks_like_float(value):
+        return float(value)
+    return value
+
+
+def _looks_like_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def compose(words: Sequence[str], sources: ConfigSources, saved: Path | None = None) -> DictConfig:
+    """Resolve a full config from command-line words (and optionally a saved run config)."""
+    overrides = parse_overrides(words, sources.groups())
+    if saved is not None:
+        if overrides.choices:
+            raise ConfigError(
+                f"{saved} is a complete saved config: group choices"
+                f" ({', '.join(f'{k}={v}' for k, v in overrides.choices.items())})"
+                " cannot change it;"
+                " override single keys instead"
+            )
+        config = OmegaConf.load(saved)
+    else:
+        config = _compose_groups(sources, overrides.choices)
+    OmegaConf.set_struct(config, True)
+    for key, value, may_add in overrides.values:
+        _set(config, key, value, may_add)
+    OmegaConf.resolve(config)
+    return config
+
+
+def _compose_groups(sources: ConfigSources, choices: dict[str, str]) -> DictConfig:
+    base = OmegaConf.load(sources.base())
+    defaults = dict(base.pop("defaults", {}) or {})
+    unknown_groups = set(choices) - set(sources.groups())
+    if unknown_groups:
+        raise UnknownChoice("config group", sorted(unknown_groups)[0], sources.groups())
+    defaults.update(choices)
+    merged = base
+    for group in sources.groups():
+        option = defaults.get(group)
+        if option in (None, "null"):
+            continue
+        files = sources.options(group)
+        if option not in files:
+            raise UnknownChoice(group, str(option), files)
+        merged = OmegaConf.merge(merged, OmegaConf.load(files[option]))
+    merged.defaults = {g: defaults.get(g) for g in sources.groups() if defaults.get(g) is not None}
+    return merged
+
+
+def _set(config: DictConfig, key: str, value: Any, may_add: bool) -> None:
+    parent_key, _, leaf = key.rpartition(".")
+    parent = OmegaConf.select(config, parent_key) if parent_key else config
+    if parent is None and may_add:
+        _set(config, parent_key, {}, may_add=True)
+        parent = OmegaConf.select(config, parent_key)
+    if not isinstance(parent, DictConfig | ListConfig):
+        raise ConfigError(f"unknown config key '{key}': '{parent_key}' is not a section")
+    if isinstance(parent, DictConfig) and leaf not in parent and not may_add:
+        raise ConfigError(
+            f"unknown config key '{key}'; valid keys under '{parent_key or '<root>'}':"
+            f" {', '.join(sorted(str(k) for k in parent))}"
+            f" (prefix a new key with '+': +{key}=...)"
+        )
+    try:
+        with open_dict(parent):
+            if isinstance(parent, ListConfig):
+                parent[int(leaf)] = value
+            else:
+                parent[leaf] = value
+    except (ConfigKeyError, ValueError, IndexError) as error:
+        raise ConfigError(f"cannot set '{key}': {error}") from error
+
+
+def to_yaml(config: DictConfig) -> str:
+    return OmegaConf.to_yaml(config, resolve=True)
+
+
+def as_dict(node: Any) -> Any:
+    """Plain Python containers from an OmegaConf node (anything else is returned unchanged)."""
+    if isinstance(node, DictConfig | ListConfig):
+        return OmegaConf.to_container(node, resolve=True)
+    return node

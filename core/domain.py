@@ -1,0 +1,130 @@
+"""The domain contract: a domain knows files, nothing else.
+
+A domain finds samples under ``data.root`` (or writes its embedded sample data when no root is
+given), decodes one sample into a fixed-size raw tensor of its modality's layout, and says what
+is bad input by raising :class:`BadSample`. Views, tokens, losses and training are not its job.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from omegaconf import DictConfig
+from torch import Tensor
+
+from fmcore.errors import BadSample, MissingExtra
+from fmcore.modalities.base import ViewStep
+
+
+@dataclass
+class Sample:
+    """One decoded sample: data in the modality's layout, an integer label or -1, and metadata
+    (only str / int / float values, so they batch and serialise)."""
+
+    data: Tensor
+    label: int = -1
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Domain(ABC):
+    """Base class of every domain plugin.
+
+    Subclasses set ``name`` (selected by ``domain=<name>``), ``modality`` (``image2d``,
+    ``volume3d``, ``video``, ``points`` or a plugin's), and, when they need optional packages,
+    ``extra`` (the fmcore extra that installs them) and ``requires`` (their import names), so a
+    missing package fails with the exact ``pip install`` to run instead of an ImportError.
+
+    A domain object is pickled into data-loader workers: open file handles lazily, per process.
+    """
+
+    name: ClassVar[str]
+    modality: ClassVar[str]
+    extra: ClassVar[str | None] = None
+    requires: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, data: DictConfig, cache_dir: Path) -> None:
+        self.data = data
+        self.cache_dir = cache_dir
+
+    @classmethod
+    def check_requirements(cls) -> None:
+        missing = [m for m in cls.requires if importlib.util.find_spec(m) is None]
+        if missing:
+            raise MissingExtra(cls.name, cls.extra, missing)
+
+    @property
+    def sample_size(self) -> tuple[int, ...]:
+        """Size of a decoded sample (``data.size``): (H, W), (D, H, W), (T, H, W) or (N,)."""
+        return tuple(int(s) for s in self.data.size)
+
+    @property
+    def channels(self) -> int:
+        """Channels of a decoded sample (3 + features for points)."""
+        return int(self.data.channels)
+
+    def resolve_root(self) -> Path:
+        """``data.root``, or the embedded sample data written once into the cache directory."""
+        if self.data.get("root"):
+            root = Path(str(self.data.root)).expanduser()
+            if not root.exists():
+                raise FileNotFoundError(
+                    f"data.root={root} does not exist: point data.root at your {self.name} data,"
+                    " or leave it unset to use the embedded sample"
+                )
+            return root
+        directory = self.cache_dir / "sample-data" / self.name
+        if not directory.exists():
+            # Written beside, then renamed: a crash or a concurrent writer never leaves half of it.
+            partial = directory.with_name(f"{directory.name}.partial-{os.getpid()}")
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+            self.write_sample_data(partial)
+            try:
+                partial.rename(directory)
+            except OSError:
+                shutil.rmtree(partial, ignore_errors=True)
+                if not directory.exists():
+                    raise
+        return directory
+
+    @abstractmethod
+    def index(self, split: str = "train") -> Sequence[Any]:
+        """Find the samples of ``split`` and return lightweight references (paths, coordinates).
+
+        Called once in the main process; the references are pickled into workers.
+        """
+
+    @abstractmethod
+    def load(self, ref: Any) -> Sample:
+        """Decode one referenced sample; raise :class:`BadSample` (naming the file) if unusable."""
+
+    def write_sample_data(self, directory: Path) -> None:
+        """Write a small embedded sample in the domain's real file format into ``directory``."""
+        raise NotImplementedError(
+            f"domain '{self.name}' has no embedded sample data: set data.root to your data"
+        )
+
+    def view_steps(self) -> list[ViewStep]:
+        """Domain-specific batched view steps applied after the modality's (e.g. stain jitter)."""
+        return []
+
+    def normalize(self, views: Tensor) -> Tensor:
+        """Map augmented views to the encoder's input range: by default ``data.mean``, ``.std``."""
+        mean = self.data.get("mean")
+        std = self.data.get("std")
+        if mean is None or std is None:
+            return views
+        shape = (1, -1) + (1,) * (views.dim() - 2)
+        mean_t = views.new_tensor(list(mean)).view(shape)
+        std_t = views.new_tensor(list(std)).view(shape)
+        return (views - mean_t) / std_t
+
+
+__all__ = ["BadSample", "Domain", "Sample"]

@@ -1,0 +1,76 @@
+"""The encoder users keep: a modality's tokenizer followed by the shared trunk."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from fmcore.backbones.vit import TrunkOutput, VisionTransformer
+from fmcore.modalities.base import Tokenizer, Tokens
+
+
+@dataclass
+class EncoderOutput:
+    """cls (B, D); registers (B, R, D); patches (B, M, D) for the tokens the trunk saw; tokens
+    are those tokens (after masking or selection), with their positions."""
+
+    cls: Tensor
+    registers: Tensor
+    patches: Tensor
+    tokens: Tokens
+
+
+class Encoder(nn.Module):
+    """Tokenizer + trunk, with a learned mask token for masked-token methods (iBOT, BEiT).
+
+    ``forward(x, mask=...)`` replaces masked token embeddings by the mask token (the trunk still
+    sees every position); ``forward(x, keep=...)`` runs the trunk on the kept tokens only (MAE).
+    """
+
+    def __init__(self, tokenizer: Tokenizer, trunk: VisionTransformer) -> None:
+        super().__init__()
+        if tokenizer.embed_dim != trunk.embed_dim:
+            raise ValueError(
+                f"tokenizer width {tokenizer.embed_dim} differs from trunk width {trunk.embed_dim}"
+            )
+        self.tokenizer = tokenizer
+        self.trunk = trunk
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, trunk.embed_dim))
+        self.embed_dim = trunk.embed_dim
+        self.tokens_processed = 0  # tokens through the trunk since the engine last read it
+
+    def take_token_count(self) -> int:
+        count, self.tokens_processed = self.tokens_processed, 0
+        return count
+
+    def forward(
+        self, x: Tensor, mask: Tensor | None = None, keep: Tensor | None = None
+    ) -> EncoderOutput:
+        return self.encode_tokens(self.tokenizer(x), mask=mask, keep=keep)
+
+    def encode_tokens(
+        self, tokens: Tokens, mask: Tensor | None = None, keep: Tensor | None = None
+    ) -> EncoderOutput:
+        if mask is not None:
+            masked = mask.unsqueeze(-1).to(tokens.x.dtype)
+            tokens = Tokens(
+                x=tokens.x * (1 - masked) + self.mask_token.to(tokens.x.dtype) * masked,
+                pos=tokens.pos,
+                grid=tokens.grid,
+                groups=tokens.groups,
+                centers=tokens.centers,
+            )
+        if keep is not None:
+            tokens = tokens.select(keep)
+        out: TrunkOutput = self.trunk(tokens)
+        self.tokens_processed += tokens.x.shape[0] * tokens.x.shape[1]
+        return EncoderOutput(
+            cls=out.cls, registers=out.registers, patches=out.patches, tokens=tokens
+        )
+
+    @torch.no_grad()
+    def features(self, x: Tensor) -> Tensor:
+        """Frozen global features (B, D): the class token, as kNN and linear probes use it."""
+        return self.forward(x).cls

@@ -1,0 +1,175 @@
+"""Checkpoints: safetensors for tensors, JSON for trainer state, written atomically.
+
+A checkpoint is a directory ``checkpoints/step_<N>/`` holding ``model.safetensors`` (the method's
+whole state dict), ``optimizer.safetensors`` + ``optimizer.json`` and ``trainer.json``. It is
+written under a temporary name and renamed into place only when complete, so a crash at any
+moment leaves the previous checkpoint intact, and a resume never sees a partial one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+CHECKPOINT_PREFIX = "step_"
+PARTIAL_PREFIX = ".partial-"
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_TENSORS = "optimizer.safetensors"
+OPTIMIZER_JSON = "optimizer.json"
+TRAINER_JSON = "trainer.json"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    temporary = path.with_name(f"{PARTIAL_PREFIX}{path.name}")
+    with open(temporary, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def save_tensors(
+    tensors: dict[str, Tensor], path: Path, metadata: dict[str, str] | None = None
+) -> None:
+    """safetensors refuses tensors that share storage; such views are copied, the rest not."""
+    seen: set[int] = set()
+    prepared: dict[str, Tensor] = {}
+    for key, tensor in tensors.items():
+        tensor = tensor.detach().cpu().contiguous()
+        pointer = tensor.untyped_storage().data_ptr()
+        if pointer in seen and tensor.numel():
+            tensor = tensor.clone()
+        seen.add(pointer)
+        prepared[key] = tensor
+    save_file(prepared, str(path), metadata=metadata)
+
+
+def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    tensors: dict[str, Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, values in state["state"].items():
+        for name, value in values.items():
+            if isinstance(value, Tensor):
+                tensors[f"{index}.{name}"] = value
+            else:
+                scalars.setdefault(str(index), {})[name] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, tensor in tensors.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = tensor
+    for index, values in meta["scalars"].items():
+        state.setdefault(int(index), {}).update(values)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+@dataclass
+class Checkpoint:
+    """A complete checkpoint on disk."""
+
+    path: Path
+
+    @property
+    def step(self) -> int:
+        return int(self.path.name.removeprefix(CHECKPOINT_PREFIX))
+
+    def model_state(self) -> dict[str, Tensor]:
+        return load_file(str(self.path / MODEL_FILE))
+
+    def optimizer_state(self) -> dict[str, Any]:
+        meta = json.loads((self.path / OPTIMIZER_JSON).read_text())
+        return _unflatten_optimizer(load_file(str(self.path / OPTIMIZER_TENSORS)), meta)
+
+    def trainer_state(self) -> dict[str, Any]:
+        return json.loads((self.path / TRAINER_JSON).read_text())
+
+
+class CheckpointStore:
+    """The ``checkpoints/`` directory of a run."""
+
+    def __init__(self, directory: Path, keep: int = 2) -> None:
+        self.directory = directory
+        self.keep = max(1, keep)
+
+    def save(
+        self,
+        step: int,
+        model: dict[str, Tensor],
+        optimizer: dict[str, Any],
+        trainer: dict[str, Any],
+    ) -> Checkpoint:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        name = f"{CHECKPOINT_PREFIX}{step:08d}"
+        final = self.directory / name
+        partial = self.directory / f"{PARTIAL_PREFIX}{name}"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
+        save_tensors(model, partial / MODEL_FILE, metadata={"step": str(step)})
+        optimizer_tensors, optimizer_meta = _flatten_optimizer(optimizer)
+        save_tensors(optimizer_tensors, partial / OPTIMIZER_TENSORS)
+        (partial / OPTIMIZER_JSON).write_text(json.dumps(optimizer_meta))
+        (partial / TRAINER_JSON).write_text(json.dumps({**trainer, "step": step}, indent=2))
+        _fsync_directory(partial)
+        if final.exists():  # a re-run of the same step after a crash past the rename
+            shutil.rmtree(final)
+        os.replace(partial, final)
+        _fsync_directory(self.directory)
+        self._prune()
+        return Checkpoint(final)
+
+    def complete(self) -> list[Checkpoint]:
+        """Complete checkpoints, oldest first (partial directories are never listed)."""
+        if not self.directory.is_dir():
+            return []
+        found = [
+            Checkpoint(p)
+            for p in self.directory.iterdir()
+            if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX) and (p / TRAINER_JSON).exists()
+        ]
+        return sorted(found, key=lambda c: c.step)
+
+    def latest(self) -> Checkpoint | None:
+        complete = self.complete()
+        return complete[-1] if complete else None
+
+    def _prune(self) -> None:
+        for checkpoint in self.complete()[: -self.keep]:
+            shutil.rmtree(checkpoint.path, ignore_errors=True)
+        for partial in self.directory.glob(f"{PARTIAL_PREFIX}*"):
+            if partial.is_dir():
+                shutil.rmtree(partial, ignore_errors=True)
+
+
+def _fsync_directory(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def export_encoder(state: dict[str, Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """Write the encoder users keep as one safetensors file, atomically."""
+    temporary = path.with_name(f"{PARTIAL_PREFIX}{path.name}")
+    save_tensors(state, temporary, metadata=metadata)
+    os.replace(temporary, path)
+
+
+def load_method_state(module: torch.nn.Module, checkpoint: Checkpoint) -> None:
+    missing, unexpected = module.load_state_dict(checkpoint.model_state(), strict=False)
+    if missing or unexpected:
+        raise RuntimeError(
+            f"checkpoint {checkpoint.path} does not match this run's model:"
+            f" missing {missing[:5]}, unexpected {unexpected[:5]} (was the config changed?)"
+        )

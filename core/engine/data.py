@@ -1,0 +1,132 @@
+"""From a domain's sample references to batches: bad samples skipped and counted, resumable order.
+
+The order of samples is a pure function of (seed, epoch, rank), so the data position of a run is
+one integer, the number of batches consumed, and a resumed run sees exactly the batches the
+uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from fmcore.domain import Domain, Sample
+from fmcore.errors import BadSample
+from fmcore.method import Batch
+
+
+@dataclass
+class Skipped:
+    """A sample that could not be used, with the reason (named file and what went wrong)."""
+
+    message: str
+
+
+class DomainDataset(Dataset):
+    """Decodes a domain's samples; a failure becomes a :class:`Skipped` marker, not a crash."""
+
+    def __init__(self, domain: Domain, refs: Sequence[Any]) -> None:
+        self.domain = domain
+        self.refs = refs
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __getitem__(self, index: int) -> Sample | Skipped:
+        ref = self.refs[index]
+        try:
+            return self.domain.load(ref)
+        except BadSample as error:
+            return Skipped(str(error))
+        except (
+            Exception
+        ) as error:  # an unexpected decoder failure on one file must not end a long run
+            return Skipped(f"{ref}: {type(error).__name__}: {error}")
+
+
+def collate(items: list[Sample | Skipped]) -> tuple[Batch | None, list[str]]:
+    """Stack the good samples of a batch; return the skipped samples' messages beside it."""
+    good = [item for item in items if isinstance(item, Sample)]
+    skipped = [item.message for item in items if isinstance(item, Skipped)]
+    if not good:
+        return None, skipped
+    batch = Batch(
+        data=torch.stack([s.data for s in good]),
+        labels=torch.tensor([s.label for s in good], dtype=torch.long),
+        meta=[s.meta for s in good],
+    )
+    return batch, skipped
+
+
+class ResumableBatchSampler(Sampler[list[int]]):
+    """An endless stream of index batches: epoch after epoch of seeded permutations.
+
+    Each rank takes every ``world_size``-th index of the epoch's permutation (padded by wrapping so
+    all ranks get the same count). ``start_batch`` skips batches already consumed by an earlier run.
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        start_batch: int = 0,
+        shuffle: bool = True,
+    ) -> None:
+        if num_samples <= 0:
+            raise ValueError("cannot sample from an empty dataset")
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.start_batch = start_batch
+        self.shuffle = shuffle
+        self.per_rank = -(-num_samples // world_size)  # ceil
+
+    def _epoch_indices(self, epoch: int) -> list[int]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            order = torch.randperm(self.num_samples, generator=generator).tolist()
+        else:
+            order = list(range(self.num_samples))
+        total = self.per_rank * self.world_size
+        order = (order * (total // self.num_samples + 1))[:total]
+        return order[self.rank :: self.world_size]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        position = self.start_batch * self.batch_size  # samples this rank already consumed
+        epoch, offset = divmod(position, self.per_rank)
+        pending: list[int] = []
+        while True:
+            pending.extend(self._epoch_indices(epoch)[offset:])
+            epoch, offset = epoch + 1, 0
+            while len(pending) >= self.batch_size:
+                yield pending[: self.batch_size]
+                pending = pending[self.batch_size :]
+
+    def __len__(self) -> int:  # endless; DataLoader only needs a length for progress estimates
+        return 2**62
+
+
+def make_loader(
+    dataset: DomainDataset,
+    batch_sampler: ResumableBatchSampler,
+    num_workers: int,
+    pin_memory: bool,
+) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_sampler=batch_sampler,
+        num_workers=num_workers,
+        collate_fn=collate,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+        prefetch_factor=4 if num_workers > 0 else None,
+    )

@@ -1,0 +1,376 @@
+"""The training loop: set-up, loop, checkpoint, in that order; one step reads top to bottom.
+
+Every domain and method runs through :func:`train`; a federated site runs the same loop for its
+local steps. Resuming is exact: the model, optimizer, data position and schedules come from the
+checkpoint, and all per-step randomness is re-seeded from (seed, step, rank).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig, OmegaConf
+from torch.nn.parallel import DistributedDataParallel
+
+from fmcore.backbones.vit import VisionTransformer
+from fmcore.config import to_yaml
+from fmcore.engine.checkpoint import CheckpointStore, atomic_write_text, export_encoder
+from fmcore.engine.data import DomainDataset, ResumableBatchSampler, make_loader
+from fmcore.engine.distributed import World, init_world, shutdown_world
+from fmcore.engine.progress import MetricsLog, Progress
+from fmcore.engine.schedules import warmup_cosine
+from fmcore.errors import ConfigError, NoUsableSamples
+from fmcore.factory import Parts, build_parts
+from fmcore.method import Batch, Method, StepContext
+from fmcore.plugin_manager import Registry
+from fmcore.plugin_manager import registry as default_registry
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+ENCODER_FILE = "encoder.safetensors"
+SKIP_MESSAGES_SHOWN = 10
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    skipped: int
+    last_metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def encoder_path(self) -> Path:
+        return self.run_dir / ENCODER_FILE
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    return (seed * 1_000_003 + step * 7_919 + rank) % (2**63)
+
+
+def default_run_dir(config: DictConfig, world: World) -> Path:
+    if config.run.dir:
+        return Path(str(config.run.dir))
+    stamp = [datetime.now().strftime("%Y%m%d-%H%M%S")]
+    if world.distributed:  # every rank must agree on the directory
+        dist.broadcast_object_list(stamp, src=0)
+    return Path("runs") / f"{config.domain.name}-{config.method.name}-{stamp[0]}"
+
+
+def precision_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    raise ConfigError(f"trainer.precision must be auto, bf16 or fp32, not '{precision}'")
+
+
+class BatchStream:
+    """Pulls collated batches, dropping bad samples; counts and reports what it dropped."""
+
+    def __init__(
+        self,
+        loader: Any,
+        start_batch: int,
+        skipped: int,
+        progress: Progress,
+        world: World,
+        max_empty_batches: int,
+    ) -> None:
+        self.iterator: Iterator = iter(loader)
+        self.batches_consumed = start_batch
+        self.skipped = skipped
+        self.progress = progress
+        self.world = world
+        self.max_empty_batches = max_empty_batches
+        self.first_messages: list[str] = []
+
+    def next(self) -> Batch:
+        for _ in range(self.max_empty_batches):
+            batch, messages = next(self.iterator)
+            self.batches_consumed += 1
+            self._count(messages)
+            if batch is not None:
+                return batch
+        raise NoUsableSamples(
+            f"no usable sample in {self.max_empty_batches} consecutive batches; first problems:\n  "
+            + "\n  ".join(self.first_messages or ["(none reported)"])
+        )
+
+    def _count(self, messages: list[str]) -> None:
+        for message in messages:
+            self.skipped += 1
+            if len(self.first_messages) < SKIP_MESSAGES_SHOWN:
+                self.first_messages.append(message)
+                if self.world.is_main:
+                    self.progress.message(f"skipped bad sample: {message}")
+
+
+def _set_schedules(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+        group["weight_decay"] = weight_decay * group["weight_decay_scale"]
+
+
+def _schedules(trainer: DictConfig, step: int) -> tuple[float, float, float]:
+    total = int(trainer.max_steps)
+    lr = warmup_cosine(
+        step, total, float(trainer.lr), float(trainer.min_lr), int(trainer.warmup_steps)
+    )
+    weight_decay = warmup_cosine(
+        step, total, float(trainer.weight_decay), float(trainer.weight_decay_end)
+    )
+    momentum_start, momentum_end = (float(m) for m in trainer.ema_momentum)
+    return lr, weight_decay, warmup_cosine(step, total, momentum_start, momentum_end)
+
+
+def _make_optimizer(
+    method: Method, trainer: DictConfig, device: torch.device
+) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(
+        method.parameter_groups(),
+        lr=float(trainer.lr),
+        betas=tuple(float(b) for b in trainer.betas),
+        fused=device.type == "cuda",
+    )
+
+
+def _compile_trunks(method: Method) -> None:
+    for module in method.modules():
+        if isinstance(module, VisionTransformer):
+            module.compile()
+
+
+def _encoder_metadata(config: DictConfig, parts: Parts, step: int) -> dict[str, str]:
+    return {
+        "format": "fmcore.encoder/1",
+        "step": str(step),
+        "modality": parts.modality.name,
+        "domain": str(config.domain.name),
+        "encoder": OmegaConf.to_yaml(config.encoder),
+        "data": OmegaConf.to_yaml(config.data),
+    }
+
+
+def train(config: DictConfig, registry: Registry | None = None) -> TrainResult:
+    """Run (or resume) one training run described by a resolved config."""
+    registry = registry or default_registry()
+    trainer = config.trainer
+    world = init_world(str(trainer.device))
+    try:
+        return _train(config, registry, trainer, world)
+    finally:
+        shutdown_world(world)
+
+
+def _train(
+    config: DictConfig, registry: Registry, trainer: DictConfig, world: World
+) -> TrainResult:
+    # --- set-up ------------------------------------------------------------------------------
+    run_dir = default_run_dir(config, world)
+    config.run.dir = str(run_dir)
+    store = CheckpointStore(run_dir / "checkpoints", keep=int(trainer.keep_checkpoints))
+    checkpoint = store.latest()
+    if config.resume and checkpoint is None:
+        raise ConfigError(f"resume=true but {run_dir} holds no complete checkpoint to resume from")
+    if not config.resume and checkpoint is not None:
+        raise ConfigError(
+            f"{run_dir} already holds checkpoints: add resume=true to continue that run,"
+            " or choose another run.dir"
+        )
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / CONFIG_FILE, to_yaml(config))
+
+    # Subnormal floats (from blur kernel tails, tiny Adam moments) slow CPU math by 10-30x.
+    torch.set_flush_denormal(True)
+    torch.manual_seed(int(config.run.seed))  # identical initial weights on every rank
+    parts = build_parts(config, registry)
+    if world.is_main:
+        refs = parts.domain.index("train")  # writes the embedded sample data once
+    world.barrier()
+    if not world.is_main:
+        refs = parts.domain.index("train")
+    if not refs:
+        raise NoUsableSamples(
+            f"domain '{parts.domain.name}' found no samples (data.root={config.data.root})"
+        )
+
+    method = parts.method.to(world.device)
+    optimizer = _make_optimizer(method, trainer, world.device)
+    start_step, start_batch, skipped = 0, 0, 0
+    if checkpoint is not None:
+        method.load_state_dict(checkpoint.model_state())
+        optimizer.load_state_dict(checkpoint.optimizer_state())
+        state = checkpoint.trainer_state()
+        start_step, start_batch, skipped = (
+            state["step"],
+            state["batches_consumed"],
+            state["skipped"],
+        )
+    if trainer.compile:
+        _compile_trunks(method)
+    model: torch.nn.Module = (
+        DistributedDataParallel(
+            method, device_ids=[world.local_rank] if world.device.type == "cuda" else None
+        )
+        if world.distributed
+        else method
+    )
+
+    batch_size = int(trainer.batch_size)
+    sampler = ResumableBatchSampler(
+        len(refs), batch_size, int(config.run.seed), world.rank, world.size, start_batch
+    )
+    loader = make_loader(
+        DomainDataset(parts.domain, refs),
+        sampler,
+        int(trainer.num_workers),
+        world.device.type == "cuda",
+    )
+    max_steps = int(trainer.max_steps)
+    progress = Progress(
+        max_steps,
+        start_step,
+        str(trainer.progress) if world.is_main else "none",
+        int(trainer.log_every),
+    )
+    metrics_log = (
+        MetricsLog(run_dir / METRICS_FILE, checkpoint.step if checkpoint else None)
+        if world.is_main
+        else None
+    )
+    stream = BatchStream(
+        loader,
+        start_batch,
+        skipped,
+        progress,
+        world,
+        max_empty_batches=max(10, 2 * math.ceil(len(refs) / batch_size)),
+    )
+    generator = torch.Generator(device=world.device)
+    accumulation = int(trainer.grad_accum_steps)
+    registry.hook.fmcore_train_start(config=config, run_dir=run_dir, world_size=world.size)
+
+    # --- loop --------------------------------------------------------------------------------
+    started = time.perf_counter()
+    metrics: dict[str, float] = {}
+    for step in range(start_step, max_steps):
+        step_started = time.perf_counter()
+        lr, weight_decay, momentum = _schedules(trainer, step)
+        _set_schedules(optimizer, lr, weight_decay)
+        seed = step_seed(int(config.run.seed), step, world.rank)
+        torch.manual_seed(seed)
+        generator.manual_seed(seed)
+        ctx = StepContext(step, max_steps, lr, weight_decay, momentum, parts.views, generator)
+
+        samples, loss_sum, step_metrics = 0, 0.0, {}
+        for micro in range(accumulation):
+            batch = stream.next().to(world.device)
+            sync = micro == accumulation - 1 or not world.distributed
+            with (
+                contextlib.nullcontext() if sync else model.no_sync(),
+                precision_context(str(trainer.precision), world.device),
+            ):
+                out = model(batch, ctx)
+            (out.loss / accumulation).backward()
+            samples += len(batch)
+            loss_sum += float(out.loss.detach())
+            step_metrics.update(out.metrics)
+        loss = loss_sum / accumulation
+        if not math.isfinite(loss):
+            raise FloatingPointError(
+                f"loss is {loss} at step {step}: lower trainer.lr or check the data;"
+                f" the last complete checkpoint in {store.directory} is kept"
+            )
+        grad_norm = (
+            float(torch.nn.utils.clip_grad_norm_(method.parameters(), float(trainer.clip_grad)))
+            if trainer.clip_grad is not None
+            else float("nan")
+        )
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        method.after_optimizer_step(ctx)
+
+        elapsed = time.perf_counter() - step_started
+        tokens = method.encoder.take_token_count()
+        metrics = {
+            "step": step + 1,
+            "loss": loss,
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "grad_norm": grad_norm,
+            "samples_per_s": samples * world.size / elapsed,
+            "tokens_per_s": tokens * world.size / elapsed,
+            "skipped": stream.skipped,
+            **{k: float(v) for k, v in step_metrics.items()},
+        }
+        done = step + 1
+        if world.is_main:
+            progress.update(step, metrics)
+            if done % int(trainer.log_every) == 0 or done == max_steps:
+                metrics_log.write(metrics)
+            registry.hook.fmcore_step_end(step=done, metrics=metrics, run_dir=run_dir)
+        if done % int(trainer.checkpoint_every) == 0 or done == max_steps:
+            _save(store, method, optimizer, done, stream, world, registry, run_dir)
+
+    # --- end ---------------------------------------------------------------------------------
+    progress.close()
+    total_skipped = int(world.all_reduce_sum(stream.skipped))
+    summary = {
+        "steps": max_steps,
+        "skipped_samples": total_skipped,
+        "skipped_examples": stream.first_messages,
+        "seconds": time.perf_counter() - started,
+        "last_metrics": metrics,
+    }
+    if world.is_main:
+        encoder = method.export_encoder()
+        export_encoder(
+            encoder.state_dict(),
+            run_dir / ENCODER_FILE,
+            _encoder_metadata(config, parts, max_steps),
+        )
+        atomic_write_text(run_dir / SUMMARY_FILE, _json(summary))
+        if total_skipped:
+            progress.message(f"{total_skipped} bad sample(s) skipped; see {run_dir / SUMMARY_FILE}")
+    registry.hook.fmcore_train_end(summary=summary, run_dir=run_dir)
+    return TrainResult(run_dir, max_steps, total_skipped, metrics)
+
+
+def _save(
+    store: CheckpointStore,
+    method: Method,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    stream: BatchStream,
+    world: World,
+    registry: Registry,
+    run_dir: Path,
+) -> None:
+    if world.is_main:
+        saved = store.save(
+            step,
+            method.state_dict(),
+            optimizer.state_dict(),
+            {"batches_consumed": stream.batches_consumed, "skipped": stream.skipped},
+        )
+        registry.hook.fmcore_checkpoint_saved(step=step, path=saved.path, run_dir=run_dir)
+    world.barrier()
+
+
+def _json(value: Any) -> str:
+    import json
+
+    return json.dumps(value, indent=2, default=str)

@@ -1,0 +1,47 @@
+"""Errors fmcore raises for bad input, each naming the file, key or package and what to do."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+
+class FmcoreError(Exception):
+    """Base of errors in the user's input, not bugs: the CLI prints them without a traceback."""
+
+
+class BadSample(FmcoreError):
+    """A sample that cannot be used (corrupt, truncated, empty). Training skips and counts it."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+class NoUsableSamples(FmcoreError):
+    """Every sample of a run was bad, or none was found."""
+
+
+class MissingExtra(FmcoreError):
+    def __init__(self, what: str, extra: str | None, modules: Iterable[str]) -> None:
+        modules = sorted(modules)
+        install = f'pip install "fmcore[{extra}]"' if extra else f"pip install {' '.join(modules)}"
+        super().__init__(
+            f"{what} needs the package(s) {', '.join(modules)}, which are not installed:"
+            f" run {install}"
+        )
+        self.extra = extra
+
+
+class ConfigError(FmcoreError):
+    """A wrong config key, value or group choice."""
+
+
+class UnknownChoice(ConfigError):
+    def __init__(self, kind: str, name: str, choices: Iterable[str]) -> None:
+        choices = sorted(choices)
+        super().__init__(
+            f"unknown {kind} '{name}'; valid choices: {', '.join(choices) if choices else '(none)'}"
+        )
+        self.choices = choices

@@ -1,0 +1,142 @@
+"""The method contract: a self-supervised objective over the encoder's token interface.
+
+A method is an ``nn.Module`` holding the encoder and everything else it trains or tracks (heads,
+EMA teacher, decoder, centres), so one ``state_dict`` checkpoints it all. The engine calls
+``forward(batch, ctx)`` once per micro-batch, back-propagates the returned loss, steps the
+optimizer, then calls ``after_optimizer_step(ctx)`` (EMA updates and the like).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, ClassVar
+
+import torch
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+from fmcore.encoder import Encoder
+from fmcore.modalities.base import Modality, ViewSpec
+from fmcore.view_maker import ViewMaker
+
+
+class Scope(StrEnum):
+    """Who a parameter is aggregated with in federated training."""
+
+    SHARED = "shared"  # every site (the trunk)
+    DOMAIN = "domain"  # sites of the same domain (tokenizer, domain heads)
+    LOCAL = "local"  # never leaves the site
+
+
+@dataclass
+class Batch:
+    """A collated batch: data (B, ...) on the device, labels (B,) (-1 unknown), per-sample meta."""
+
+    data: Tensor
+    labels: Tensor
+    meta: list[dict[str, Any]] = field(default_factory=list)
+
+    def pin_memory(self) -> Batch:  # called by DataLoader(pin_memory=True)
+        return Batch(self.data.pin_memory(), self.labels.pin_memory(), self.meta)
+
+    def to(self, device: torch.device) -> Batch:
+        non_blocking = device.type == "cuda"
+        return Batch(
+            self.data.to(device, non_blocking=non_blocking),
+            self.labels.to(device, non_blocking=non_blocking),
+            self.meta,
+        )
+
+    def __len__(self) -> int:
+        return self.data.shape[0]
+
+
+@dataclass
+class StepContext:
+    """What a method may read at one training step."""
+
+    step: int
+    max_steps: int
+    lr: float
+    weight_decay: float
+    ema_momentum: float
+    views: ViewMaker
+    generator: torch.Generator  # device generator for masks and other per-step randomness
+
+    @property
+    def progress(self) -> float:
+        return self.step / max(1, self.max_steps)
+
+
+@dataclass
+class StepOutput:
+    loss: Tensor
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+NO_DECAY_SUFFIXES = (
+    "bias",
+    "cls_token",
+    "reg_token",
+    "mask_token",
+    "pos_embed",
+    "cls_pos",
+    "gamma",
+)
+
+
+class Method(nn.Module, ABC):
+    """Base class of every method plugin; ``name`` is selected by ``method=<name>``."""
+
+    name: ClassVar[str]
+
+    def __init__(self, config: DictConfig, encoder: Encoder, modality: Modality) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = encoder
+        self.modality = modality
+        self.view_specs = {
+            name: ViewSpec.from_config(dict(spec))
+            for name, spec in (config.get("views") or {}).items()
+        }
+
+    @abstractmethod
+    def forward(self, batch: Batch, ctx: StepContext) -> StepOutput:
+        """Loss of one micro-batch. Ask ``ctx.views`` for augmented views of ``batch.data``."""
+
+    def after_optimizer_step(self, ctx: StepContext) -> None:
+        """Called after every optimizer step (e.g. the EMA teacher update)."""
+
+    def export_encoder(self) -> Encoder:
+        """The encoder users keep (DINO-style methods return the teacher's)."""
+        return self.encoder
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Optimizer groups: no weight decay on biases, norms, tokens and positional embeddings.
+
+        Each group has ``params`` and ``weight_decay_scale`` (multiplied by the scheduled decay).
+        """
+        decay, no_decay = [], []
+        for name, parameter in self.named_parameters():
+            if not parameter.requires_grad:
+                continue
+            if parameter.ndim <= 1 or name.endswith(NO_DECAY_SUFFIXES):
+                no_decay.append(parameter)
+            else:
+                decay.append(parameter)
+        return [
+            {"params": decay, "weight_decay_scale": 1.0},
+            {"params": no_decay, "weight_decay_scale": 0.0},
+        ]
+
+    def scopes(self) -> dict[str, Scope]:
+        """Federated scope of every state-dict entry: trunks are shared, the rest is per domain.
+
+        Methods override this to keep private parts ``local``.
+        """
+        return {
+            key: Scope.SHARED if ".trunk." in f".{key}" else Scope.DOMAIN
+            for key in self.state_dict()
+        }

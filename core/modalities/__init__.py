@@ -1,0 +1,1 @@
+"""The four core modalities; plugins may add more through the ``fmcore_modalities`` hook."""

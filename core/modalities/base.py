@@ -1,0 +1,176 @@
+"""The modality contract: what is generic for one raw tensor shape.
+
+A modality owns three things for its tensor layout, so that domains only decode files and methods
+only speak to tokens:
+
+- a tokenizer (raw batch -> embedded tokens with their positional embedding),
+- the per-token reconstruction target and its loss (for masked-modelling methods),
+- batched view operations that run on the device (crop-resize, flip, intensity, blur, masking).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from fmcore.modalities.masking import random_token_mask
+
+
+@dataclass
+class Tokens:
+    """A batch of embedded tokens as the trunk consumes them.
+
+    x:       (B, N, D) token embeddings without positional information.
+    pos:     (B, N, D) or (1, N, D) positional embedding of each token (added by the trunk).
+    grid:    token grid shape for grid modalities ((h, w), (d, h, w), (t, h, w)); None for points.
+    groups:  points only: (B, N, K, 3) neighbourhood coordinates relative to each group centre.
+    centers: points only: (B, N, 3) group centres.
+    """
+
+    x: Tensor
+    pos: Tensor
+    grid: tuple[int, ...] | None = None
+    groups: Tensor | None = None
+    centers: Tensor | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        return self.x.shape[1]
+
+    def select(self, keep: Tensor) -> Tokens:
+        """Keep only the tokens at indices ``keep`` (B, M); the grid no longer applies."""
+        index = keep.unsqueeze(-1).expand(-1, -1, self.x.shape[-1])
+        pos = self.pos.expand(self.x.shape[0], -1, -1)
+        return Tokens(
+            x=torch.gather(self.x, 1, index),
+            pos=torch.gather(pos, 1, index),
+            grid=None,
+            groups=None if self.groups is None else _gather_rows(self.groups, keep),
+            centers=None if self.centers is None else _gather_rows(self.centers, keep),
+        )
+
+
+def _gather_rows(values: Tensor, keep: Tensor) -> Tensor:
+    shape = keep.shape + values.shape[2:]
+    index = keep.reshape(*keep.shape, *([1] * (values.dim() - 2))).expand(shape)
+    return torch.gather(values, 1, index)
+
+
+class Tokenizer(nn.Module, ABC):
+    """Turns a raw batch of one modality into :class:`Tokens`."""
+
+    embed_dim: int
+
+    @abstractmethod
+    def forward(self, x: Tensor) -> Tokens: ...
+
+    @abstractmethod
+    def reconstruction_target(self, x: Tensor, tokens: Tokens) -> Tensor:
+        """Per-token reconstruction target (B, N, P) for the tokens made from ``x``."""
+
+    @property
+    @abstractmethod
+    def target_dim(self) -> int:
+        """P, the size of one token's reconstruction target."""
+
+    @property
+    @abstractmethod
+    def size_multiple(self) -> tuple[int, ...]:
+        """Per-axis multiple a view's size must be (the patch shape; 1 per axis for points)."""
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """One kind of augmented view a method asks for.
+
+    size is the output size as a fraction of the domain's sample size (``data.size``), so one spec
+    serves every modality: 1.0 is a global view, ~0.43 a DINO local crop (96 of 224 pixels).
+    scale is the range of the fraction of the sample's area/volume/points that the crop covers.
+    The remaining fields are probabilities or strengths of the photometric steps.
+    """
+
+    count: int = 1
+    size: float = 1.0
+    scale: tuple[float, float] = (0.4, 1.0)
+    aspect: tuple[float, float] = (3 / 4, 4 / 3)
+    flip: float = 0.5
+    jitter: float = 0.8
+    jitter_strength: float = 0.4
+    grayscale: float = 0.0
+    blur: float = 0.0
+    solarize: float = 0.0
+    noise: float = 0.0
+
+    @classmethod
+    def from_config(cls, values: dict) -> ViewSpec:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(values) - known
+        if unknown:
+            raise KeyError(
+                f"unknown view option(s) {sorted(unknown)}; valid options are {sorted(known)}"
+            )
+        converted = {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in values.items()}
+        return cls(**converted)
+
+
+class ViewStep(Protocol):
+    """A batched on-device augmentation a domain adds after the modality's own view ops."""
+
+    def __call__(self, views: Tensor, generator: torch.Generator) -> Tensor: ...
+
+
+@dataclass
+class TokenizerSettings:
+    """What a modality needs to build its tokenizer: the encoder width and the sample geometry."""
+
+    embed_dim: int
+    sample_size: tuple[int, ...]
+    channels: int
+    options: dict = field(default_factory=dict)
+
+
+class Modality(ABC):
+    """Tokenizer, reconstruction loss and batched views for one raw tensor layout."""
+
+    name: ClassVar[str]
+    #: human description of one sample's layout, e.g. "(C, H, W)"
+    layout: ClassVar[str]
+
+    @abstractmethod
+    def build_tokenizer(self, settings: TokenizerSettings) -> Tokenizer: ...
+
+    @abstractmethod
+    def reconstruction_loss(self, pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+        """Mean loss over the masked tokens only. pred/target (B, N, P), mask (B, N) bool."""
+
+    @abstractmethod
+    def augment(
+        self, batch: Tensor, spec: ViewSpec, out_size: Sequence[int], generator: torch.Generator
+    ) -> Tensor:
+        """One augmented view per sample of ``batch``, of spatial size ``out_size``."""
+
+    def view_size(
+        self, sample_size: Sequence[int], fraction: float, multiple: Sequence[int]
+    ) -> list[int]:
+        """Size of a view that is ``fraction`` of the sample, rounded to token multiples."""
+        return [
+            max(m, round(s * fraction / m) * m) for s, m in zip(sample_size, multiple, strict=True)
+        ]
+
+    def token_mask(
+        self,
+        batch_size: int,
+        tokens: Tokens,
+        ratio: float,
+        generator: torch.Generator,
+    ) -> Tensor:
+        """Token mask (B, N) bool with exactly round(ratio * N) masked tokens per sample.
+
+        Uniformly random by default; modalities with structure override it (tube masking for video).
+        """
+        return random_token_mask(batch_size, tokens.num_tokens, ratio, generator, tokens.x.device)

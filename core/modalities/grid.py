@@ -1,0 +1,106 @@
+"""Patch tokenizer and reconstruction target shared by the grid modalities.
+
+image2d uses 2D patches, volume3d 3D patches and video 3D tubelets (time x height x width): the
+same strided convolution, learned positional embedding (interpolated when a view's token grid
+differs from the sample's) and normalised-patch target serve all three.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fmcore.modalities.base import Tokenizer, Tokens
+
+
+def patchify(x: Tensor, patch: Sequence[int]) -> Tensor:
+    """(B, C, *S) -> (B, N, C * prod(patch)), patches in raster order, values channel-last."""
+    batch, channels, *spatial = x.shape
+    nd = len(spatial)
+    grid = [s // p for s, p in zip(spatial, patch, strict=True)]
+    shape = [batch, channels]
+    for g, p in zip(grid, patch, strict=True):
+        shape += [g, p]
+    x = x.reshape(shape)
+    # (B, C, g0, p0, g1, p1, ...) -> (B, g0, g1, ..., p0, p1, ..., C)
+    grid_axes = [2 + 2 * i for i in range(nd)]
+    patch_axes = [3 + 2 * i for i in range(nd)]
+    x = x.permute(0, *grid_axes, *patch_axes, 1)
+    return x.reshape(batch, math.prod(grid), channels * math.prod(patch))
+
+
+def normalized_patches(x: Tensor, patch: Sequence[int], eps: float = 1e-6) -> Tensor:
+    """MAE's per-patch normalised pixel target: each patch to zero mean and unit variance."""
+    patches = patchify(x, patch)
+    mean = patches.mean(dim=-1, keepdim=True)
+    var = patches.var(dim=-1, keepdim=True, unbiased=True)
+    return (patches - mean) / (var + eps).sqrt()
+
+
+class GridTokenizer(Tokenizer):
+    """Non-overlapping patches of a 2D or 3D grid embedded by one strided convolution.
+
+    The positional embedding is learned at the sample's native token grid and interpolated
+    (bicubic in 2D, trilinear in 3D) for views with a different grid, as DINOv2 does for crops.
+    """
+
+    def __init__(
+        self, embed_dim: int, channels: int, patch: Sequence[int], sample_size: Sequence[int]
+    ) -> None:
+        super().__init__()
+        if len(patch) != len(sample_size):
+            raise ValueError(
+                f"patch {tuple(patch)} and sample size {tuple(sample_size)} differ in rank"
+            )
+        for size, p in zip(sample_size, patch, strict=True):
+            if size % p:
+                raise ValueError(
+                    f"sample size {tuple(sample_size)} is not a multiple of the patch"
+                    f" {tuple(patch)}:"
+                    " change data.size or encoder.tokenizer.patch_size"
+                )
+        self.embed_dim = embed_dim
+        self.channels = channels
+        self.patch = tuple(int(p) for p in patch)
+        self.native_grid = tuple(s // p for s, p in zip(sample_size, patch, strict=True))
+        conv = nn.Conv2d if len(patch) == 2 else nn.Conv3d
+        self.proj = conv(channels, embed_dim, kernel_size=self.patch, stride=self.patch)
+        self.pos_embed = nn.Parameter(torch.zeros(1, math.prod(self.native_grid), embed_dim))
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+
+    @property
+    def target_dim(self) -> int:
+        return self.channels * math.prod(self.patch)
+
+    @property
+    def size_multiple(self) -> tuple[int, ...]:
+        return self.patch
+
+    def positional_embedding(self, grid: tuple[int, ...]) -> Tensor:
+        """(1, prod(grid), D) positional embedding for a token grid."""
+        if grid == self.native_grid:
+            return self.pos_embed
+        pos = self.pos_embed.reshape(1, *self.native_grid, -1).movedim(-1, 1)
+        mode = "bicubic" if len(grid) == 2 else "trilinear"
+        pos = F.interpolate(pos.float(), size=grid, mode=mode, align_corners=False)
+        return pos.to(self.pos_embed.dtype).movedim(1, -1).reshape(1, math.prod(grid), -1)
+
+    def forward(self, x: Tensor) -> Tokens:
+        embedded = self.proj(x)  # (B, D, *grid)
+        grid = tuple(embedded.shape[2:])
+        tokens = embedded.flatten(2).transpose(1, 2)  # (B, N, D)
+        return Tokens(x=tokens, pos=self.positional_embedding(grid), grid=grid)
+
+    def reconstruction_target(self, x: Tensor, tokens: Tokens) -> Tensor:
+        return normalized_patches(x, self.patch)
+
+
+def normalized_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """Mean squared error over masked tokens only (MAE's loss)."""
+    per_token = (pred.float() - target.float()).pow(2).mean(dim=-1)
+    weights = mask.to(per_token.dtype)
+    return (per_token * weights).sum() / weights.sum().clamp(min=1)

@@ -1,0 +1,66 @@
+"""video: (C, T, H, W) clips: tubelets, normalised-tubelet target, spatial crops, tube masking."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from fmcore.modalities import views
+from fmcore.modalities.base import Modality, TokenizerSettings, Tokens, ViewSpec
+from fmcore.modalities.grid import GridTokenizer, normalized_mse
+from fmcore.modalities.masking import random_token_mask
+
+TIME_AXIS = 0
+
+
+class Video(Modality):
+    name = "video"
+    layout = "(C, T, H, W)"
+
+    def build_tokenizer(self, settings: TokenizerSettings) -> GridTokenizer:
+        patch = int(settings.options.get("patch_size", 16))
+        tubelet = int(settings.options.get("tubelet", 2))
+        return GridTokenizer(
+            settings.embed_dim, settings.channels, (tubelet, patch, patch), settings.sample_size
+        )
+
+    def reconstruction_loss(self, pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+        return normalized_mse(pred, target, mask)
+
+    def augment(
+        self, batch: Tensor, spec: ViewSpec, out_size: Sequence[int], generator: torch.Generator
+    ) -> Tensor:
+        # Crops are spatial only and the same for every frame of a clip; time is kept whole.
+        x = views.random_resized_crop(
+            batch,
+            out_size,
+            spec.scale,
+            spec.aspect,
+            spec.flip,
+            generator,
+            fixed_axes=[TIME_AXIS],
+            flip_axes=[2],
+        )
+        x = views.intensity_jitter(x, spec.jitter, spec.jitter_strength, generator)
+        x = views.random_grayscale(x, spec.grayscale, generator)
+        x = views.random_blur(x, spec.blur, generator, axes=(1, 2))
+        return views.random_noise(x, spec.noise, generator)
+
+    def view_size(
+        self, sample_size: Sequence[int], fraction: float, multiple: Sequence[int]
+    ) -> list[int]:
+        """Views shrink in space only: every view keeps the clip's full length in time."""
+        spatial = super().view_size(sample_size[1:], fraction, multiple[1:])
+        return [int(sample_size[TIME_AXIS]), *spatial]
+
+    def token_mask(
+        self, batch_size: int, tokens: Tokens, ratio: float, generator: torch.Generator
+    ) -> Tensor:
+        """Tube masking (VideoMAE): one spatial mask repeated over every temporal token."""
+        if tokens.grid is None:
+            return super().token_mask(batch_size, tokens, ratio, generator)
+        steps, height, width = tokens.grid
+        spatial = random_token_mask(batch_size, height * width, ratio, generator, tokens.x.device)
+        return spatial.unsqueeze(1).expand(-1, steps, -1).reshape(batch_size, -1)

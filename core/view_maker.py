@@ -1,0 +1,56 @@
+"""Augmented views of a raw batch on the device: modality ops, domain steps, normalisation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fmcore.modalities.base import Modality, ViewSpec, ViewStep
+
+
+class ViewMaker:
+    """Turns a method's :class:`ViewSpec` into views of a batch.
+
+    ``overrides`` are the domain's view policy (``data.views``), applied to every spec: digits are
+    not mirror-symmetric (``flip: 0``), a grayscale modality has no saturation to jitter, and so on.
+    """
+
+    def __init__(
+        self,
+        modality: Modality,
+        sample_size: Sequence[int],
+        size_multiple: Sequence[int],
+        domain_steps: Sequence[ViewStep] = (),
+        normalize: Callable[[Tensor], Tensor] = lambda views: views,
+        overrides: dict[str, Any] | None = None,
+    ) -> None:
+        self.modality = modality
+        self.sample_size = tuple(sample_size)
+        self.size_multiple = tuple(size_multiple)
+        self.domain_steps = list(domain_steps)
+        self.normalize = normalize
+        self.overrides = dict(overrides or {})
+        ViewSpec.from_config(self.overrides)  # names every unknown key of the domain's policy
+        self.overrides = {
+            k: tuple(v) if isinstance(v, list | tuple) else v for k, v in self.overrides.items()
+        }
+
+    def __call__(self, data: Tensor, spec: ViewSpec, generator: torch.Generator) -> list[Tensor]:
+        """``spec.count`` augmented, normalised views of ``data``, each a batch like ``data``."""
+        spec = replace(spec, **self.overrides)
+        out_size = self.modality.view_size(self.sample_size, spec.size, self.size_multiple)
+        views = []
+        for _ in range(spec.count):
+            view = self.modality.augment(data, spec, out_size, generator)
+            for step in self.domain_steps:
+                view = step(view, generator)
+            views.append(self.normalize(view))
+        return views
+
+    def plain(self, data: Tensor) -> Tensor:
+        """The un-augmented, normalised batch, as evaluation and embedding see it."""
+        return self.normalize(data)
