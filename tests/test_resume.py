@@ -1,0 +1,96 @@
+"""Killing a run while it writes a checkpoint loses nothing: resume=true continues bit for bit."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import SMALL_RUN, fmcore
+from safetensors.torch import load_file
+
+# A large projection head makes each checkpoint ~200 MB, so writing one takes long enough for the
+# test to see the partial directory and kill the process inside that window.
+BIG_STATE_RUN = [
+    *SMALL_RUN,
+    "method.hidden_dim=2048",
+    "method.projection_dim=2048",
+    "trainer.max_steps=6",
+    "trainer.checkpoint_every=1",
+    "trainer.keep_checkpoints=2",
+    "trainer.log_every=1",
+]
+
+
+def kill_while_writing_checkpoint(run: Path, cwd: Path) -> str:
+    """Start training, SIGKILL it as soon as a partial checkpoint directory appears."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fmcore", "train", *BIG_STATE_RUN, f"run.dir={run}"],
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    checkpoints = run / "checkpoints"
+    deadline = time.monotonic() + 240
+    try:
+        while process.poll() is None and time.monotonic() < deadline:
+            partial = list(checkpoints.glob(".partial-step_*")) if checkpoints.exists() else []
+            # Kill only once an earlier checkpoint exists, so there is something to resume from.
+            if partial and any(checkpoints.glob("step_*")):
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+                return partial[0].name
+            time.sleep(0.0005)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    pytest.fail(f"never caught a checkpoint being written (exit {process.returncode})")
+
+
+@pytest.mark.slow
+def test_kill_during_checkpoint_then_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
+    reference = tmp_path / "reference"
+    fmcore("train", *BIG_STATE_RUN, f"run.dir={reference}", cwd=tmp_path)
+
+    run = tmp_path / "interrupted"
+    partial_name = kill_while_writing_checkpoint(run, tmp_path)
+    written_step = int(partial_name.removeprefix(".partial-step_"))
+    complete = sorted(p.name for p in (run / "checkpoints").glob("step_*"))
+    assert complete, "the earlier complete checkpoint must survive the kill"
+    assert int(complete[-1].removeprefix("step_")) < written_step
+    assert not (run / "encoder.safetensors").exists()
+
+    result = fmcore("train", *BIG_STATE_RUN, f"run.dir={run}", "resume=true", cwd=tmp_path)
+    assert "finished 6 steps" in result.stdout
+
+    expected = load_file(str(reference / "encoder.safetensors"))
+    resumed = load_file(str(run / "encoder.safetensors"))
+    assert expected.keys() == resumed.keys()
+    different = [k for k in expected if not expected[k].equal(resumed[k])]
+    assert not different, f"resumed weights differ from the uninterrupted run: {different[:5]}"
+
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6], "metrics past the resumed checkpoint must not repeat"
+    assert not list((run / "checkpoints").glob(".partial-*")), (
+        "stale partial checkpoints are removed"
+    )
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    result = fmcore(
+        "train",
+        *SMALL_RUN,
+        f"run.dir={tmp_path / 'none'}",
+        "resume=true",
+        cwd=tmp_path,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "holds no complete checkpoint" in result.stderr
