@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from itertools import islice
+from itertools import islice, pairwise
 
 from fmcore.engine.data import ResumableBatchSampler
 from fmcore.engine.schedules import warmup_cosine
@@ -16,7 +16,7 @@ def test_warmup_is_linear_then_cosine_reaches_the_end_value() -> None:
     # halfway through the cosine part the value is the mean of start and end
     assert math.isclose(values[60], 0.55)
     assert math.isclose(values[110], 0.1)
-    assert all(a >= b for a, b in zip(values[10:], values[11:], strict=False))
+    assert all(a >= b for a, b in pairwise(values[10:]))
 
 
 def test_schedule_may_rise_as_ema_momentum_does() -> None:
