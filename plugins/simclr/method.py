@@ -24,6 +24,8 @@ class SimCLR(Method):
         if self.view_specs["global"].count != 2:
             raise ValueError("method.views.global.count must be 2 for SimCLR (one positive pair)")
         self.head = ProjectionHead(encoder.embed_dim, config.hidden_dim, config.projection_dim)
+        # SimCLR never masks tokens; a trainable but unused parameter would stall DDP's reducer.
+        encoder.mask_token.requires_grad_(False)
 
     def forward(self, batch: Batch, ctx: StepContext) -> StepOutput:
         first, second = ctx.views(batch.data, self.view_specs["global"], ctx.generator)
