@@ -38,8 +38,10 @@ class Domain(ABC):
 
     Subclasses set ``name`` (selected by ``domain=<name>``), ``modality`` (``image2d``,
     ``volume3d``, ``video``, ``points`` or a plugin's), and, when they need optional packages,
-    ``extra`` (the fmcore extra that installs them) and ``requires`` (their import names), so a
-    missing package fails with the exact ``pip install`` to run instead of an ImportError.
+    ``requires`` (their import names) with ``extra`` (the fmcore extra that installs them) or,
+    for a third-party plugin, ``install`` (the exact command), so a missing package fails with
+    the command to run instead of an ImportError. Import those packages inside methods, never at
+    module top: a plugin whose module cannot import is reported as broken as a whole.
 
     A domain object is pickled into data-loader workers: open file handles lazily, per process.
     """
@@ -47,6 +49,7 @@ class Domain(ABC):
     name: ClassVar[str]
     modality: ClassVar[str]
     extra: ClassVar[str | None] = None
+    install: ClassVar[str | None] = None
     requires: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, data: DictConfig, cache_dir: Path) -> None:
@@ -57,7 +60,12 @@ class Domain(ABC):
     def check_requirements(cls) -> None:
         missing = [m for m in cls.requires if importlib.util.find_spec(m) is None]
         if missing:
-            raise MissingExtra(cls.name, cls.extra, missing)
+            command = cls.install or (
+                f'pip install "fmcore[{cls.extra}]"'
+                if cls.extra
+                else f"pip install {' '.join(missing)}"
+            )
+            raise MissingExtra(f"domain '{cls.name}'", missing, command)
 
     @property
     def sample_size(self) -> tuple[int, ...]:

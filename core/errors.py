@@ -24,14 +24,15 @@ class NoUsableSamples(FmcoreError):
 
 
 class MissingExtra(FmcoreError):
-    def __init__(self, what: str, extra: str | None, modules: Iterable[str]) -> None:
+    """Optional packages a domain needs are not installed; names the command that installs them."""
+
+    def __init__(self, what: str, modules: Iterable[str], install: str) -> None:
         modules = sorted(modules)
-        install = f'pip install "fmcore[{extra}]"' if extra else f"pip install {' '.join(modules)}"
         super().__init__(
             f"{what} needs the package(s) {', '.join(modules)}, which are not installed:"
             f" run {install}"
         )
-        self.extra = extra
+        self.install = install
 
 
 class ConfigError(FmcoreError):

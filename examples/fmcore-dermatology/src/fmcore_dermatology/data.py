@@ -30,7 +30,8 @@ Ref = tuple[str, int]  # (path, label): small and picklable into data-loader wor
 class Dermatology(Domain):
     name = "dermatology"
     modality = "image2d"
-    requires = ("PIL",)  # imported lazily, so a missing Pillow names the pip install to run
+    requires = ("PIL",)  # imported lazily, so a missing Pillow names the command below
+    install = "pip install pillow"
 
     def index(self, split: str = "train") -> Sequence[Ref]:
         if split not in SPLITS:
