@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
-from omegaconf.errors import ConfigKeyError
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from fmcore.errors import ConfigError, UnknownChoice
 
@@ -92,12 +93,17 @@ def _parse_value(raw: str) -> Any:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:
         return raw
+    if isinstance(value, date):  # 2024-01-01: OmegaConf cannot hold dates, keep the text
+        return raw
     if isinstance(value, str) and _looks_like_float(value):
         return float(value)
     return value
 
 
 def _looks_like_float(text: str) -> bool:
+    # Only numbers YAML 1.1 leaves as text (1e-4); words like nan / inf / infinity stay strings.
+    if not any(c.isdigit() for c in text):
+        return False
     try:
         float(text)
     except ValueError:
@@ -116,13 +122,18 @@ def compose(words: Sequence[str], sources: ConfigSources, saved: Path | None = N
                 " cannot change it;"
                 " override single keys instead"
             )
+        if not Path(saved).is_file():
+            raise ConfigError(f"saved config {saved} does not exist")
         config = OmegaConf.load(saved)
     else:
         config = _compose_groups(sources, overrides.choices)
     OmegaConf.set_struct(config, True)
     for key, value, may_add in overrides.values:
         _set(config, key, value, may_add)
-    OmegaConf.resolve(config)
+    try:
+        OmegaConf.resolve(config)
+    except OmegaConfBaseException as error:  # ${...} naming a missing key, and the like
+        raise ConfigError(f"cannot resolve the config: {error}") from error
     return config
 
 
@@ -148,18 +159,24 @@ def _compose_groups(sources: ConfigSources, choices: dict[str, str]) -> DictConf
 
 def _set(config: DictConfig, key: str, value: Any, may_add: bool) -> None:
     parent_key, _, leaf = key.rpartition(".")
-    parent = OmegaConf.select(config, parent_key) if parent_key else config
+    parent = _select(config, parent_key) if parent_key else config
     if parent is None and may_add:
         _set(config, parent_key, {}, may_add=True)
-        parent = OmegaConf.select(config, parent_key)
+        parent = _select(config, parent_key)
+    if parent is None and not may_add:
+        # A missing section on the way (traner.max_steps): list the keys where the path breaks.
+        section, level = config, ""
+        for part in parent_key.split("."):
+            if not isinstance(section, DictConfig) or part not in section:
+                break
+            level = f"{level}.{part}" if level else part
+            section = _select(config, level)
+        if isinstance(section, DictConfig):
+            raise _unknown_key(key, level, section)
     if not isinstance(parent, DictConfig | ListConfig):
         raise ConfigError(f"unknown config key '{key}': '{parent_key}' is not a section")
     if isinstance(parent, DictConfig) and leaf not in parent and not may_add:
-        raise ConfigError(
-            f"unknown config key '{key}'; valid keys under '{parent_key or '<root>'}':"
-            f" {', '.join(sorted(str(k) for k in parent))}"
-            f" (prefix a new key with '+': +{key}=...)"
-        )
+        raise _unknown_key(key, parent_key, parent)
     try:
         with open_dict(parent):
             if isinstance(parent, ListConfig):
@@ -168,6 +185,22 @@ def _set(config: DictConfig, key: str, value: Any, may_add: bool) -> None:
                 parent[leaf] = value
     except (ConfigKeyError, ValueError, IndexError) as error:
         raise ConfigError(f"cannot set '{key}': {error}") from error
+
+
+def _select(config: DictConfig, key: str) -> Any:
+    """The node at ``key``, or None (also where the path indexes a list with a non-number)."""
+    try:
+        return OmegaConf.select(config, key)
+    except OmegaConfBaseException:
+        return None
+
+
+def _unknown_key(key: str, level: str, section: DictConfig) -> ConfigError:
+    return ConfigError(
+        f"unknown config key '{key}'; valid keys under '{level or '<root>'}':"
+        f" {', '.join(sorted(str(k) for k in section))}"
+        f" (prefix a new key with '+': +{key}=...)"
+    )
 
 
 def to_yaml(config: DictConfig) -> str:

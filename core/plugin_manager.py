@@ -111,7 +111,7 @@ def load_registry(entries: Iterable[EntryPoint] | None = None) -> Registry:
     """Load every entry point of the ``fmcore`` group (or the given ones) into a new registry."""
     manager = pluggy.PluginManager(hookspecs.PROJECT)
     manager.add_hookspecs(hookspecs)
-    if os.environ.get("FMCORE_TRACE_HOOKS"):
+    if os.environ.get("FMCORE_TRACE_HOOKS", "") not in ("", "0"):
         manager.trace.root.setwriter(lambda message: sys.stderr.write(message))
         manager.enable_tracing()
     registry = Registry(manager=manager)

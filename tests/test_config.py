@@ -1,0 +1,309 @@
+"""Config composition: train.yaml + group files + dotted overrides, plugin config dirs, saved
+configs, and the ``fmcore config`` / ``--help`` command line."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from conftest import fmcore
+from omegaconf import DictConfig, OmegaConf
+
+from fmcore.cli import main
+from fmcore.config import ConfigSources, as_dict, compose, core_config_dir, to_yaml
+from fmcore.errors import ConfigError, UnknownChoice
+
+CORE = ConfigSources((core_config_dir(),))
+
+
+def core(*words: str) -> DictConfig:
+    return compose(list(words), CORE)
+
+
+@pytest.fixture
+def plugin_dir(tmp_path: Path) -> Path:
+    """A plugin's config directory: a new domain, a new encoder, a new group, a shadowing file."""
+    root = tmp_path / "plugin_configs"
+    files = {
+        "domain/other.yaml": "domain:\n  name: other\ndata:\n  size: [8, 8]\n  channels: 3\n",
+        # Same name as a core file: must never replace fmcore's digits.yaml.
+        "domain/digits.yaml": "domain:\n  name: hijacked\nencoder:\n  tokenizer:\n"
+        "    patch_size: 99\n",
+        "encoder/vit_p8.yaml": "encoder:\n  name: vit_p8\n  embed_dim: 32\n  depth: 1\n"
+        "  num_heads: 1\n  tokenizer:\n    patch_size: 8\n",
+        "logger/wandb.yaml": "logger:\n  kind: wandb\n  project: demo\n",
+        "logger/stdout.yaml": "logger:\n  kind: stdout\n",
+    }
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+# --- defaults and group merge order ----------------------------------------------------------
+
+
+def test_defaults_compose_digits_simclr_vit_tiny() -> None:
+    config = core()
+    assert config.domain.name == "digits"
+    assert config.method.name == "simclr"
+    assert config.encoder.name == "vit_tiny"
+    assert config.encoder.embed_dim == 192
+    assert as_dict(config.defaults) == {
+        "encoder": "vit_tiny",
+        "domain": "digits",
+        "method": "simclr",
+    }
+    # train.yaml's own sections are there too.
+    assert config.trainer.max_steps == 100
+    assert config.run.dir is None
+
+
+def test_choosing_an_encoder_keeps_the_common_encoder_keys() -> None:
+    config = core("encoder=vit_small")
+    assert config.encoder.name == "vit_small"
+    assert config.encoder.embed_dim == 384
+    assert config.encoder.num_heads == 6
+    # Keys only train.yaml's encoder section defines survive the merge.
+    assert config.encoder.trunk == "vit"
+    assert config.encoder.mlp_ratio == 4.0
+    assert config.encoder.qkv_bias is True
+    assert config.encoder.tokenizer.tubelet == 2
+    assert config.encoder.tokenizer.num_groups == 64
+    assert config.defaults.encoder == "vit_small"
+
+
+def test_domain_overrides_the_encoders_tokenizer(plugin_dir: Path) -> None:
+    # train.yaml says 16; the digits domain (merged after the encoder) says 4.
+    assert core().encoder.tokenizer.patch_size == 4
+    assert core("encoder=vit_small").encoder.tokenizer.patch_size == 4
+
+    sources = ConfigSources((core_config_dir(), plugin_dir))
+    # An encoder file setting its own patch size still loses to the domain merged after it ...
+    assert compose(["encoder=vit_p8"], sources).encoder.tokenizer.patch_size == 4
+    # ... and wins over train.yaml when the domain says nothing about the tokenizer.
+    other = compose(["encoder=vit_p8", "domain=other"], sources)
+    assert other.encoder.tokenizer.patch_size == 8
+    assert other.encoder.trunk == "vit"
+
+
+def test_key_overrides_beat_every_group_file() -> None:
+    config = core("encoder=vit_small", "encoder.tokenizer.patch_size=2", "encoder.embed_dim=96")
+    assert config.encoder.tokenizer.patch_size == 2
+    assert config.encoder.embed_dim == 96
+
+
+# --- dotted overrides ------------------------------------------------------------------------
+
+
+def test_override_values_are_typed_as_yaml() -> None:
+    config = core(
+        "trainer.max_steps=10",
+        "trainer.lr=1e-4",
+        "trainer.min_lr=0.5",
+        "trainer.betas=[0.9,0.95]",
+        "trainer.clip_grad=null",
+        "trainer.compile=true",
+        "resume=false",
+        "trainer.device=cpu",
+        "run.dir=runs/demo",
+    )
+    assert config.trainer.max_steps == 10 and type(config.trainer.max_steps) is int
+    assert config.trainer.lr == pytest.approx(1e-4) and type(config.trainer.lr) is float
+    assert config.trainer.min_lr == 0.5
+    assert as_dict(config.trainer.betas) == [0.9, 0.95]
+    assert config.trainer.clip_grad is None
+    assert config.trainer.compile is True
+    assert config.resume is False
+    assert config.trainer.device == "cpu"
+    assert config.run.dir == "runs/demo"
+
+
+def test_values_that_are_not_numbers_stay_text() -> None:
+    config = core("+run.tag=2024-01-01", "+run.note=nan", "+run.word=inf", "+run.empty=")
+    assert config.run.tag == "2024-01-01"
+    assert config.run.note == "nan"
+    assert config.run.word == "inf"
+    assert config.run.empty == ""
+    # YAML's own spelling of special floats still works.
+    assert math.isinf(core("trainer.clip_grad=.inf").trainer.clip_grad)
+
+
+def test_a_list_element_can_be_overridden_by_index() -> None:
+    assert as_dict(core("trainer.betas.1=0.95").trainer.betas) == [0.9, 0.95]
+    with pytest.raises(ConfigError, match=r"trainer\.betas\.5"):
+        core("trainer.betas.5=0.1")
+
+
+def test_plus_adds_new_keys_also_under_missing_sections() -> None:
+    config = core("+data.slide_mpp=0.25", "+extra.nested.deep=1")
+    assert config.data.slide_mpp == 0.25
+    assert config.extra.nested.deep == 1
+    assert "slide_mpp" not in core().data
+
+
+def test_unknown_key_names_it_lists_valid_keys_and_suggests_plus() -> None:
+    with pytest.raises(ConfigError) as caught:
+        core("trainer.max_stepz=7")
+    message = str(caught.value)
+    assert "unknown config key 'trainer.max_stepz'" in message
+    assert "max_steps" in message and "batch_size" in message and "warmup_steps" in message
+    assert "+trainer.max_stepz=" in message
+
+
+def test_unknown_section_lists_the_keys_where_the_path_breaks() -> None:
+    with pytest.raises(ConfigError) as caught:
+        core("traner.max_steps=7")
+    message = str(caught.value)
+    assert "unknown config key 'traner.max_steps'" in message
+    assert "<root>" in message and "trainer" in message and "encoder" in message
+    assert "+traner.max_steps=" in message
+
+    with pytest.raises(ConfigError, match=r"valid keys under 'trainer'.*max_steps"):
+        core("trainer.nope.deep=1")
+
+
+def test_a_key_below_a_value_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"'trainer\.max_steps' is not a section"):
+        core("trainer.max_steps.x=1")
+    with pytest.raises(ConfigError, match=r"trainer\.betas"):
+        core("trainer.betas.x.y=1")
+
+
+def test_unknown_group_option_lists_the_valid_options() -> None:
+    with pytest.raises(UnknownChoice) as caught:
+        core("encoder=vit_huge")
+    assert "vit_huge" in str(caught.value)
+    assert caught.value.choices == ["vit_base", "vit_giant", "vit_large", "vit_small", "vit_tiny"]
+    with pytest.raises(UnknownChoice, match=r"unknown domain 'nowhere'; valid choices: digits"):
+        core("domain=nowhere")
+
+
+def test_a_word_without_equals_is_refused_with_the_syntax() -> None:
+    with pytest.raises(ConfigError) as caught:
+        core("trainer.max_steps")
+    message = str(caught.value)
+    assert "'trainer.max_steps' is not an override" in message
+    assert "key=value" in message and "group=option" in message and "+new.key=value" in message
+    with pytest.raises(ConfigError, match="no key"):
+        core("=3")
+
+
+def test_a_broken_interpolation_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="nowhere"):
+        core("+run.name=${nowhere}")
+    assert core("+run.steps=${trainer.max_steps}").run.steps == 100
+
+
+# --- plugin config directories ---------------------------------------------------------------
+
+
+def test_plugin_dir_adds_an_option_to_an_existing_group(plugin_dir: Path) -> None:
+    sources = ConfigSources((core_config_dir(), plugin_dir))
+    assert set(sources.options("domain")) == {"digits", "other"}
+    config = compose(["domain=other"], sources)
+    assert config.domain.name == "other"
+    assert as_dict(config.data.size) == [8, 8]
+    assert config.data.channels == 3
+    assert config.defaults.domain == "other"
+    # Without the plugin directory the option does not exist.
+    with pytest.raises(UnknownChoice):
+        core("domain=other")
+
+
+def test_plugin_dir_adds_a_new_group(plugin_dir: Path) -> None:
+    sources = ConfigSources((core_config_dir(), plugin_dir))
+    assert sources.groups() == ["encoder", "domain", "method", "logger"]
+    assert set(sources.options("logger")) == {"stdout", "wandb"}
+    # A group nobody chose contributes nothing.
+    assert "logger" not in compose([], sources)
+    config = compose(["logger=wandb", "logger.project=mine"], sources)
+    assert as_dict(config.logger) == {"kind": "wandb", "project": "mine"}
+    assert config.defaults.logger == "wandb"
+    with pytest.raises(UnknownChoice, match="stdout, wandb"):
+        compose(["logger=syslog"], sources)
+
+
+def test_plugin_file_cannot_replace_a_core_file(plugin_dir: Path) -> None:
+    sources = ConfigSources((core_config_dir(), plugin_dir))
+    assert sources.options("domain")["digits"] == core_config_dir() / "domain" / "digits.yaml"
+    config = compose(["domain=digits"], sources)
+    assert config.domain.name == "digits"
+    assert config.encoder.tokenizer.patch_size == 4
+    assert compose([], sources) == core()
+
+
+# --- saved configs ---------------------------------------------------------------------------
+
+
+def test_saved_config_reproduces_and_accepts_key_overrides(tmp_path: Path) -> None:
+    original = core("encoder=vit_small", "trainer.max_steps=30", "+data.extra=1")
+    saved = tmp_path / "config.yaml"
+    saved.write_text(to_yaml(original))
+
+    again = compose([], CORE, saved=saved)
+    assert again == original
+    assert as_dict(again.defaults) == as_dict(original.defaults)
+
+    changed = compose(["trainer.max_steps=200", "+run.note=resumed"], CORE, saved=saved)
+    assert changed.trainer.max_steps == 200
+    assert changed.run.note == "resumed"
+    assert changed.encoder.embed_dim == 384
+    with pytest.raises(ConfigError, match=r"unknown config key 'trainer\.max_stepz'"):
+        compose(["trainer.max_stepz=1"], CORE, saved=saved)
+
+
+def test_saved_config_refuses_group_choices(tmp_path: Path) -> None:
+    saved = tmp_path / "config.yaml"
+    saved.write_text(to_yaml(core()))
+    with pytest.raises(ConfigError) as caught:
+        compose(["encoder=vit_small"], CORE, saved=saved)
+    assert "encoder=vit_small" in str(caught.value)
+    assert "override single keys" in str(caught.value)
+
+
+def test_missing_saved_config_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        compose([], CORE, saved=tmp_path / "nope.yaml")
+
+
+# --- the command line ------------------------------------------------------------------------
+
+
+def test_cli_config_show_prints_the_resolved_yaml(tmp_path: Path) -> None:
+    result = fmcore("config", "show", "trainer.max_steps=7", "encoder=vit_small", cwd=tmp_path)
+    shown = OmegaConf.create(result.stdout)
+    assert shown.trainer.max_steps == 7
+    assert shown.encoder.embed_dim == 384
+    assert shown.domain.name == "digits"
+
+
+def test_cli_unknown_key_exits_2_without_traceback(tmp_path: Path) -> None:
+    result = fmcore("config", "show", "trainer.max_stepz=7", cwd=tmp_path, check=False)
+    assert result.returncode == 2
+    assert "unknown config key 'trainer.max_stepz'" in result.stderr
+    assert "max_steps" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_cli_config_groups_lists_groups_and_options(tmp_path: Path) -> None:
+    lines = fmcore("config", "groups", cwd=tmp_path).stdout.splitlines()
+    groups = {line.split(":")[0]: line.split(":")[1].strip().split(", ") for line in lines}
+    assert list(groups)[:3] == ["encoder", "domain", "method"]
+    assert groups["encoder"] == ["vit_base", "vit_giant", "vit_large", "vit_small", "vit_tiny"]
+    assert "digits" in groups["domain"]
+    assert "simclr" in groups["method"]
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["config", "show", "--help"]])
+def test_help_explains_the_override_syntax(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    for syntax in ("group=option", "key=value", "+key=value", "domain=pathology"):
+        assert syntax in text
