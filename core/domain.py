@@ -55,6 +55,14 @@ class Domain(ABC):
     def __init__(self, data: DictConfig, cache_dir: Path) -> None:
         self.data = data
         self.cache_dir = cache_dir
+        self.bad_inputs: list[str] = []  # files index() skipped, each "path: reason"
+
+    def report_bad_input(self, path: str | Path, reason: str) -> None:
+        """Record a whole input (a corrupt slide, an empty series) that ``index`` leaves out.
+
+        The engine prints these and counts them in the run summary; the run goes on.
+        """
+        self.bad_inputs.append(f"{path}: {reason}")
 
     @classmethod
     def check_requirements(cls) -> None:
@@ -106,7 +114,8 @@ class Domain(ABC):
     def index(self, split: str = "train") -> Sequence[Any]:
         """Find the samples of ``split`` and return lightweight references (paths, coordinates).
 
-        Called once in the main process; the references are pickled into workers.
+        Called once per process before training; the references are pickled into workers.
+        Unusable inputs are left out and reported with :meth:`report_bad_input`.
         """
 
     @abstractmethod

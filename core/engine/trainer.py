@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -202,9 +203,14 @@ def _train(
     world.barrier()
     if not world.is_main:
         refs = parts.domain.index("train")
+    if world.is_main:
+        for message in parts.domain.bad_inputs:
+            print(f"skipped bad input: {message}", file=sys.stderr, flush=True)
     if not refs:
+        problems = "".join(f"\n  {m}" for m in parts.domain.bad_inputs)
         raise NoUsableSamples(
-            f"domain '{parts.domain.name}' found no samples (data.root={config.data.root})"
+            f"domain '{parts.domain.name}' found no usable samples"
+            f" (data.root={config.data.root}){problems}"
         )
 
     method = parts.method.to(world.device)
@@ -332,6 +338,7 @@ def _train(
         "steps": max_steps,
         "skipped_samples": total_skipped,
         "skipped_examples": stream.first_messages,
+        "skipped_inputs": parts.domain.bad_inputs,
         "seconds": time.perf_counter() - started,
         "last_metrics": metrics,
     }
@@ -343,8 +350,11 @@ def _train(
             _encoder_metadata(config, parts, max_steps),
         )
         atomic_write_text(run_dir / SUMMARY_FILE, _json(summary))
-        if total_skipped:
-            progress.message(f"{total_skipped} bad sample(s) skipped; see {run_dir / SUMMARY_FILE}")
+        if total_skipped or parts.domain.bad_inputs:
+            progress.message(
+                f"{len(parts.domain.bad_inputs)} bad input(s) and {total_skipped} bad sample(s)"
+                f" skipped; see {run_dir / SUMMARY_FILE}"
+            )
     registry.hook.fmcore_train_end(summary=summary, run_dir=run_dir)
     return TrainResult(run_dir, max_steps, total_skipped, metrics)
 
