@@ -149,12 +149,26 @@ def _compose_groups(sources: ConfigSources, choices: dict[str, str]) -> DictConf
         option = defaults.get(group)
         if option in (None, "null"):
             continue
-        files = sources.options(group)
-        if option not in files:
-            raise UnknownChoice(group, str(option), files)
-        merged = OmegaConf.merge(merged, OmegaConf.load(files[option]))
+        merged = OmegaConf.merge(merged, _load_option(sources, group, str(option), ()))
     merged.defaults = {g: defaults.get(g) for g in sources.groups() if defaults.get(g) is not None}
     return merged
+
+
+def _load_option(
+    sources: ConfigSources, group: str, option: str, seen: tuple[str, ...]
+) -> DictConfig:
+    """One group file; ``extends: <option>`` first loads another option of the same group, so a
+    preset lists only what it changes (``method=dinov2_small`` extends ``dinov2``)."""
+    files = sources.options(group)
+    if option not in files:
+        raise UnknownChoice(group, option, files)
+    if option in seen:
+        raise ConfigError(f"{group}/{option}.yaml extends itself through {' -> '.join(seen)}")
+    node = OmegaConf.load(files[option])
+    parent = node.pop("extends", None)
+    if parent is None:
+        return node
+    return OmegaConf.merge(_load_option(sources, group, str(parent), (*seen, option)), node)
 
 
 def _set(config: DictConfig, key: str, value: Any, may_add: bool) -> None:

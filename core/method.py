@@ -3,7 +3,8 @@
 A method is an ``nn.Module`` holding the encoder and everything else it trains or tracks (heads,
 EMA teacher, decoder, centres), so one ``state_dict`` checkpoints it all. The engine calls
 ``forward(batch, ctx)`` once per micro-batch, back-propagates the returned loss, steps the
-optimizer, then calls ``after_optimizer_step(ctx)`` (EMA updates and the like).
+optimizer (calling ``before_optimizer_step(ctx)`` first, e.g. to cancel some gradients), then
+calls ``after_optimizer_step(ctx)`` (EMA updates and the like).
 """
 
 from __future__ import annotations
@@ -106,6 +107,9 @@ class Method(nn.Module, ABC):
     def forward(self, batch: Batch, ctx: StepContext) -> StepOutput:
         """Loss of one micro-batch. Ask ``ctx.views`` for augmented views of ``batch.data``."""
 
+    def before_optimizer_step(self, ctx: StepContext) -> None:
+        """Called after backward, before clipping and the optimizer step (e.g. to drop grads)."""
+
     def after_optimizer_step(self, ctx: StepContext) -> None:
         """Called after every optimizer step (e.g. the EMA teacher update)."""
 
@@ -116,7 +120,8 @@ class Method(nn.Module, ABC):
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Optimizer groups: no weight decay on biases, norms, tokens and positional embeddings.
 
-        Each group has ``params`` and ``weight_decay_scale`` (multiplied by the scheduled decay).
+        Each group has ``params`` and ``weight_decay_scale`` (multiplied by the scheduled decay),
+        and may have ``lr_scale`` (multiplied by the scheduled learning rate; default 1).
         """
         decay, no_decay = [], []
         for name, parameter in self.named_parameters():

@@ -20,6 +20,7 @@ def build_vit(encoder: Any) -> VisionTransformer:
             num_registers=int(encoder.num_registers),
             layerscale=None if encoder.layerscale is None else float(encoder.layerscale),
             drop_path=float(encoder.drop_path),
+            drop_path_uniform=bool(encoder.drop_path_uniform),
             causal=bool(encoder.causal),
             activation_checkpointing=bool(encoder.activation_checkpointing),
         )

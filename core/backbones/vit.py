@@ -27,6 +27,7 @@ class ViTConfig:
     num_registers: int = 0
     layerscale: float | None = None  # initial LayerScale gamma; None disables LayerScale
     drop_path: float = 0.0  # stochastic depth rate of the last block (linear from 0)
+    drop_path_uniform: bool = False  # every block at ``drop_path`` instead (DINOv2's choice)
     causal: bool = False  # causal self-attention for autoregressive methods
     activation_checkpointing: bool = False
 
@@ -135,7 +136,11 @@ class VisionTransformer(nn.Module):
             if config.num_registers
             else None
         )
-        rates = torch.linspace(0, config.drop_path, config.depth).tolist()
+        rates = (
+            [config.drop_path] * config.depth
+            if config.drop_path_uniform
+            else torch.linspace(0, config.drop_path, config.depth).tolist()
+        )
         self.blocks = nn.ModuleList(Block(config, rate) for rate in rates)
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self._init_weights()

@@ -120,14 +120,28 @@ class BatchStream:
 
 def _set_schedules(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
         group["weight_decay"] = weight_decay * group["weight_decay_scale"]
 
 
-def _schedules(trainer: DictConfig, step: int) -> tuple[float, float, float]:
+def peak_lr(trainer: DictConfig, world_size: int) -> float:
+    """``trainer.lr``, scaled to the global batch by ``trainer.lr_scaling`` (linear or sqrt)."""
+    rule = trainer.lr_scaling
+    if rule is None:
+        return float(trainer.lr)
+    global_batch = int(trainer.batch_size) * int(trainer.grad_accum_steps) * world_size
+    ratio = global_batch / float(trainer.lr_reference_batch)
+    if rule == "linear":
+        return float(trainer.lr) * ratio
+    if rule == "sqrt":
+        return float(trainer.lr) * math.sqrt(ratio)
+    raise ConfigError(f"trainer.lr_scaling must be null, linear or sqrt, not '{rule}'")
+
+
+def _schedules(trainer: DictConfig, step: int, world_size: int) -> tuple[float, float, float]:
     total = int(trainer.max_steps)
     lr = warmup_cosine(
-        step, total, float(trainer.lr), float(trainer.min_lr), int(trainer.warmup_steps)
+        step, total, peak_lr(trainer, world_size), float(trainer.min_lr), int(trainer.warmup_steps)
     )
     weight_decay = warmup_cosine(
         step, total, float(trainer.weight_decay), float(trainer.weight_decay_end)
@@ -274,7 +288,7 @@ def _train(
     metrics: dict[str, float] = {}
     for step in range(start_step, max_steps):
         step_started = time.perf_counter()
-        lr, weight_decay, momentum = _schedules(trainer, step)
+        lr, weight_decay, momentum = _schedules(trainer, step, world.size)
         _set_schedules(optimizer, lr, weight_decay)
         seed = step_seed(int(config.run.seed), step, world.rank)
         torch.manual_seed(seed)
@@ -300,6 +314,7 @@ def _train(
                 f"loss is {loss} at step {step}: lower trainer.lr or check the data;"
                 f" the last complete checkpoint in {store.directory} is kept"
             )
+        method.before_optimizer_step(ctx)
         grad_norm = (
             float(torch.nn.utils.clip_grad_norm_(method.parameters(), float(trainer.clip_grad)))
             if trainer.clip_grad is not None

@@ -1,7 +1,10 @@
-"""Token masks shared by every modality (MAE-style random masking and its index split)."""
+"""Token masks shared by every modality: random (MAE), block-wise (BEiT/iBOT), index splits."""
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -37,3 +40,59 @@ def split_indices(mask: Tensor) -> tuple[Tensor, Tensor]:
     num_masked = int(counts[0])
     num_visible = mask.shape[1] - num_masked
     return order[:, :num_visible], order[:, num_visible:]
+
+
+def block_mask(
+    grid: tuple[int, ...],
+    num_masked: int,
+    rng: np.random.Generator,
+    min_block: int = 4,
+    max_block: int | None = None,
+    aspect: tuple[float, float] = (0.3, 1 / 0.3),
+) -> np.ndarray:
+    """BEiT's block-wise mask on a token grid of any rank, as a flat bool array (N,).
+
+    Boxes of random size (>= ``min_block`` tokens, <= ``max_block``) and log-uniform aspect are
+    added until about ``num_masked`` tokens are masked; a box may only add tokens, never exceed
+    the remaining budget, and ten failed placements in a row end the search (as in BEiT), so the
+    count can fall slightly short of the target on crowded grids.
+    """
+    mask = np.zeros(grid, dtype=bool)
+    max_block = max_block or num_masked
+    log_aspect = (math.log(aspect[0]), math.log(aspect[1]))
+    count = 0
+    while count < num_masked:
+        budget = min(num_masked - count, max_block)
+        added = _add_block(mask, budget, min_block, log_aspect, rng)
+        if added == 0:
+            break
+        count += added
+    return mask.reshape(-1)
+
+
+def _add_block(
+    mask: np.ndarray,
+    budget: int,
+    min_block: int,
+    log_aspect: tuple[float, float],
+    rng: np.random.Generator,
+) -> int:
+    rank = mask.ndim
+    for _ in range(10):
+        area = rng.uniform(min_block, max(min_block, budget))
+        # Each axis's ratio to the first is log-uniform in ``aspect`` (BEiT's h/w in 2D); centring
+        # keeps the box's volume at ``area``.
+        ratios = np.concatenate([[0.0], rng.uniform(*log_aspect, size=rank - 1)])
+        ratios -= ratios.mean()
+        extents = [round(area ** (1 / rank) * math.exp(r)) for r in ratios]
+        if any(e < 1 or e >= size for e, size in zip(extents, mask.shape, strict=True)):
+            continue
+        corner = [
+            int(rng.integers(0, size - e + 1)) for e, size in zip(extents, mask.shape, strict=True)
+        ]
+        box = tuple(slice(c, c + e) for c, e in zip(corner, extents, strict=True))
+        new = int(math.prod(extents)) - int(mask[box].sum())
+        if 0 < new <= budget:
+            mask[box] = True
+            return new
+    return 0

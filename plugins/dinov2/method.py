@@ -1,0 +1,203 @@
+"""DINOv2 wired to fmcore's contract: multi-crop views -> student and EMA teacher -> three losses.
+
+Per step: two global and N local crops from the modality's batched views; the teacher sees the
+global crops, the student sees all crops with block masks on its global crops. Losses: DINO
+cross-entropy between student crops and the teacher's centred class-token distributions of the
+other global crop(s); iBOT cross-entropy on masked patch tokens; KoLeo on the student's global
+class tokens. The teacher follows the student by EMA after every optimizer step.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+from fmcore.backbones.vit import DropPath
+from fmcore.encoder import Encoder
+from fmcore.method import Batch, Method, Scope, StepContext, StepOutput
+from fmcore.modalities.base import Modality, Tokens
+from fmcore.modalities.masking import block_mask
+from fmcore.plugins.dinov2.centering import SoftmaxCentering, sinkhorn_knopp
+from fmcore.plugins.dinov2.head import DINOHead
+from fmcore.plugins.dinov2.losses import dino_cross_entropy, ibot_patch_loss, koleo_loss
+from fmcore.plugins.dinov2.param_groups import layerwise_groups
+
+
+def _head(config: DictConfig, dim: int) -> DINOHead:
+    return DINOHead(
+        dim, config.prototypes, config.hidden_dim, config.bottleneck_dim, config.nlayers
+    )
+
+
+class DINOv2(Method):
+    name = "dinov2"
+
+    def __init__(self, config: DictConfig, encoder: Encoder, modality: Modality) -> None:
+        super().__init__(config, encoder, modality)
+        if config.centering not in ("sinkhorn_knopp", "softmax"):
+            raise ValueError(
+                f"method.centering must be sinkhorn_knopp or softmax, not '{config.centering}'"
+            )
+        dim = encoder.embed_dim
+        self.dino_head = _head(config.dino, dim)
+        # iBOT shares the DINO head unless ibot.separate_head is set (DINOv2's default: shared)
+        self.ibot_head = _head(config.ibot, dim) if config.ibot.separate_head else None
+        teacher = {"encoder": copy.deepcopy(encoder), "dino_head": copy.deepcopy(self.dino_head)}
+        if self.ibot_head is not None:
+            teacher["ibot_head"] = copy.deepcopy(self.ibot_head)
+        self.teacher = nn.ModuleDict(teacher)
+        self.teacher.requires_grad_(False)
+        for module in self.teacher.modules():
+            if isinstance(module, DropPath):
+                module.rate = 0.0  # the teacher never drops paths
+        if config.centering == "softmax":
+            self.dino_centering = SoftmaxCentering(config.dino.prototypes, config.center_momentum)
+            ibot_prototypes = (config.ibot if config.ibot.separate_head else config.dino).prototypes
+            self.ibot_centering = SoftmaxCentering(ibot_prototypes, config.center_momentum)
+        self.global_specs = (self.view_specs["global_1"], self.view_specs["global_2"])
+        self.local_spec = self.view_specs.get("local")
+
+    # --- schedules and centring ------------------------------------------------------------
+
+    def teacher_temperature(self, progress: float) -> float:
+        """Linear warm-up from ``warmup_teacher_temp`` to ``teacher_temp``, then constant."""
+        warmup = float(self.config.teacher_temp_warmup)
+        start, end = float(self.config.warmup_teacher_temp), float(self.config.teacher_temp)
+        if warmup <= 0 or progress >= warmup:
+            return end
+        return start + (end - start) * progress / warmup
+
+    def _targets(self, logits: Tensor, temperature: float, centering: str) -> Tensor:
+        if self.config.centering == "sinkhorn_knopp":
+            return sinkhorn_knopp(logits, temperature, int(self.config.sinkhorn_iterations))
+        return getattr(self, centering)(logits, temperature)
+
+    # --- masks -----------------------------------------------------------------------------
+
+    def _masks(self, count: int, tokens: Tokens, generator: torch.Generator) -> Tensor:
+        """iBOT masks for ``count`` global crops: a ``mask_sample_probability`` share of them get
+        masks whose ratios are spread over ``mask_ratio``, the others none; order shuffled."""
+        ibot = self.config.ibot
+        seed = int(torch.randint(2**31 - 1, (1,), generator=generator, device=generator.device))
+        rng = np.random.default_rng(seed)
+        num_tokens = tokens.num_tokens
+        masked_samples = int(count * float(ibot.mask_sample_probability))
+        bounds = np.linspace(*ibot.mask_ratio, masked_samples + 1)
+        masks = np.zeros((count, num_tokens), dtype=bool)
+        for i in range(masked_samples):
+            target = int(num_tokens * rng.uniform(bounds[i], bounds[i + 1]))
+            if tokens.grid is not None:
+                masks[i] = block_mask(tokens.grid, target, rng, max_block=num_tokens // 2)
+            else:  # point groups have no grid: mask a random subset
+                masks[i, rng.permutation(num_tokens)[:target]] = True
+        masks = masks[rng.permutation(count)]
+        return torch.from_numpy(masks).to(tokens.x.device)
+
+    # --- the step --------------------------------------------------------------------------
+
+    def forward(self, batch: Batch, ctx: StepContext) -> StepOutput:
+        config = self.config
+        batch_size = batch.data.shape[0]
+        global_crops = torch.cat(
+            [ctx.views(batch.data, spec, ctx.generator)[0] for spec in self.global_specs]
+        )  # (2B, ...)
+        local_crops = (
+            ctx.views(batch.data, self.local_spec, ctx.generator)
+            if self.local_spec is not None and self.local_spec.count > 0
+            else []
+        )
+        temperature = self.teacher_temperature(ctx.progress)
+
+        with torch.no_grad():
+            teacher_out = self.teacher["encoder"](global_crops)
+            teacher_logits = self.teacher["dino_head"](teacher_out.cls)  # (2B, K)
+            teacher_targets = self._targets(teacher_logits, temperature, "dino_centering")
+            teacher_targets = teacher_targets.view(2, batch_size, -1)
+
+        tokens = self.encoder.tokenizer(global_crops)
+        mask = self._masks(2 * batch_size, tokens, ctx.generator)  # (2B, N)
+        student_global = self.encoder.encode_tokens(tokens, mask=mask)
+        student_logits = [self.dino_head(student_global.cls).view(2, batch_size, -1)]
+        if local_crops:
+            student_local = self.encoder(torch.cat(local_crops))  # (L*B, ...)
+            student_logits.append(
+                self.dino_head(student_local.cls).view(len(local_crops), batch_size, -1)
+            )
+        dino = dino_cross_entropy(torch.cat(student_logits), teacher_targets, config.student_temp)
+
+        ibot = self._ibot_loss(student_global.patches, teacher_out.patches, mask, temperature)
+        koleo = sum(koleo_loss(cls) for cls in student_global.cls.chunk(2))
+        loss = (
+            float(config.dino.loss_weight) * dino
+            + float(config.ibot.loss_weight) * ibot
+            + float(config.dino.koleo_loss_weight) * koleo
+        )
+        return StepOutput(
+            loss=loss,
+            metrics={
+                "dino_loss": float(dino.detach()),
+                "ibot_loss": float(ibot.detach()),
+                "koleo_loss": float(koleo.detach()),
+                "teacher_temp": temperature,
+                "masked_fraction": float(mask.float().mean()),
+            },
+        )
+
+    def _ibot_loss(
+        self, student_patches: Tensor, teacher_patches: Tensor, mask: Tensor, temperature: float
+    ) -> Tensor:
+        if not bool(mask.any()):
+            return student_patches.sum() * 0.0  # keeps the graph (and DDP) identical every step
+        student_head = self.ibot_head or self.dino_head
+        teacher_head = (
+            self.teacher["ibot_head"] if self.ibot_head is not None else self.teacher["dino_head"]
+        )
+        with torch.no_grad():
+            teacher_logits = teacher_head(teacher_patches[mask])  # (M, K)
+            targets = self._targets(teacher_logits, temperature, "ibot_centering")
+        student_logits = student_head(student_patches[mask])  # (M, K)
+        return ibot_patch_loss(student_logits, targets, mask, self.config.student_temp)
+
+    # --- around the optimizer step ----------------------------------------------------------
+
+    def before_optimizer_step(self, ctx: StepContext) -> None:
+        """Freeze the prototypes early in training (DINO's last-layer freeze) for stability."""
+        if ctx.progress < float(self.config.freeze_last_layer):
+            for head in (self.dino_head, self.ibot_head):
+                if head is not None:
+                    head.prototypes.grad = None
+
+    @torch.no_grad()
+    def after_optimizer_step(self, ctx: StepContext) -> None:
+        """Teacher <- momentum * teacher + (1 - momentum) * student."""
+        pairs = [
+            (self.teacher["encoder"], self.encoder),
+            (self.teacher["dino_head"], self.dino_head),
+        ]
+        if self.ibot_head is not None:
+            pairs.append((self.teacher["ibot_head"], self.ibot_head))
+        teacher_params = [p for t, _ in pairs for p in t.parameters()]
+        student_params = [p for _, s in pairs for p in s.parameters()]
+        torch._foreach_mul_(teacher_params, ctx.ema_momentum)
+        torch._foreach_add_(teacher_params, student_params, alpha=1 - ctx.ema_momentum)
+
+    def export_encoder(self) -> Encoder:
+        return self.teacher["encoder"]  # DINOv2 evaluates and releases the teacher
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        return layerwise_groups(
+            self,
+            depth=len(self.encoder.trunk.blocks),
+            layer_decay=float(self.config.layer_decay),
+            patch_embed_lr=float(self.config.patch_embed_lr),
+        )
+
+    def scopes(self) -> dict[str, Scope]:
+        """Trunks shared, tokenizers and heads per domain, running centres local to the site."""
+        scopes = super().scopes()
+        return {k: Scope.LOCAL if "centering." in k else v for k, v in scopes.items()}

@@ -1,0 +1,162 @@
+"""DINOv2 as a method: EMA teacher, masks, schedules, frozen prototypes, groups, and learning."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import SMALL_RUN, fmcore
+from omegaconf import OmegaConf
+from safetensors.torch import load_file
+from sklearn.neighbors import KNeighborsClassifier
+
+from fmcore.cli import config_sources
+from fmcore.config import compose
+from fmcore.factory import build_domain, build_encoder, build_parts
+from fmcore.method import Batch, Scope, StepContext
+from fmcore.plugin_manager import registry
+
+TINY = [
+    "domain=digits",
+    "method=dinov2_small",
+    "encoder.depth=2",
+    "encoder.embed_dim=32",
+    "encoder.num_heads=2",
+    "method.dino.prototypes=64",
+    "method.ibot.prototypes=64",
+    "method.dino.hidden_dim=32",
+    "method.dino.bottleneck_dim=16",
+]
+
+
+def parts(*extra: str):
+    config = compose([*TINY, *extra], config_sources(registry()))
+    torch.manual_seed(0)
+    return build_parts(config, registry())
+
+
+def context(built, step: int = 0, max_steps: int = 100, momentum: float = 0.9) -> StepContext:
+    return StepContext(
+        step, max_steps, 1e-3, 0.04, momentum, built.views, torch.Generator().manual_seed(step)
+    )
+
+
+def test_teacher_is_the_ema_of_the_student() -> None:
+    built = parts()
+    method = built.method
+    teacher_before = [p.clone() for p in method.teacher["encoder"].parameters()]
+    with torch.no_grad():
+        for p in method.encoder.parameters():
+            p.add_(torch.randn_like(p))
+    student = [p.clone() for p in method.encoder.parameters()]
+    method.after_optimizer_step(context(built, momentum=0.9))
+    for before, s, after in zip(
+        teacher_before, student, method.teacher["encoder"].parameters(), strict=True
+    ):
+        torch.testing.assert_close(after, 0.9 * before + 0.1 * s)
+    assert not any(p.requires_grad for p in method.teacher.parameters())
+
+
+def test_masks_follow_the_sample_probability_and_ratio_range() -> None:
+    method = parts().method
+    tokens = method.encoder.tokenizer(torch.rand(64, 1, 16, 16))  # 4 x 4 token grid
+    masks = method._masks(64, tokens, torch.Generator().manual_seed(0))
+    per_crop = masks.sum(dim=1)
+    assert int((per_crop > 0).sum()) <= 32  # mask_sample_probability 0.5
+    assert int((per_crop == 0).sum()) >= 32
+    ratios = per_crop[per_crop > 0].float() / 16
+    assert float(ratios.max()) <= 0.5 and float(ratios.min()) >= 1 / 16
+
+
+def test_teacher_temperature_warms_up_linearly() -> None:
+    method = parts("method.teacher_temp_warmup=0.5").method
+    assert method.teacher_temperature(0.0) == pytest.approx(0.04)
+    assert method.teacher_temperature(0.25) == pytest.approx(0.055)
+    assert method.teacher_temperature(0.9) == pytest.approx(0.07)
+
+
+def test_prototypes_are_frozen_only_early_in_training() -> None:
+    built = parts("method.freeze_last_layer=0.1")
+    method = built.method
+    batch_data = torch.stack([built.domain.load(i).data for i in range(8)])
+    out = method(Batch(batch_data, torch.zeros(8, dtype=torch.long)), context(built, step=5))
+    out.loss.backward()
+    assert method.dino_head.prototypes.grad is not None
+    method.before_optimizer_step(context(built, step=5))
+    assert method.dino_head.prototypes.grad is None
+    out = method(Batch(batch_data, torch.zeros(8, dtype=torch.long)), context(built, step=50))
+    out.loss.backward()
+    method.before_optimizer_step(context(built, step=50))
+    assert method.dino_head.prototypes.grad is not None
+
+
+def test_layerwise_lr_decay_and_scopes() -> None:
+    method = parts("method.layer_decay=0.5", "method.patch_embed_lr=0.2").method
+    scale_of = {}
+    for group in method.parameter_groups():
+        for p in group["params"]:
+            scale_of[id(p)] = (group["lr_scale"], group["weight_decay_scale"])
+    named = dict(method.named_parameters())
+    depth = 2
+    assert scale_of[id(named["encoder.trunk.blocks.1.attn.qkv.weight"])] == (0.5, 1.0)
+    assert scale_of[id(named["encoder.trunk.blocks.0.attn.qkv.weight"])] == (0.25, 1.0)
+    assert scale_of[id(named["encoder.trunk.blocks.0.norm1.weight"])] == (0.25, 0.0)
+    assert scale_of[id(named["encoder.tokenizer.proj.weight"])] == pytest.approx(
+        (0.5 ** (depth + 1) * 0.2, 1.0)
+    )
+    assert scale_of[id(named["dino_head.prototypes"])] == (1.0, 1.0)
+    assert not any(name.startswith("teacher.") for name in named if id(named[name]) in scale_of)
+
+    scopes = method.scopes()
+    assert scopes["encoder.trunk.blocks.0.attn.qkv.weight"] == Scope.SHARED
+    assert scopes["teacher.encoder.trunk.norm.weight"] == Scope.SHARED
+    assert scopes["encoder.tokenizer.proj.weight"] == Scope.DOMAIN
+    assert scopes["dino_head.prototypes"] == Scope.DOMAIN
+
+
+def knn_accuracy(run: Path, trained: bool) -> float:
+    """20-NN (cosine) accuracy of the run's encoder CLS features on digits val vs train."""
+    config = OmegaConf.load(run / "config.yaml")
+    domain = build_domain(config, registry())
+    torch.manual_seed(int(config.run.seed))
+    encoder = build_encoder(config, registry(), domain).eval()
+    if trained:
+        encoder.load_state_dict(load_file(str(run / "encoder.safetensors")))
+
+    def features(split: str) -> tuple[np.ndarray, np.ndarray]:
+        samples = [domain.load(ref) for ref in domain.index(split)]
+        images = domain.normalize(torch.stack([s.data for s in samples]))
+        return encoder.features(images).numpy(), np.array([s.label for s in samples])
+
+    train_x, train_y = features("train")
+    val_x, val_y = features("val")
+    return KNeighborsClassifier(20, metric="cosine").fit(train_x, train_y).score(val_x, val_y)
+
+
+@pytest.mark.slow
+def test_dinov2_pretraining_beats_a_random_encoder_under_knn(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    words = [w for w in SMALL_RUN if not w.startswith(("method", "encoder"))]
+    fmcore(
+        "train",
+        *words,
+        "method=dinov2_small",
+        "encoder.depth=2",
+        "encoder.embed_dim=64",
+        "encoder.num_heads=2",
+        "trainer.batch_size=64",
+        "trainer.max_steps=120",
+        "trainer.warmup_steps=12",
+        "trainer.checkpoint_every=1000",
+        f"run.dir={run}",
+        cwd=tmp_path,
+        timeout=600,
+    )
+    random_accuracy = knn_accuracy(run, trained=False)
+    trained_accuracy = knn_accuracy(run, trained=True)
+    (tmp_path / "knn.json").write_text(json.dumps([random_accuracy, trained_accuracy]))
+    print(f"kNN accuracy on digits: random {random_accuracy:.3f}, DINOv2 {trained_accuracy:.3f}")
+    assert trained_accuracy > random_accuracy + 0.2
