@@ -8,7 +8,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fmcore import __version__
-from fmcore.config import ConfigSources, compose, core_config_dir, to_yaml
+from fmcore.config import (
+    RUN_CONFIG_FILE,
+    ConfigSources,
+    compose,
+    core_config_dir,
+    resume_config,
+    to_yaml,
+)
 from fmcore.errors import FmcoreError
 from fmcore.plugin_manager import Registry, registry
 
@@ -22,7 +29,7 @@ overrides:
 examples:
   fmcore train domain=pathology method=dinov2
   fmcore train domain=digits method=simclr trainer.max_steps=20 run.dir=runs/demo
-  fmcore train run.dir=runs/demo resume=true
+  fmcore train run.dir=runs/demo resume=true          (continues with runs/demo/config.yaml)
   fmcore train --config runs/demo/config.yaml trainer.max_steps=200
   torchrun --nproc-per-node 8 -m fmcore train domain=pathology method=dinov2 data.root=/slides
 """
@@ -57,7 +64,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     plugins = registry()
     _warn_problems(plugins)
-    result = train(_resolve(args, plugins), plugins)
+    config = _resolve(args, plugins)
+    saved = (
+        Path(str(config.run.dir)) / RUN_CONFIG_FILE if config.resume and config.run.dir else None
+    )
+    if saved is not None and saved.exists() and args.config is None:
+        config = resume_config(args.overrides, config_sources(plugins), saved)
+    result = train(config, plugins)
     print(f"finished {result.steps} steps; run directory {result.run_dir}")
     return 0
 

@@ -22,6 +22,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 from fmcore.errors import ConfigError, UnknownChoice
 
 BASE_FILE = "train.yaml"
+RUN_CONFIG_FILE = "config.yaml"  # the resolved config every run directory holds
 GROUP_ORDER = ("encoder", "domain", "method")
 
 
@@ -109,6 +110,51 @@ def _looks_like_float(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+# What a resumed run may change: where and how it runs, how long, and where its data now lives.
+RESUME_MAY_CHANGE = (
+    "resume",
+    "run.dir",
+    "run.cache_dir",
+    "data.root",
+    "trainer.max_steps",
+    "trainer.device",
+    "trainer.num_workers",
+    "trainer.progress",
+    "trainer.log_every",
+    "trainer.checkpoint_every",
+    "trainer.keep_checkpoints",
+)
+
+
+def resume_config(words: Sequence[str], sources: ConfigSources, run_config: Path) -> DictConfig:
+    """The saved config of a run being resumed, with the few overrides a resume may make.
+
+    Repeating the original command line with ``resume=true`` works: overrides that restate a
+    saved value are accepted; only real changes outside ``RESUME_MAY_CHANGE`` are refused.
+    """
+    saved = OmegaConf.load(run_config)
+    overrides = parse_overrides(words, sources.groups())
+    final = {key: value for key, value, _ in overrides.values}  # the last word for a key wins
+    changed = [
+        key
+        for key, value in final.items()
+        if key not in RESUME_MAY_CHANGE and as_dict(OmegaConf.select(saved, key)) != value
+    ]
+    changed += [
+        f"{group}={option}"
+        for group, option in overrides.choices.items()
+        if saved.get("defaults", {}).get(group) != option
+    ]
+    if changed:
+        refused = changed
+        raise ConfigError(
+            f"resume=true continues {run_config} as saved and cannot change {', '.join(refused)};"
+            f" a resume may only change {', '.join(RESUME_MAY_CHANGE[1:])}"
+        )
+    kept = [w for w in words if w.split("=", 1)[0].lstrip("+") not in sources.groups()]
+    return compose(kept, sources, saved=run_config)
 
 
 def compose(words: Sequence[str], sources: ConfigSources, saved: Path | None = None) -> DictConfig:

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 from omegaconf import DictConfig
 from torch import Tensor
 
-from fmcore.errors import BadSample, MissingExtra
+from fmcore.errors import BadSample, MissingExtra, MissingPath
 from fmcore.modalities.base import ViewStep
 
 
@@ -90,7 +90,7 @@ class Domain(ABC):
         if self.data.get("root"):
             root = Path(str(self.data.root)).expanduser()
             if not root.exists():
-                raise FileNotFoundError(
+                raise MissingPath(
                     f"data.root={root} does not exist: point data.root at your {self.name} data,"
                     " or leave it unset to use the embedded sample"
                 )
@@ -120,7 +120,13 @@ class Domain(ABC):
 
     @abstractmethod
     def load(self, ref: Any) -> Sample:
-        """Decode one referenced sample; raise :class:`BadSample` (naming the file) if unusable."""
+        """Decode one referenced sample; raise :class:`BadSample` (naming the file) if unusable.
+
+        Must be deterministic given ``ref`` (put any random choice, such as a tile position,
+        into the references ``index`` returns), so resumed runs see the same data. Images,
+        volumes and video are float tensors in [0, 1] (map intensities there, e.g. CT windows):
+        the view ops clamp to and threshold in that range. Points are (N, 3 + F) floats.
+        """
 
     def write_sample_data(self, directory: Path) -> None:
         """Write a small embedded sample in the domain's real file format into ``directory``."""

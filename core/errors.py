@@ -35,8 +35,12 @@ class MissingExtra(FmcoreError):
         self.install = install
 
 
-class ConfigError(FmcoreError):
-    """A wrong config key, value or group choice."""
+class ConfigError(FmcoreError, ValueError):
+    """A wrong config key, value or group choice (a ValueError, so callers may catch either)."""
+
+
+class MissingPath(ConfigError, FileNotFoundError):
+    """A configured file or directory (data.root, a saved config) does not exist."""
 
 
 class UnknownChoice(ConfigError):

@@ -3,7 +3,7 @@
 A method is an ``nn.Module`` holding the encoder and everything else it trains or tracks (heads,
 EMA teacher, decoder, centres), so one ``state_dict`` checkpoints it all. The engine calls
 ``forward(batch, ctx)`` once per micro-batch, back-propagates the returned loss, steps the
-optimizer (calling ``before_optimizer_step(ctx)`` first, e.g. to cancel some gradients), then
+optimizer (clipping each of ``clip_groups()``, then calling ``before_optimizer_step(ctx)``), then
 calls ``after_optimizer_step(ctx)`` (EMA updates and the like).
 """
 
@@ -88,6 +88,11 @@ NO_DECAY_SUFFIXES = (
 )
 
 
+def takes_weight_decay(name: str, parameter: nn.Parameter) -> bool:
+    """Weight decay applies to weight matrices only: not to biases, norms, tokens, positions."""
+    return parameter.ndim > 1 and not name.endswith(NO_DECAY_SUFFIXES)
+
+
 class Method(nn.Module, ABC):
     """Base class of every method plugin; ``name`` is selected by ``method=<name>``."""
 
@@ -108,10 +113,14 @@ class Method(nn.Module, ABC):
         """Loss of one micro-batch. Ask ``ctx.views`` for augmented views of ``batch.data``."""
 
     def before_optimizer_step(self, ctx: StepContext) -> None:
-        """Called after backward, before clipping and the optimizer step (e.g. to drop grads)."""
+        """Called after backward and clipping, before the optimizer step (e.g. to drop grads)."""
 
     def after_optimizer_step(self, ctx: StepContext) -> None:
         """Called after every optimizer step (e.g. the EMA teacher update)."""
+
+    def clip_groups(self) -> list[list[nn.Parameter]]:
+        """Parameter sets whose gradient norms are clipped separately (one set by default)."""
+        return [[p for p in self.parameters() if p.requires_grad]]
 
     def export_encoder(self) -> Encoder:
         """The encoder users keep (DINO-style methods return the teacher's)."""
@@ -127,10 +136,7 @@ class Method(nn.Module, ABC):
         for name, parameter in self.named_parameters():
             if not parameter.requires_grad:
                 continue
-            if parameter.ndim <= 1 or name.endswith(NO_DECAY_SUFFIXES):
-                no_decay.append(parameter)
-            else:
-                decay.append(parameter)
+            (decay if takes_weight_decay(name, parameter) else no_decay).append(parameter)
         return [
             {"params": decay, "weight_decay_scale": 1.0},
             {"params": no_decay, "weight_decay_scale": 0.0},

@@ -44,13 +44,11 @@ class ViewMaker:
         spec = replace(spec, **self.overrides)
         out_size = self.modality.view_size(self.sample_size, spec.size, self.size_multiple)
         views = []
-        for _ in range(spec.count):
-            view = self.modality.augment(data, spec, out_size, generator)
-            for step in self.domain_steps:
-                view = step(view, generator)
-            views.append(self.normalize(view))
+        # Views are data preparation: full precision even inside the engine's bf16 autocast.
+        with torch.autocast(data.device.type, enabled=False):
+            for _ in range(spec.count):
+                view = self.modality.augment(data.float(), spec, out_size, generator)
+                for step in self.domain_steps:
+                    view = step(view, generator)
+                views.append(self.normalize(view))
         return views
-
-    def plain(self, data: Tensor) -> Tensor:
-        """The un-augmented, normalised batch, as evaluation and embedding see it."""
-        return self.normalize(data)

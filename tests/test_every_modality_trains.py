@@ -69,14 +69,27 @@ CASES = {
 }
 
 
+DINOV2_SMALL_HEADS = [
+    "method=dinov2_small",
+    "method.dino.prototypes=64",
+    "method.ibot.prototypes=64",
+    "method.dino.hidden_dim=32",
+    "method.dino.bottleneck_dim=16",
+]
+
+
+@pytest.mark.parametrize("method", ["simclr", "dinov2"])
 @pytest.mark.parametrize("modality", sorted(CASES))
-def test_simclr_trains_on_every_modality(modality: str, tmp_path: Path) -> None:
+def test_every_method_trains_on_every_modality(method: str, modality: str, tmp_path: Path) -> None:
     registry = load_registry()
     domain = make_domain(modality)
     registry.domains[domain.name] = domain
     run = tmp_path / "run"
     words = [w for w in SMALL_RUN if not w.startswith("domain=")]
-    extra = ["method.views.global.scale=[0.6,1.0]"] if modality == "points" else []
+    if method == "dinov2":
+        words = [w for w in words if not w.startswith("method")] + DINOV2_SMALL_HEADS
+    scale_key = "global" if method == "simclr" else "local"
+    extra = [f"method.views.{scale_key}.scale=[0.6,1.0]"] if modality == "points" else []
     config = compose(
         [
             "domain=digits",
@@ -101,3 +114,5 @@ def test_simclr_trains_on_every_modality(modality: str, tmp_path: Path) -> None:
     assert summary["last_metrics"]["tokens_per_s"] > 0
     encoder = load_file(str(run / "encoder.safetensors"))
     assert "trunk.cls_token" in encoder
+    if method == "dinov2":  # iBOT really masked tokens of this modality
+        assert summary["last_metrics"]["masked_fraction"] > 0

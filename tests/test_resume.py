@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import SMALL_RUN, fmcore
+from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 # A large projection head makes each checkpoint ~200 MB, so writing one takes long enough for the
@@ -67,7 +68,8 @@ def test_kill_during_checkpoint_then_resume_matches_uninterrupted_run(tmp_path: 
     assert int(complete[-1].removeprefix("step_")) < written_step
     assert not (run / "encoder.safetensors").exists()
 
-    result = fmcore("train", *BIG_STATE_RUN, f"run.dir={run}", "resume=true", cwd=tmp_path)
+    # The run's own config.yaml is the base: run.dir and resume=true are all it takes.
+    result = fmcore("train", f"run.dir={run}", "resume=true", cwd=tmp_path)
     assert "finished 6 steps" in result.stdout
 
     expected = load_file(str(reference / "encoder.safetensors"))
@@ -81,6 +83,30 @@ def test_kill_during_checkpoint_then_resume_matches_uninterrupted_run(tmp_path: 
     assert not list((run / "checkpoints").glob(".partial-*")), (
         "stale partial checkpoints are removed"
     )
+
+
+def test_resume_refuses_to_change_the_recipe_but_accepts_the_same_command(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    fmcore("train", *SMALL_RUN, "trainer.max_steps=2", f"run.dir={run}", cwd=tmp_path)
+    changed = fmcore(
+        "train",
+        *SMALL_RUN,
+        "trainer.max_steps=3",
+        "trainer.lr=0.1",
+        f"run.dir={run}",
+        "resume=true",
+        cwd=tmp_path,
+        check=False,
+    )
+    assert changed.returncode == 2
+    assert "cannot change trainer.lr" in changed.stderr
+    saved = OmegaConf.load(run / "config.yaml")  # the saved config is intact
+    assert saved.encoder.depth == 2 and saved.trainer.lr == 5.0e-4
+
+    same = fmcore(
+        "train", *SMALL_RUN, "trainer.max_steps=3", f"run.dir={run}", "resume=true", cwd=tmp_path
+    )
+    assert "finished 3 steps" in same.stdout
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path: Path) -> None:

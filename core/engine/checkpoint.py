@@ -19,6 +19,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from fmcore.errors import ConfigError
+
 CHECKPOINT_PREFIX = "step_"
 PARTIAL_PREFIX = ".partial-"
 MODEL_FILE = "model.safetensors"
@@ -120,11 +122,13 @@ class CheckpointStore:
         save_tensors(optimizer_tensors, partial / OPTIMIZER_TENSORS)
         (partial / OPTIMIZER_JSON).write_text(json.dumps(optimizer_meta))
         (partial / TRAINER_JSON).write_text(json.dumps({**trainer, "step": step}, indent=2))
-        _fsync_directory(partial)
+        for file in partial.iterdir():  # data on disk before the rename makes the step visible
+            _fsync(file)
+        _fsync(partial)
         if final.exists():  # a re-run of the same step after a crash past the rename
             shutil.rmtree(final)
         os.replace(partial, final)
-        _fsync_directory(self.directory)
+        _fsync(self.directory)
         self._prune()
         return Checkpoint(final)
 
@@ -151,7 +155,7 @@ class CheckpointStore:
                 shutil.rmtree(partial, ignore_errors=True)
 
 
-def _fsync_directory(path: Path) -> None:
+def _fsync(path: Path) -> None:
     descriptor = os.open(path, os.O_RDONLY)
     try:
         os.fsync(descriptor)
@@ -167,9 +171,14 @@ def export_encoder(state: dict[str, Tensor], path: Path, metadata: dict[str, str
 
 
 def load_method_state(module: torch.nn.Module, checkpoint: Checkpoint) -> None:
-    missing, unexpected = module.load_state_dict(checkpoint.model_state(), strict=False)
+    try:
+        missing, unexpected = module.load_state_dict(checkpoint.model_state(), strict=False)
+    except RuntimeError as error:  # shape mismatches
+        raise ConfigError(
+            f"checkpoint {checkpoint.path} does not fit this run's model: {error}"
+        ) from error
     if missing or unexpected:
-        raise RuntimeError(
+        raise ConfigError(
             f"checkpoint {checkpoint.path} does not match this run's model:"
             f" missing {missing[:5]}, unexpected {unexpected[:5]} (was the config changed?)"
         )

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from fmcore.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -29,11 +32,32 @@ class World:
             dist.barrier()
 
     def all_reduce_sum(self, value: float) -> float:
-        if not self.distributed:
-            return value
         tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
-        dist.all_reduce(tensor)
-        return float(tensor.item())
+        return float(all_reduce_(tensor).item())
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every rank's ``value`` (picklable), in rank order, on every rank."""
+        if not self.distributed:
+            return [value]
+        values: list[Any] = [None] * self.size
+        dist.all_gather_object(values, value)
+        return values
+
+
+def collectives_active() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def world_size() -> int:
+    """Processes in the current process group (1 outside torchrun)."""
+    return dist.get_world_size() if collectives_active() else 1
+
+
+def all_reduce_(tensor: torch.Tensor, op: dist.ReduceOp = dist.ReduceOp.SUM) -> torch.Tensor:
+    """In-place all-reduce across processes; the tensor itself when running alone."""
+    if collectives_active():
+        dist.all_reduce(tensor, op=op)
+    return tensor
 
 
 def pick_device(name: str, local_rank: int) -> torch.device:
@@ -41,7 +65,7 @@ def pick_device(name: str, local_rank: int) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(
+            raise ConfigError(
                 "trainer.device=cuda but no CUDA device is visible: use trainer.device=cpu"
             )
         torch.cuda.set_device(local_rank)

@@ -11,6 +11,8 @@ from typing import TextIO
 
 from tqdm import tqdm
 
+from fmcore.errors import ConfigError
+
 
 def _format(value: float) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
@@ -31,7 +33,7 @@ class Progress:
         if mode == "auto":
             mode = "bar" if self.stream.isatty() else "lines"
         if mode not in ("bar", "lines", "none"):
-            raise ValueError(f"trainer.progress must be auto, bar, lines or none, not '{mode}'")
+            raise ConfigError(f"trainer.progress must be auto, bar, lines or none, not '{mode}'")
         self.mode = mode
         self.total = total_steps
         self.start_step = start_step
@@ -77,17 +79,21 @@ class Progress:
             self.bar.close()
 
 
+def _step(line: str) -> float:
+    """A metrics line's step; a line cut short by a crash counts as past any checkpoint."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
+
+
 class MetricsLog:
     """metrics.jsonl, one JSON object per logged step; resuming drops lines past the checkpoint."""
 
     def __init__(self, path: Path, resume_step: int | None) -> None:
         self.path = path
         if resume_step is not None and path.exists():
-            kept = [
-                line
-                for line in path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= resume_step
-            ]
+            kept = [line for line in path.read_text().splitlines() if _step(line) <= resume_step]
             path.write_text("".join(f"{line}\n" for line in kept))
         elif resume_step is None:
             path.write_text("")

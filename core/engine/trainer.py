@@ -23,8 +23,13 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
 from fmcore.backbones.vit import VisionTransformer
-from fmcore.config import to_yaml
-from fmcore.engine.checkpoint import CheckpointStore, atomic_write_text, export_encoder
+from fmcore.config import RUN_CONFIG_FILE, to_yaml
+from fmcore.engine.checkpoint import (
+    CheckpointStore,
+    atomic_write_text,
+    export_encoder,
+    load_method_state,
+)
 from fmcore.engine.data import DomainDataset, ResumableBatchSampler, make_loader
 from fmcore.engine.distributed import World, init_world, shutdown_world
 from fmcore.engine.progress import MetricsLog, Progress
@@ -35,7 +40,6 @@ from fmcore.method import Batch, Method, StepContext
 from fmcore.plugin_manager import Registry
 from fmcore.plugin_manager import registry as default_registry
 
-CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 ENCODER_FILE = "encoder.safetensors"
@@ -141,13 +145,29 @@ def peak_lr(trainer: DictConfig, world_size: int) -> float:
 def _schedules(trainer: DictConfig, step: int, world_size: int) -> tuple[float, float, float]:
     total = int(trainer.max_steps)
     lr = warmup_cosine(
-        step, total, peak_lr(trainer, world_size), float(trainer.min_lr), int(trainer.warmup_steps)
+        step, total, peak_lr(trainer, world_size), float(trainer.min_lr), _warmup_steps(trainer)
     )
     weight_decay = warmup_cosine(
         step, total, float(trainer.weight_decay), float(trainer.weight_decay_end)
     )
     momentum_start, momentum_end = (float(m) for m in trainer.ema_momentum)
     return lr, weight_decay, warmup_cosine(step, total, momentum_start, momentum_end)
+
+
+def _clip(method: Method, max_norm: float | None) -> float:
+    """Clip each of the method's clip groups to ``max_norm``; the largest norm before clipping."""
+    if max_norm is None:
+        return float("nan")
+    norms = [
+        torch.nn.utils.clip_grad_norm_(group, float(max_norm)) for group in method.clip_groups()
+    ]
+    return float(torch.stack(norms).max())
+
+
+def _warmup_steps(trainer: DictConfig) -> int:
+    if trainer.warmup_fraction is not None:
+        return round(float(trainer.warmup_fraction) * int(trainer.max_steps))
+    return int(trainer.warmup_steps)
 
 
 def _make_optimizer(
@@ -204,9 +224,6 @@ def _train(
             f"{run_dir} already holds checkpoints: add resume=true to continue that run,"
             " or choose another run.dir"
         )
-    if world.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / CONFIG_FILE, to_yaml(config))
 
     # Subnormal floats (from blur kernel tails, tiny Adam moments) slow CPU math by 10-30x.
     torch.set_flush_denormal(True)
@@ -231,14 +248,20 @@ def _train(
     optimizer = _make_optimizer(method, trainer, world.device)
     start_step, start_batch, skipped = 0, 0, 0
     if checkpoint is not None:
-        method.load_state_dict(checkpoint.model_state())
+        load_method_state(method, checkpoint)
         optimizer.load_state_dict(checkpoint.optimizer_state())
         state = checkpoint.trainer_state()
-        start_step, start_batch, skipped = (
-            state["step"],
-            state["batches_consumed"],
-            state["skipped"],
-        )
+        if len(state["ranks"]) != world.size:
+            raise ConfigError(
+                f"{checkpoint.path} was written by {len(state['ranks'])} process(es); resume it"
+                f" with the same number (now {world.size}), so every rank continues its own data"
+            )
+        start_step = state["step"]
+        start_batch = state["ranks"][world.rank]["batches_consumed"]
+        skipped = state["ranks"][world.rank]["skipped"]
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / RUN_CONFIG_FILE, to_yaml(config))
     if trainer.compile:
         _compile_trunks(method)
     model: torch.nn.Module = (
@@ -314,12 +337,8 @@ def _train(
                 f"loss is {loss} at step {step}: lower trainer.lr or check the data;"
                 f" the last complete checkpoint in {store.directory} is kept"
             )
+        grad_norm = _clip(method, trainer.clip_grad)
         method.before_optimizer_step(ctx)
-        grad_norm = (
-            float(torch.nn.utils.clip_grad_norm_(method.parameters(), float(trainer.clip_grad)))
-            if trainer.clip_grad is not None
-            else float("nan")
-        )
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         method.after_optimizer_step(ctx)
@@ -384,13 +403,10 @@ def _save(
     registry: Registry,
     run_dir: Path,
 ) -> None:
+    # Every rank has its own data position and skip count; rank 0 writes them all.
+    ranks = world.gather({"batches_consumed": stream.batches_consumed, "skipped": stream.skipped})
     if world.is_main:
-        saved = store.save(
-            step,
-            method.state_dict(),
-            optimizer.state_dict(),
-            {"batches_consumed": stream.batches_consumed, "skipped": stream.skipped},
-        )
+        saved = store.save(step, method.state_dict(), optimizer.state_dict(), {"ranks": ranks})
         registry.hook.fmcore_checkpoint_saved(step=step, path=saved.path, run_dir=run_dir)
     world.barrier()
 

@@ -18,6 +18,7 @@ from typing import ClassVar, Protocol
 import torch
 from torch import Tensor, nn
 
+from fmcore.errors import ConfigError
 from fmcore.modalities.masking import random_token_mask
 
 
@@ -111,7 +112,7 @@ class ViewSpec:
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(values) - known
         if unknown:
-            raise KeyError(
+            raise ConfigError(
                 f"unknown view option(s) {sorted(unknown)}; valid options are {sorted(known)}"
             )
         converted = {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in values.items()}

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fmcore.errors import ConfigError
 from fmcore.modalities.base import Tokenizer, Tokens
 
 
@@ -53,12 +54,12 @@ class GridTokenizer(Tokenizer):
     ) -> None:
         super().__init__()
         if len(patch) != len(sample_size):
-            raise ValueError(
+            raise ConfigError(
                 f"patch {tuple(patch)} and sample size {tuple(sample_size)} differ in rank"
             )
         for size, p in zip(sample_size, patch, strict=True):
             if size % p:
-                raise ValueError(
+                raise ConfigError(
                     f"sample size {tuple(sample_size)} is not a multiple of the patch"
                     f" {tuple(patch)}:"
                     " change data.size or encoder.tokenizer.patch_size"

@@ -8,11 +8,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fmcore.errors import ConfigError
+
 
 def masked_count(num_tokens: int, ratio: float) -> int:
     """Number of masked tokens for a ratio, keeping at least one token visible."""
     if not 0.0 <= ratio < 1.0:
-        raise ValueError(f"mask ratio must be in [0, 1), got {ratio}")
+        raise ConfigError(f"mask ratio must be in [0, 1), got {ratio}")
     return min(num_tokens - 1, round(ratio * num_tokens))
 
 

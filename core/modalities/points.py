@@ -16,8 +16,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from fmcore.errors import ConfigError
 from fmcore.modalities.base import Modality, Tokenizer, TokenizerSettings, Tokens, ViewSpec
-from fmcore.modalities.views import random_noise
+from fmcore.modalities.views import random_noise, uniform
 
 XYZ = 3
 #: exact pairwise distances: the matrix-product form can put a point a hair away from itself
@@ -125,9 +126,9 @@ class PointTokenizer(Tokenizer):
     ) -> None:
         super().__init__()
         if channels < XYZ:
-            raise ValueError(f"points need xyz first: got {channels} channels, expected 3+F")
+            raise ConfigError(f"points need xyz first: got {channels} channels, expected 3+F")
         if len(sample_size) != 1:
-            raise ValueError(f"points sample size is (num_points,), got {tuple(sample_size)}")
+            raise ConfigError(f"points sample size is (num_points,), got {tuple(sample_size)}")
         self.embed_dim = embed_dim
         self.channels = channels
         self.num_groups = num_groups
@@ -179,12 +180,6 @@ class PointTokenizer(Tokenizer):
         return tokens.groups.flatten(2)
 
 
-def _uniform(
-    low: float, high: float, shape: Sequence[int], generator: torch.Generator, device: torch.device
-) -> Tensor:
-    return low + (high - low) * torch.rand(*shape, generator=generator, device=device)
-
-
 def crop_indices(
     xyz: Tensor, scale: tuple[float, float], num_out: int, generator: torch.Generator
 ) -> Tensor:
@@ -198,7 +193,7 @@ def crop_indices(
     batch, num_points, _ = xyz.shape
     device = xyz.device
     centre = torch.randint(num_points, (batch,), generator=generator, device=device)
-    fraction = _uniform(scale[0], scale[1], (batch,), generator, device)
+    fraction = uniform(scale[0], scale[1], (batch,), generator, device)
     kept = (fraction * num_points).round().long().clamp(1, num_points)  # (B,)
     with torch.no_grad():
         offsets = xyz - gather_points(xyz, centre.unsqueeze(1))  # (B, N, 3)
@@ -239,8 +234,8 @@ def random_scale_rotate(
         return xyz
     batch, device = xyz.shape[0], xyz.device
     apply = torch.rand(batch, generator=generator, device=device) < p
-    factors = _uniform(1 - strength, 1 + strength, (batch, XYZ), generator, device)
-    angle = _uniform(0.0, 2 * math.pi, (batch,), generator, device)
+    factors = uniform(1 - strength, 1 + strength, (batch, XYZ), generator, device)
+    angle = uniform(0.0, 2 * math.pi, (batch,), generator, device)
     cos, sin = angle.cos(), angle.sin()
     rotation = torch.zeros(batch, XYZ, XYZ, device=device)  # (B, 3, 3) about z
     rotation[:, 0, 0], rotation[:, 0, 1] = cos, -sin

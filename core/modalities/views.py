@@ -15,9 +15,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def _uniform(
+def uniform(
     low: float, high: float, shape: Sequence[int], generator: torch.Generator, device: torch.device
 ) -> Tensor:
+    """Uniform samples in [low, high) from ``generator``, created on ``device``."""
     return low + (high - low) * torch.rand(*shape, generator=generator, device=device)
 
 
@@ -42,8 +43,8 @@ def sample_crop_boxes(
     Extents are clamped to 1, so a box never leaves the sample.
     """
     free = [a for a in range(spatial_dims) if a not in fixed_axes]
-    area = _uniform(scale[0], scale[1], (batch,), generator, device)
-    log_ratio = _uniform(
+    area = uniform(scale[0], scale[1], (batch,), generator, device)
+    log_ratio = uniform(
         math.log(aspect[0]), math.log(aspect[1]), (batch, len(free)), generator, device
     )
     # Ratios are relative to the first free axis; subtracting the mean makes them multiply to 1.
@@ -116,13 +117,13 @@ def intensity_jitter(x: Tensor, p: float, strength: float, generator: torch.Gene
     batch, channels = x.shape[:2]
     apply = _chance(p, batch, generator, x.device)
     shape = (batch,) + (1,) * (x.dim() - 1)
-    brightness = _uniform(1 - strength, 1 + strength, shape, generator, x.device)
-    contrast = _uniform(1 - strength, 1 + strength, shape, generator, x.device)
+    brightness = uniform(1 - strength, 1 + strength, shape, generator, x.device)
+    contrast = uniform(1 - strength, 1 + strength, shape, generator, x.device)
     jittered = x * brightness
     mean = jittered.mean(dim=tuple(range(1, x.dim())), keepdim=True)
     jittered = (jittered - mean) * contrast + mean
     if channels == 3:
-        saturation = _uniform(1 - strength, 1 + strength, shape, generator, x.device)
+        saturation = uniform(1 - strength, 1 + strength, shape, generator, x.device)
         gray = luminance(jittered)
         jittered = (jittered - gray) * saturation + gray
     return _where(apply, jittered.clamp(0, 1), x)
@@ -195,7 +196,7 @@ def random_blur(
     batch = x.shape[0]
     apply = _chance(p, batch, generator, x.device)
     reference = min(x.shape[2 + a] for a in axes)
-    sigma = _uniform(*sigma_range, (batch,), generator, x.device) * reference / 224
+    sigma = uniform(*sigma_range, (batch,), generator, x.device) * reference / 224
     sigma = sigma.clamp(min=0.1)
     return _where(apply, gaussian_blur(x, sigma, axes), x)
 

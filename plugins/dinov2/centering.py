@@ -11,15 +11,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-def _all_reduce(tensor: Tensor) -> Tensor:
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(tensor)
-    return tensor
-
-
-def _world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+from fmcore.engine.distributed import all_reduce_, world_size
 
 
 @torch.no_grad()
@@ -29,12 +21,15 @@ def sinkhorn_knopp(logits: Tensor, temperature: float, iterations: int = 3) -> T
     Alternately normalises Q = exp(logits / t), viewed as K x N, so that every prototype gets
     total mass 1/K and every sample 1/N; the result is rescaled so each row (sample) sums to 1.
     """
-    q = torch.exp((logits.float() - logits.float().max()) / temperature).t()  # (K, N)
-    samples = q.shape[1] * _world_size()
+    logits = logits.float()
+    # One shift for every rank (it cancels in the normalisation only if it is the same everywhere).
+    shift = all_reduce_(logits.max().reshape(1), op=dist.ReduceOp.MAX)
+    q = torch.exp((logits - shift) / temperature).t()  # (K, N)
+    samples = q.shape[1] * world_size()
     prototypes = q.shape[0]
-    q /= _all_reduce(q.sum())
+    q /= all_reduce_(q.sum())
     for _ in range(iterations):
-        q /= _all_reduce(q.sum(dim=1, keepdim=True))
+        q /= all_reduce_(q.sum(dim=1, keepdim=True))
         q /= prototypes
         q /= q.sum(dim=0, keepdim=True)
         q /= samples
@@ -57,6 +52,6 @@ class SoftmaxCentering(nn.Module):
 
     @torch.no_grad()
     def update(self, logits: Tensor) -> None:
-        total = _all_reduce(logits.float().sum(dim=0, keepdim=True))
-        batch_center = total / (logits.shape[0] * _world_size())
+        total = all_reduce_(logits.float().sum(dim=0, keepdim=True))
+        batch_center = total / (logits.shape[0] * world_size())
         self.center.mul_(self.momentum).add_(batch_center, alpha=1 - self.momentum)

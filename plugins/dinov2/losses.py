@@ -42,9 +42,10 @@ def ibot_patch_loss(student: Tensor, teacher: Tensor, mask: Tensor, student_temp
 def koleo_loss(features: Tensor, eps: float = 1e-8) -> Tensor:
     """Kozachenko-Leonenko entropy regulariser: -mean log distance to the nearest neighbour of
     each L2-normalised feature within the batch (spreads features apart)."""
-    x = F.normalize(features.float(), dim=-1, eps=eps)  # (B, D)
-    similarity = x @ x.t()
-    similarity.fill_diagonal_(-2.0)  # a sample is not its own neighbour
-    nearest = similarity.argmax(dim=1)
-    distances = F.pairwise_distance(x, x[nearest], p=2, eps=eps)
-    return -torch.log(distances + eps).mean()
+    with torch.autocast(features.device.type, enabled=False):  # distances need full precision
+        x = F.normalize(features.float(), dim=-1, eps=eps)  # (B, D)
+        similarity = x @ x.t()
+        similarity.fill_diagonal_(-2.0)  # a sample is not its own neighbour
+        nearest = similarity.argmax(dim=1)
+        distances = F.pairwise_distance(x, x[nearest], p=2, eps=eps)
+        return -torch.log(distances + eps).mean()

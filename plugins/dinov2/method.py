@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from fmcore.backbones.vit import DropPath
 from fmcore.encoder import Encoder
+from fmcore.errors import ConfigError
 from fmcore.method import Batch, Method, Scope, StepContext, StepOutput
 from fmcore.modalities.base import Modality, Tokens
 from fmcore.modalities.masking import block_mask
@@ -40,7 +41,7 @@ class DINOv2(Method):
     def __init__(self, config: DictConfig, encoder: Encoder, modality: Modality) -> None:
         super().__init__(config, encoder, modality)
         if config.centering not in ("sinkhorn_knopp", "softmax"):
-            raise ValueError(
+            raise ConfigError(
                 f"method.centering must be sinkhorn_knopp or softmax, not '{config.centering}'"
             )
         dim = encoder.embed_dim
@@ -59,6 +60,7 @@ class DINOv2(Method):
             self.dino_centering = SoftmaxCentering(config.dino.prototypes, config.center_momentum)
             ibot_prototypes = (config.ibot if config.ibot.separate_head else config.dino).prototypes
             self.ibot_centering = SoftmaxCentering(ibot_prototypes, config.center_momentum)
+        self.ibot_enabled = float(config.ibot.mask_sample_probability) > 0
         self.global_specs = (self.view_specs["global_1"], self.view_specs["global_2"])
         self.local_spec = self.view_specs.get("local")
 
@@ -86,15 +88,22 @@ class DINOv2(Method):
         seed = int(torch.randint(2**31 - 1, (1,), generator=generator, device=generator.device))
         rng = np.random.default_rng(seed)
         num_tokens = tokens.num_tokens
-        masked_samples = int(count * float(ibot.mask_sample_probability))
+        # At least one crop is masked whenever iBOT is on, so every rank always runs its loss.
+        masked_samples = (
+            max(1, int(count * float(ibot.mask_sample_probability))) if self.ibot_enabled else 0
+        )
         bounds = np.linspace(*ibot.mask_ratio, masked_samples + 1)
         masks = np.zeros((count, num_tokens), dtype=bool)
         for i in range(masked_samples):
-            target = int(num_tokens * rng.uniform(bounds[i], bounds[i + 1]))
+            target = max(1, int(num_tokens * rng.uniform(bounds[i], bounds[i + 1])))
             if tokens.grid is not None:
                 masks[i] = block_mask(tokens.grid, target, rng, max_block=num_tokens // 2)
-            else:  # point groups have no grid: mask a random subset
-                masks[i, rng.permutation(num_tokens)[:target]] = True
+            # Point groups have no grid, and on small grids blocks may not fit: the rest of the
+            # target is filled with random tokens, so every masked crop really is masked.
+            shortfall = target - int(masks[i].sum())
+            if shortfall > 0:
+                free = np.flatnonzero(~masks[i])
+                masks[i, rng.choice(free, size=shortfall, replace=False)] = True
         masks = masks[rng.permutation(count)]
         return torch.from_numpy(masks).to(tokens.x.device)
 
@@ -151,8 +160,8 @@ class DINOv2(Method):
     def _ibot_loss(
         self, student_patches: Tensor, teacher_patches: Tensor, mask: Tensor, temperature: float
     ) -> Tensor:
-        if not bool(mask.any()):
-            return student_patches.sum() * 0.0  # keeps the graph (and DDP) identical every step
+        if not self.ibot_enabled:  # decided by config, so every DDP rank takes the same path
+            return student_patches.sum() * 0.0
         student_head = self.ibot_head or self.dino_head
         teacher_head = (
             self.teacher["ibot_head"] if self.ibot_head is not None else self.teacher["dino_head"]
@@ -164,6 +173,11 @@ class DINOv2(Method):
         return ibot_patch_loss(student_logits, targets, mask, self.config.student_temp)
 
     # --- around the optimizer step ----------------------------------------------------------
+
+    def clip_groups(self) -> list[list[nn.Parameter]]:
+        """The encoder and each head are clipped on their own, as in DINOv2."""
+        modules = [self.encoder, self.dino_head, self.ibot_head]
+        return [[p for p in m.parameters() if p.requires_grad] for m in modules if m is not None]
 
     def before_optimizer_step(self, ctx: StepContext) -> None:
         """Freeze the prototypes early in training (DINO's last-layer freeze) for stability."""

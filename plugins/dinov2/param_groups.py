@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import nn
 
-from fmcore.method import NO_DECAY_SUFFIXES
+from fmcore.method import takes_weight_decay
 
 BLOCK = re.compile(r"(?:^|\.)trunk\.blocks\.(\d+)\.")
 EMBEDDING_PARTS = (
@@ -42,7 +42,7 @@ def layerwise_groups(
         lr_scale = layer_decay ** (depth + 1 - layer_id(name, depth))
         if ".tokenizer." in f".{name}" and not name.endswith("pos_embed"):
             lr_scale *= patch_embed_lr  # DINOv2's patch_embed_lr_mult
-        decay = 0.0 if parameter.ndim <= 1 or name.endswith(NO_DECAY_SUFFIXES) else 1.0
+        decay = 1.0 if takes_weight_decay(name, parameter) else 0.0
         groups[(lr_scale, decay)].append(parameter)
     return [
         {"params": params, "lr_scale": lr_scale, "weight_decay_scale": decay}

@@ -6,6 +6,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from fmcore.encoder import Encoder
+from fmcore.errors import ConfigError
 from fmcore.method import Batch, Method, StepContext, StepOutput
 from fmcore.modalities.base import Modality
 from fmcore.plugins.simclr.loss import nt_xent
@@ -22,7 +23,7 @@ class SimCLR(Method):
     def __init__(self, config: DictConfig, encoder: Encoder, modality: Modality) -> None:
         super().__init__(config, encoder, modality)
         if self.view_specs["global"].count != 2:
-            raise ValueError("method.views.global.count must be 2 for SimCLR (one positive pair)")
+            raise ConfigError("method.views.global.count must be 2 for SimCLR (one positive pair)")
         self.head = ProjectionHead(encoder.embed_dim, config.hidden_dim, config.projection_dim)
         # SimCLR never masks tokens; a trainable but unused parameter would stall DDP's reducer.
         encoder.mask_token.requires_grad_(False)
