@@ -1,0 +1,115 @@
+"""MAE wired to fmcore's contract: one view -> token mask -> encoder on the visible tokens ->
+decoder over every position -> the modality's reconstruction loss on the hidden tokens.
+
+Everything that differs between images (MAE), video (VideoMAE) and point clouds (Point-MAE) is
+owned elsewhere: the mask shape by ``Modality.token_mask`` (tubes for video), the target by
+``Tokenizer.reconstruction_target`` (normalised patches, tubelets, or group coordinates), the loss
+by ``Modality.reconstruction_loss`` (MSE or Chamfer-L2), and the recipe numbers (mask ratio,
+decoder size, crops) by ``method.by_modality`` in the config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from torch import Tensor
+
+from fmcore.config import as_dict
+from fmcore.encoder import Encoder
+from fmcore.errors import ConfigError
+from fmcore.method import Batch, Method, StepContext, StepOutput
+from fmcore.modalities.base import Modality, Tokens
+from fmcore.modalities.masking import split_indices
+from fmcore.plugins.mae.decoder import DecoderConfig, MAEDecoder
+
+BY_MODALITY = "by_modality"
+
+
+def settings_for_modality(config: DictConfig, modality: str) -> DictConfig:
+    """The method config with ``by_modality.<modality>`` merged over it, ``by_modality`` dropped.
+
+    Published recipes differ per modality (VideoMAE masks 90% of tubes, Point-MAE 60% of point
+    groups with a smaller decoder); keeping those numbers in config keeps the method code free of
+    any branch on the modality. An override may only replace keys the method config has, so a
+    misspelt key fails here instead of being ignored.
+    """
+    keys = [str(key) for key in config if key != BY_MODALITY]
+    base = OmegaConf.masked_copy(config, keys)
+    overrides = (config.get(BY_MODALITY) or {}).get(modality)
+    if not overrides:
+        return base
+    OmegaConf.set_struct(base, True)
+    try:
+        return OmegaConf.merge(base, overrides)
+    except OmegaConfBaseException as error:
+        raise ConfigError(
+            f"method.{BY_MODALITY}.{modality} overrides an unknown key: {error};"
+            f" valid keys: {', '.join(keys)}"
+        ) from error
+
+
+@dataclass
+class Reconstruction:
+    """One masked-autoencoding pass over a batch of views.
+
+    tokens:  every token of the views (B, N, D), as the tokenizer made them (targets need them).
+    mask:    (B, N) bool, True where the token was hidden from the encoder.
+    visible: (B, M) indices of the tokens the encoder saw, ascending.
+    pred:    (B, N, P) the decoder's prediction of every token's target.
+    """
+
+    tokens: Tokens
+    mask: Tensor
+    visible: Tensor
+    pred: Tensor
+
+    @property
+    def masked_fraction(self) -> float:
+        num_tokens = self.mask.shape[1]
+        return (num_tokens - self.visible.shape[1]) / num_tokens
+
+
+class MAE(Method):
+    """Masked autoencoder: the encoder sees the visible tokens only, the decoder fills in the rest.
+
+    ``mask_ratio`` and the decoder come from ``method`` merged with ``method.by_modality.<name>``.
+    """
+
+    name = "mae"
+
+    def __init__(self, config: DictConfig, encoder: Encoder, modality: Modality) -> None:
+        config = settings_for_modality(config, modality.name)
+        super().__init__(config, encoder, modality)
+        if self.view_specs["global"].count != 1:
+            raise ConfigError("method.views.global.count must be 1 for MAE (one view per sample)")
+        self.mask_ratio = float(config.mask_ratio)
+        if not 0.0 < self.mask_ratio < 1.0:
+            raise ConfigError(f"method.mask_ratio must be in (0, 1), got {self.mask_ratio}")
+        self.decoder = MAEDecoder(
+            encoder.embed_dim,
+            encoder.tokenizer.target_dim,
+            DecoderConfig(**as_dict(config.decoder)),
+        )
+        # MAE drops hidden tokens instead of replacing them, so the encoder's mask token is never
+        # used; a trainable parameter without a gradient would stall DDP's reducer.
+        encoder.mask_token.requires_grad_(False)
+
+    def forward(self, batch: Batch, ctx: StepContext) -> StepOutput:
+        (view,) = ctx.views(batch.data, self.view_specs["global"], ctx.generator)
+        out = self.reconstruct(view, ctx.generator)
+        target = self.encoder.tokenizer.reconstruction_target(view, out.tokens)  # (B, N, P)
+        loss = self.modality.reconstruction_loss(out.pred, target, out.mask)
+        return StepOutput(loss=loss, metrics={"mask_ratio": out.masked_fraction})
+
+    def reconstruct(self, view: Tensor, generator: torch.Generator) -> Reconstruction:
+        """Mask ``view``'s tokens at ``mask_ratio``, encode the visible ones, decode all of them."""
+        tokens = self.encoder.tokenizer(view)  # (B, N, D)
+        batch = tokens.x.shape[0]
+        mask = self.modality.token_mask(batch, tokens, self.mask_ratio, generator)  # (B, N)
+        visible, _ = split_indices(mask)  # (B, M) with M = N - masked
+        encoded = self.encoder.encode_tokens(tokens, keep=visible)  # patches (B, M, D)
+        pred = self.decoder(encoded.cls, encoded.patches, visible, tokens.pos)  # (B, N, P)
+        return Reconstruction(tokens=tokens, mask=mask, visible=visible, pred=pred)

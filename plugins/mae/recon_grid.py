@@ -1,0 +1,219 @@
+"""The picture people judge MAE by: input / masked input / reconstruction, one row per sample.
+
+``reconstruction_grid`` is pure (tensors in, an RGB image out); ``render_checkpoint`` rebuilds a
+run's method from its saved config and a checkpoint and writes the picture as a PNG beside the
+checkpoints, so the method itself never touches the file system (the plugin's
+``fmcore_checkpoint_saved`` hook calls it). Grid modalities only: 2D images as they are, volumes
+and video by their middle slice / frame; point clouds have no picture.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+
+from fmcore.domain import Domain
+from fmcore.engine.checkpoint import PARTIAL_PREFIX, Checkpoint, load_method_state
+from fmcore.errors import BadSample, FmcoreError
+from fmcore.factory import build_parts
+from fmcore.modalities.grid import GridTokenizer, patchify
+from fmcore.plugin_manager import Registry
+from fmcore.plugin_manager import registry as default_registry
+from fmcore.plugins.mae.method import MAE
+
+PICTURE_DIR = "reconstructions"
+SAMPLES = 8
+MIN_PANEL_PIXELS = 96  # small samples (16x16 digits) are enlarged to at least this height
+MASKED_GREY = 0.5
+GUTTER = 2  # white pixels between panels
+NORM_EPS = 1e-6  # the eps of fmcore.modalities.grid.normalized_patches
+
+
+def unpatchify(patches: Tensor, patch: Sequence[int], grid: Sequence[int]) -> Tensor:
+    """Inverse of :func:`fmcore.modalities.grid.patchify`: (B, N, C * prod(patch)) -> (B, C, *S).
+
+    Patches are in raster order with channel-last values, as ``patchify`` writes them.
+    """
+    batch, _, size = patches.shape
+    nd = len(patch)
+    channels = size // math.prod(patch)
+    x = patches.reshape(batch, *grid, *patch, channels)  # (B, g0, g1, ..., p0, p1, ..., C)
+    order = [0, 1 + 2 * nd]
+    for axis in range(nd):
+        order += [1 + axis, 1 + nd + axis]
+    x = x.permute(order)  # (B, C, g0, p0, g1, p1, ...)
+    return x.reshape(batch, channels, *(g * p for g, p in zip(grid, patch, strict=True)))
+
+
+def target_to_pixels(pred: Tensor, view: Tensor, patch: Sequence[int]) -> Tensor:
+    """Predicted normalised patches (B, N, P) back to pixel values, as patches (B, N, P).
+
+    The target normalises each patch by its own mean and variance, so the prediction is scaled
+    back with the true patch's statistics, as MAE's own visualisation does.
+    """
+    patches = patchify(view, patch)  # (B, N, P)
+    mean = patches.mean(dim=-1, keepdim=True)
+    var = patches.var(dim=-1, keepdim=True, unbiased=True)
+    return pred * (var + NORM_EPS).sqrt() + mean
+
+
+def reconstruction_panels(
+    view: Tensor, pred: Tensor, mask: Tensor, patch: Sequence[int]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Input, masked input and reconstruction (B, C, *S), each scaled to [0, 1] for display.
+
+    The reconstruction shows the visible patches as they were and the prediction in the hidden
+    ones. Each sample and channel is scaled by its input's range, so a domain's per-channel
+    normalisation needs no undoing (it is affine per channel, and so is the scaling).
+    """
+    patches = patchify(view, patch)  # (B, N, P)
+    grid = [s // p for s, p in zip(view.shape[2:], patch, strict=True)]
+    hidden = mask.unsqueeze(-1).expand_as(patches)  # (B, N, P)
+    filled = torch.where(hidden, target_to_pixels(pred.float(), view, patch), patches)
+    spatial = tuple(range(2, view.dim()))
+    low = view.amin(dim=spatial, keepdim=True)  # (B, C, 1, ...)
+    span = (view.amax(dim=spatial, keepdim=True) - low).clamp(min=1e-8)
+
+    def scaled(x: Tensor) -> Tensor:
+        return ((x - low) / span).clamp(0.0, 1.0)
+
+    hidden_pixels = unpatchify(hidden.float(), patch, grid) > 0.5  # (B, C, *S)
+    original = scaled(view)
+    masked = torch.where(hidden_pixels, MASKED_GREY, original)
+    reconstruction = scaled(unpatchify(filled, patch, grid))
+    return original, masked, reconstruction
+
+
+def _as_rgb_2d(x: Tensor) -> Tensor:
+    """(B, C, *S) in [0, 1] -> (B, H, W, 3): the middle slice of 3D grids, channel 0 unless RGB."""
+    while x.dim() > 4:
+        x = x.select(2, x.shape[2] // 2)  # the middle slice of the first spatial axis
+    if x.shape[1] != 3:
+        x = x[:, :1].expand(-1, 3, -1, -1)
+    return x.permute(0, 2, 3, 1)
+
+
+def reconstruction_grid(view: Tensor, pred: Tensor, mask: Tensor, patch: Sequence[int]) -> Tensor:
+    """One row per sample of [input | masked | reconstruction]: a uint8 RGB image (H, W, 3)."""
+    panels = [
+        _as_rgb_2d(p.detach().float().cpu()) for p in reconstruction_panels(view, pred, mask, patch)
+    ]
+    batch, height, width, _ = panels[0].shape
+    zoom = max(1, math.ceil(MIN_PANEL_PIXELS / height))
+    height, width = height * zoom, width * zoom
+    rows, columns = batch * height + (batch + 1) * GUTTER, 3 * width + 4 * GUTTER
+    image = torch.ones(rows, columns, 3)  # white gutters
+    for row in range(batch):
+        top = GUTTER + row * (height + GUTTER)
+        for column, panel in enumerate(panels):
+            left = GUTTER + column * (width + GUTTER)
+            pixels = panel[row].repeat_interleave(zoom, 0).repeat_interleave(zoom, 1)
+            image[top : top + height, left : left + width] = pixels
+    return (image * 255).round().to(torch.uint8)
+
+
+def png_bytes(image: Tensor) -> bytes:
+    """A uint8 RGB image (H, W, 3) as PNG, written without an imaging library."""
+    pixels = np.ascontiguousarray(image.numpy())
+    height, width, _ = pixels.shape
+    rows = b"".join(b"\x00" + pixels[row].tobytes() for row in range(height))  # filter 0
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows, 6))
+        + chunk(b"IEND", b"")
+    )
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f"{PARTIAL_PREFIX}{path.name}")
+    temporary.write_bytes(data)
+    os.replace(temporary, path)
+
+
+def _picture_samples(domain: Domain, count: int) -> Tensor | None:
+    """``count`` usable samples spread evenly over the validation split (else the training one).
+
+    Always the same samples, so pictures of successive checkpoints can be compared.
+    """
+    for split in ("val", "train"):
+        try:
+            refs = list(domain.index(split))
+        except FmcoreError:  # a domain without this split
+            continue
+        stride = max(1, len(refs) // count)
+        samples = []
+        for ref in refs[::stride]:
+            try:
+                samples.append(domain.load(ref).data)
+            except BadSample:
+                continue
+            if len(samples) == count:
+                break
+        if samples:
+            return torch.stack(samples)
+    return None
+
+
+def _device(config: DictConfig) -> torch.device:
+    name = str(config.trainer.device)
+    if name in ("auto", "cuda"):
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def render_checkpoint(
+    run_dir: Path,
+    checkpoint: Path,
+    registry: Registry | None = None,
+    samples: int = SAMPLES,
+) -> Path | None:
+    """Write ``run_dir/reconstructions/step_<N>.png`` for one checkpoint of an MAE run.
+
+    Returns the picture's path, or None when the run is not an MAE run on a grid modality, or
+    its domain is not in ``registry`` (by default the installed plugins: a run trained with a
+    hand-made registry gets no picture from the hook). The masks are seeded by ``run.seed``, so
+    every checkpoint is shown the same samples and masks.
+    """
+    config = OmegaConf.load(run_dir / "config.yaml")
+    registry = registry or default_registry()
+    if config.method.name != MAE.name or config.domain.name not in registry.domains:
+        return None
+    with torch.random.fork_rng(devices=[]):  # building the model must not move the run's RNG
+        parts = build_parts(config, registry)
+    method = parts.method
+    tokenizer = method.encoder.tokenizer
+    if not isinstance(method, MAE) or not isinstance(tokenizer, GridTokenizer):
+        return None
+    data = _picture_samples(parts.domain, samples)
+    if data is None:
+        return None
+    load_method_state(method, Checkpoint(checkpoint))
+    device = _device(config)
+    method.to(device).eval()
+    generator = torch.Generator(device=device).manual_seed(int(config.run.seed))
+    with torch.no_grad():
+        view = parts.domain.normalize(data.to(device))  # (B, C, *S), as evaluation sees it
+        out = method.reconstruct(view, generator)
+    image = reconstruction_grid(view, out.pred, out.mask, tokenizer.patch)
+    path = run_dir / PICTURE_DIR / f"{Checkpoint(checkpoint).path.name}.png"
+    _write_atomic(path, png_bytes(image))
+    return path

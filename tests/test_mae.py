@@ -1,0 +1,355 @@
+"""MAE's wiring against independent computations: masks, what the encoder sees, the loss, the
+decoder's positions, federated scopes, per-modality settings and the reconstruction picture."""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+
+from fmcore.backbones.vit import VisionTransformer, ViTConfig
+from fmcore.config import core_config_dir
+from fmcore.encoder import Encoder
+from fmcore.errors import ConfigError
+from fmcore.method import Batch, Scope, StepContext
+from fmcore.modalities.base import Modality, TokenizerSettings, Tokens
+from fmcore.modalities.grid import normalized_patches, patchify
+from fmcore.modalities.image2d import Image2D
+from fmcore.modalities.masking import masked_count
+from fmcore.modalities.points import Points
+from fmcore.modalities.video import Video
+from fmcore.modalities.volume3d import Volume3D
+from fmcore.plugins.mae.method import MAE, settings_for_modality
+from fmcore.plugins.mae.recon_grid import (
+    png_bytes,
+    reconstruction_grid,
+    reconstruction_panels,
+    unpatchify,
+)
+from fmcore.view_maker import ViewMaker
+
+WIDTH = 32
+SMALL_DECODER = {"embed_dim": 24, "depth": 1, "num_heads": 2, "mlp_ratio": 2.0}
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models run faster on one thread, and far faster when other jobs share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def mae_config(**overrides: object) -> DictConfig:
+    """The shipped method config (configs/method/mae.yaml) with a small decoder everywhere."""
+    config = OmegaConf.load(core_config_dir() / "method" / "mae.yaml").method
+    config.decoder = dict(SMALL_DECODER)
+    for settings in config.by_modality.values():
+        settings.decoder = dict(SMALL_DECODER)
+    for key, value in overrides.items():
+        OmegaConf.update(config, key, value)
+    return config
+
+
+def build_mae(
+    modality: Modality,
+    sample_size: Sequence[int],
+    channels: int,
+    options: dict | None = None,
+    **overrides: object,
+) -> MAE:
+    torch.manual_seed(0)
+    settings = TokenizerSettings(WIDTH, tuple(sample_size), channels, options or {})
+    trunk = VisionTransformer(ViTConfig(embed_dim=WIDTH, depth=2, num_heads=2))
+    encoder = Encoder(modality.build_tokenizer(settings), trunk)
+    return MAE(mae_config(**overrides), encoder, modality)
+
+
+def image_mae(**overrides: object) -> MAE:
+    return build_mae(Image2D(), (16, 16), 3, {"patch_size": 4}, **overrides)
+
+
+def points_mae() -> MAE:
+    return build_mae(Points(), (128,), 3, {"num_groups": 16, "group_size": 8})
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# --- masking and what the encoder sees ------------------------------------------------------
+
+
+@pytest.mark.parametrize("ratio", [0.75, 0.5, 0.9])
+def test_visible_and_masked_indices_are_a_permutation_split(ratio: float) -> None:
+    method = image_mae(mask_ratio=ratio)
+    out = method.reconstruct(torch.randn(5, 3, 16, 16), gen())
+    num_tokens = 16
+    hidden = masked_count(num_tokens, ratio)
+    assert out.mask.shape == (5, num_tokens)
+    assert out.mask.sum(dim=1).tolist() == [hidden] * 5
+    assert out.visible.shape == (5, num_tokens - hidden)
+    for row, visible in zip(out.mask, out.visible, strict=True):
+        masked = row.nonzero().flatten()
+        assert sorted(visible.tolist() + masked.tolist()) == list(range(num_tokens))
+        assert not row[visible].any()
+    assert out.masked_fraction == hidden / num_tokens
+
+
+def test_the_encoder_sees_exactly_the_visible_tokens() -> None:
+    method = image_mae()
+    seen = []
+    method.encoder.trunk.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    view = torch.randn(4, 3, 16, 16)
+    out = method.reconstruct(view, gen(3))
+
+    (trunk_tokens,) = seen
+    assert trunk_tokens.x.shape == (4, 4, WIDTH)  # 16 tokens, 12 masked
+    expected = method.encoder.tokenizer(view)
+    index = out.visible.unsqueeze(-1).expand(-1, -1, WIDTH)
+    assert torch.equal(trunk_tokens.x, torch.gather(expected.x, 1, index))
+    assert torch.equal(trunk_tokens.pos, torch.gather(expected.pos.expand(4, -1, -1), 1, index))
+    assert method.encoder.take_token_count() == 4 * 4
+
+
+def test_video_masks_whole_tubes_at_the_video_ratio() -> None:
+    method = build_mae(Video(), (4, 16, 16), 3, {"patch_size": 8, "tubelet": 2})
+    assert method.mask_ratio == 0.9
+    out = method.reconstruct(torch.randn(3, 3, 4, 16, 16), gen())
+    tubes = out.mask.reshape(3, 2, 4)  # (B, T tokens, h*w)
+    assert torch.equal(tubes[:, 0], tubes[:, 1])  # the same spatial mask at every time step
+    assert out.mask.sum(dim=1).tolist() == [2 * masked_count(4, 0.9)] * 3
+
+
+# --- the loss ----------------------------------------------------------------------------------
+
+
+def reference_masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> float:
+    """Mean over hidden tokens of the per-token mean squared error, one token at a time."""
+    errors = [
+        float(((pred[b, n] - target[b, n]) ** 2).mean())
+        for b in range(mask.shape[0])
+        for n in range(mask.shape[1])
+        if mask[b, n]
+    ]
+    return sum(errors) / len(errors)
+
+
+def test_loss_matches_an_independent_masked_mse_and_ignores_visible_targets() -> None:
+    method = image_mae()
+    view = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        out = method.reconstruct(view, gen(1))
+    target = method.encoder.tokenizer.reconstruction_target(view, out.tokens)
+    loss = method.modality.reconstruction_loss(out.pred, target, out.mask)
+    assert math.isclose(float(loss), reference_masked_mse(out.pred, target, out.mask), rel_tol=1e-5)
+
+    changed = target.clone()
+    changed[~out.mask] += 100.0  # every visible token's target
+    assert float(method.modality.reconstruction_loss(out.pred, changed, out.mask)) == float(loss)
+    changed = target.clone()
+    b, n = out.mask.nonzero()[0].tolist()
+    changed[b, n] += 1.0  # one hidden token's target
+    assert float(method.modality.reconstruction_loss(out.pred, changed, out.mask)) != float(loss)
+
+
+def forward_loss(method: MAE, batch: torch.Tensor, seed: int) -> float:
+    """One ``forward`` as the engine calls it, with seeded views and masks."""
+    views = ViewMaker(method.modality, batch.shape[2:], method.encoder.tokenizer.size_multiple)
+    ctx = StepContext(0, 1, 1e-3, 0.05, 0.99, views, gen(seed))
+    labels = torch.full((batch.shape[0],), -1)
+    return float(method(Batch(batch, labels), ctx).loss.detach())
+
+
+def test_forward_loss_does_not_depend_on_the_visible_tokens_targets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Through forward(): scrambling the targets of the tokens the encoder saw changes nothing."""
+    method = image_mae()
+    batch = torch.rand(4, 3, 16, 16, generator=gen())
+    masks: list[torch.Tensor] = []
+    token_mask = method.modality.token_mask
+
+    def recording_mask(*args: object) -> torch.Tensor:
+        masks.append(token_mask(*args))
+        return masks[-1]
+
+    monkeypatch.setattr(method.modality, "token_mask", recording_mask)
+    plain = forward_loss(method, batch, seed=5)
+    original_target = method.encoder.tokenizer.reconstruction_target
+
+    def scrambled(x: torch.Tensor, tokens: Tokens) -> torch.Tensor:
+        target = original_target(x, tokens)
+        noise = 50 * torch.randn(target.shape, generator=gen(9))
+        return torch.where(masks[-1].unsqueeze(-1), target, noise)
+
+    monkeypatch.setattr(method.encoder.tokenizer, "reconstruction_target", scrambled)
+    assert forward_loss(method, batch, seed=5) == plain
+    assert forward_loss(method, batch, seed=6) != plain  # other masks: the check has teeth
+
+
+def brute_force_chamfer(a: list[list[float]], b: list[list[float]]) -> float:
+    """Chamfer-L2 from its definition: mean nearest squared distance a->b plus b->a."""
+
+    def nearest(p: list[float], points: list[list[float]]) -> float:
+        return min(sum((x - y) ** 2 for x, y in zip(p, q, strict=True)) for q in points)
+
+    return sum(nearest(p, b) for p in a) / len(a) + sum(nearest(q, a) for q in b) / len(b)
+
+
+def test_points_use_chamfer_on_hidden_groups_only() -> None:
+    method = points_mae()
+    assert method.mask_ratio == 0.6
+    cloud = torch.nn.functional.normalize(torch.randn(2, 128, 3, generator=gen()), dim=-1)
+    out = method.reconstruct(cloud, gen(2))
+    assert out.pred.shape == (2, 16, 8 * 3)
+    assert out.mask.sum(dim=1).tolist() == [masked_count(16, 0.6)] * 2
+    target = method.encoder.tokenizer.reconstruction_target(cloud, out.tokens)
+    loss = method.modality.reconstruction_loss(out.pred, target, out.mask)
+
+    pred = out.pred.detach()
+    per_group = [
+        brute_force_chamfer(pred[b, g].view(8, 3).tolist(), target[b, g].view(8, 3).tolist())
+        for b in range(2)
+        for g in range(16)
+        if out.mask[b, g]
+    ]
+    assert math.isclose(float(loss.detach()), sum(per_group) / len(per_group), rel_tol=1e-5)
+    loss.backward()
+    assert method.decoder.head.weight.grad is not None
+    assert method.encoder.tokenizer.encoder.first[0].weight.grad is not None
+
+
+# --- parameters: gradients, decay and federated scopes ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("modality", "size", "channels", "options"),
+    [
+        (Image2D(), (16, 16), 3, {"patch_size": 4}),
+        (Volume3D(), (8, 8, 8), 1, {"patch_size": 4}),
+        (Video(), (4, 16, 16), 3, {"patch_size": 8, "tubelet": 2}),
+        (Points(), (128,), 4, {"num_groups": 16, "group_size": 8}),
+    ],
+)
+def test_every_trainable_parameter_gets_a_gradient(
+    modality: Modality, size: tuple[int, ...], channels: int, options: dict
+) -> None:
+    """DDP's reducer waits for every trainable parameter: none may be left without a gradient."""
+    method = build_mae(modality, size, channels, options)
+    data = torch.randn(
+        2, *((size[0], channels) if modality.name == "points" else (channels, *size))
+    )
+    out = method.reconstruct(data, gen())
+    target = method.encoder.tokenizer.reconstruction_target(data, out.tokens)
+    method.modality.reconstruction_loss(out.pred, target, out.mask).backward()
+    missing = [name for name, p in method.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == []
+    assert not method.encoder.mask_token.requires_grad
+
+
+def test_scopes_share_the_trunk_and_keep_tokenizer_and_decoder_per_domain() -> None:
+    scopes = image_mae().scopes()
+    assert scopes["encoder.trunk.blocks.0.attn.qkv.weight"] == Scope.SHARED
+    assert scopes["encoder.trunk.cls_token"] == Scope.SHARED
+    assert scopes["encoder.tokenizer.proj.weight"] == Scope.DOMAIN
+    assert scopes["decoder.blocks.0.mlp.fc1.weight"] == Scope.DOMAIN
+    assert scopes["decoder.mask_token"] == Scope.DOMAIN
+    assert {key for key, s in scopes.items() if s == Scope.SHARED} == {
+        key for key in scopes if key.startswith("encoder.trunk.")
+    }
+
+
+def test_decoder_mask_token_and_positions_are_not_weight_decayed() -> None:
+    method = image_mae()
+    no_decay = {id(p) for p in method.parameter_groups()[1]["params"]}
+    assert id(method.decoder.mask_token) in no_decay
+    assert id(method.decoder.pos.weight) not in no_decay  # a linear projection decays
+
+
+def test_decoder_positions_come_from_the_tokenizer() -> None:
+    """Two tokens that differ only in position get different predictions: the decoder sees where
+    each hidden token is, through the projection of the tokenizer's positional embedding."""
+    method = image_mae().eval()
+    out = method.reconstruct(torch.zeros(1, 3, 16, 16), gen())
+    hidden = out.mask[0].nonzero().flatten()
+    first, second = out.pred[0, hidden[0]], out.pred[0, hidden[1]]
+    assert not torch.allclose(first, second)
+    with torch.no_grad():
+        method.decoder.pos.weight.zero_()
+        method.decoder.pos.bias.zero_()
+    out = method.reconstruct(torch.zeros(1, 3, 16, 16), gen())
+    assert torch.allclose(out.pred[0, hidden[0]], out.pred[0, hidden[1]], atol=1e-6)
+
+
+# --- per-modality settings ------------------------------------------------------------------
+
+
+def test_modality_settings_come_from_config() -> None:
+    config = OmegaConf.load(core_config_dir() / "method" / "mae.yaml").method
+    assert settings_for_modality(config, "image2d").mask_ratio == 0.75
+    assert settings_for_modality(config, "volume3d").decoder.depth == 8
+    video = settings_for_modality(config, "video")
+    assert video.mask_ratio == 0.9 and video.decoder.embed_dim == 384
+    assert video.decoder.mlp_ratio == 4.0  # untouched keys keep the method's value
+    points = settings_for_modality(config, "points")
+    assert points.mask_ratio == 0.6 and list(points.views["global"].scale) == [1.0, 1.0]
+    assert points.views["global"].jitter == 0.0
+    assert "by_modality" not in points
+
+
+def test_a_misspelt_modality_override_fails_clearly() -> None:
+    config = OmegaConf.load(core_config_dir() / "method" / "mae.yaml").method
+    config.by_modality.video.mask_ratoi = 0.8
+    with pytest.raises(ConfigError, match=r"by_modality\.video.*mask_ratoi"):
+        settings_for_modality(config, "video")
+
+
+def test_mae_wants_one_view_and_a_ratio_below_one() -> None:
+    with pytest.raises(ConfigError, match="count must be 1"):
+        image_mae(**{"views.global.count": 2})
+    with pytest.raises(ConfigError, match="mask_ratio"):
+        image_mae(mask_ratio=1.0)
+
+
+# --- the reconstruction picture -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("shape", "patch"), [((2, 3, 8, 12), (4, 4)), ((2, 1, 4, 8, 8), (2, 4, 4))]
+)
+def test_unpatchify_inverts_patchify(shape: tuple[int, ...], patch: tuple[int, ...]) -> None:
+    x = torch.randn(shape, generator=gen())
+    grid = [s // p for s, p in zip(shape[2:], patch, strict=True)]
+    assert torch.equal(unpatchify(patchify(x, patch), patch, grid), x)
+
+
+def test_a_perfect_prediction_reconstructs_the_input_and_masked_patches_are_grey() -> None:
+    view = torch.randn(2, 3, 8, 8, generator=gen())
+    mask = torch.zeros(2, 4, dtype=torch.bool)
+    mask[0, 1] = mask[1, 3] = True
+    original, masked, reconstruction = reconstruction_panels(
+        view, normalized_patches(view, (4, 4)), mask, (4, 4)
+    )
+    assert torch.allclose(reconstruction, original, atol=1e-4)
+    assert original.min() == 0.0 and original.amax(dim=(2, 3)).eq(1.0).all()
+    assert (masked[0, :, :4, 4:] == 0.5).all() and (masked[1, :, 4:, 4:] == 0.5).all()
+    assert torch.equal(masked[0, :, :4, :4], original[0, :, :4, :4])
+
+
+def test_the_grid_is_a_valid_png_of_three_panels_per_sample() -> None:
+    view = torch.rand(3, 1, 16, 16, generator=gen())
+    mask = torch.rand(3, 16, generator=gen(1)) < 0.5
+    image = reconstruction_grid(view, torch.randn(3, 16, 16), mask, (4, 4))
+    assert image.dtype == torch.uint8
+    decoded = Image.open(io.BytesIO(png_bytes(image)))
+    assert decoded.mode == "RGB"
+    assert decoded.size == (3 * 96 + 4 * 2, 3 * 96 + 4 * 2)  # 16 px zoomed 6x, 2 px gutters
+    assert torch.equal(torch.from_numpy(np.asarray(decoded).copy()), image)
