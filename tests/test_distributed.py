@@ -12,9 +12,20 @@ from pathlib import Path
 import pytest
 from conftest import SMALL_RUN
 
+DINOV2_TINY = [
+    *(w for w in SMALL_RUN if not w.startswith("method")),
+    "method=dinov2_small",
+    "method.dino.prototypes=64",
+    "method.ibot.prototypes=64",
+    "method.dino.hidden_dim=32",
+    "method.dino.bottleneck_dim=16",
+]
+
 
 @pytest.mark.slow
-def test_torchrun_two_processes_train_one_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("words", [SMALL_RUN, DINOV2_TINY], ids=["simclr", "dinov2"])
+def test_torchrun_two_processes_train_one_run(words: list[str], tmp_path: Path) -> None:
+    """DINOv2 adds all-reduced Sinkhorn-Knopp and iBOT masks that must agree across ranks."""
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     assert torchrun, "torchrun ships with torch"
     run = tmp_path / "run"
@@ -27,7 +38,7 @@ def test_torchrun_two_processes_train_one_run(tmp_path: Path) -> None:
             "-m",
             "fmcore",
             "train",
-            *SMALL_RUN,
+            *words,
             "trainer.max_steps=4",
             "trainer.log_every=2",
             f"run.dir={run}",

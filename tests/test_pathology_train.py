@@ -179,3 +179,30 @@ def test_the_main_command_trains_dinov2_on_the_embedded_slides(tmp_path: Path) -
     assert metrics[-1]["step"] == 2
     assert metrics[-1]["dino_loss"] > 0 and metrics[-1]["masked_fraction"] > 0
     assert (run / "encoder.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_mae_trains_on_the_embedded_slides(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    fmcore(
+        "train",
+        "domain=pathology",
+        "method=mae",
+        "data.tile_size=64",
+        "encoder.tokenizer.patch_size=8",
+        "encoder.depth=2",
+        "encoder.embed_dim=64",
+        "encoder.num_heads=2",
+        "method.decoder.depth=1",
+        "method.decoder.embed_dim=64",
+        "method.decoder.num_heads=2",
+        "trainer.batch_size=4",
+        "trainer.max_steps=3",
+        "trainer.num_workers=0",
+        f"run.dir={run}",
+        f"run.cache_dir={tmp_path / 'cache'}",
+        cwd=tmp_path,
+    )
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["step"] == 3 and metrics[-1]["loss"] > 0
+    assert list((run / "reconstructions").glob("step_*.png"))

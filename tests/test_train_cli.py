@@ -70,3 +70,20 @@ def test_existing_checkpoints_are_never_overwritten_without_resume(tmp_path: Pat
     )
     assert again.returncode == 2
     assert "already holds checkpoints" in again.stderr and "resume=true" in again.stderr
+
+
+def test_gradient_accumulation_draws_one_batch_per_micro_step(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    fmcore(
+        "train",
+        *SMALL_RUN,
+        "trainer.max_steps=2",
+        "trainer.grad_accum_steps=3",
+        "trainer.log_every=1",
+        f"run.dir={run}",
+        cwd=tmp_path,
+    )
+    state = json.loads((run / "checkpoints/step_00000002/trainer.json").read_text())
+    assert state["ranks"] == [{"batches_consumed": 6, "skipped": 0}]
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2]

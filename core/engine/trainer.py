@@ -390,6 +390,7 @@ def _train(
                 f" skipped; see {run_dir / SUMMARY_FILE}"
             )
     registry.hook.fmcore_train_end(summary=summary, run_dir=run_dir)
+    world.barrier()  # no rank tears down the process group while another still writes or talks
     return TrainResult(run_dir, max_steps, total_skipped, metrics)
 
 
