@@ -8,6 +8,7 @@ differs from the sample's) and normalised-patch target serve all three.
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from collections.abc import Sequence
 
 import torch
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fmcore.errors import ConfigError
-from fmcore.modalities.base import Tokenizer, Tokens
+from fmcore.modalities.base import Modality, Tokenizer, TokenizerSettings, Tokens
 
 
 def patchify(x: Tensor, patch: Sequence[int]) -> Tensor:
@@ -105,3 +106,25 @@ def normalized_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     per_token = (pred.float() - target.float()).pow(2).mean(dim=-1)
     weights = mask.to(per_token.dtype)
     return (per_token * weights).sum() / weights.sum().clamp(min=1)
+
+
+class GridModality(Modality):
+    """What image2d, volume3d and video share: a patch tokenizer and the normalised-patch MSE.
+
+    Subclasses say how ``encoder.tokenizer`` options become a patch shape, and how to augment.
+    """
+
+    @abstractmethod
+    def patch_shape(self, options: dict) -> tuple[int, ...]:
+        """The patch (or tubelet) shape from the ``encoder.tokenizer`` options."""
+
+    def build_tokenizer(self, settings: TokenizerSettings) -> GridTokenizer:
+        return GridTokenizer(
+            settings.embed_dim,
+            settings.channels,
+            self.patch_shape(settings.options),
+            settings.sample_size,
+        )
+
+    def reconstruction_loss(self, pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+        return normalized_mse(pred, target, mask)

@@ -8,22 +8,17 @@ import torch
 from torch import Tensor
 
 from fmcore.modalities import views
-from fmcore.modalities.base import Modality, TokenizerSettings, ViewSpec
-from fmcore.modalities.grid import GridTokenizer, normalized_mse
+from fmcore.modalities.base import ViewSpec
+from fmcore.modalities.grid import GridModality
 
 
-class Image2D(Modality):
+class Image2D(GridModality):
     name = "image2d"
     layout = "(C, H, W)"
 
-    def build_tokenizer(self, settings: TokenizerSettings) -> GridTokenizer:
-        patch = int(settings.options.get("patch_size", 16))
-        return GridTokenizer(
-            settings.embed_dim, settings.channels, (patch, patch), settings.sample_size
-        )
-
-    def reconstruction_loss(self, pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
-        return normalized_mse(pred, target, mask)
+    def patch_shape(self, options: dict) -> tuple[int, ...]:
+        patch = int(options.get("patch_size", 16))
+        return (patch, patch)
 
     def augment(
         self, batch: Tensor, spec: ViewSpec, out_size: Sequence[int], generator: torch.Generator

@@ -8,26 +8,20 @@ import torch
 from torch import Tensor
 
 from fmcore.modalities import views
-from fmcore.modalities.base import Modality, TokenizerSettings, Tokens, ViewSpec
-from fmcore.modalities.grid import GridTokenizer, normalized_mse
+from fmcore.modalities.base import Tokens, ViewSpec
+from fmcore.modalities.grid import GridModality
 from fmcore.modalities.masking import random_token_mask
 
 TIME_AXIS = 0
 
 
-class Video(Modality):
+class Video(GridModality):
     name = "video"
     layout = "(C, T, H, W)"
 
-    def build_tokenizer(self, settings: TokenizerSettings) -> GridTokenizer:
-        patch = int(settings.options.get("patch_size", 16))
-        tubelet = int(settings.options.get("tubelet", 2))
-        return GridTokenizer(
-            settings.embed_dim, settings.channels, (tubelet, patch, patch), settings.sample_size
-        )
-
-    def reconstruction_loss(self, pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
-        return normalized_mse(pred, target, mask)
+    def patch_shape(self, options: dict) -> tuple[int, ...]:
+        patch = int(options.get("patch_size", 16))
+        return (int(options.get("tubelet", 2)), patch, patch)
 
     def augment(
         self, batch: Tensor, spec: ViewSpec, out_size: Sequence[int], generator: torch.Generator
