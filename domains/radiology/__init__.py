@@ -1,0 +1,1 @@
+"""radiology: CT and MRI volumes (NIfTI files, DICOM series) preprocessed with MONAI."""

@@ -1,0 +1,112 @@
+"""`fmcore train domain=radiology` end to end, in a subprocess, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import fmcore
+
+pytest.importorskip("monai", reason="needs the radiology extra: pip install 'fmcore[radiology]'")
+pytest.importorskip("nibabel")
+pytest.importorskip("pydicom")
+
+from pydicom.data import get_testdata_file
+
+from fmcore.cli import config_sources
+from fmcore.config import compose
+from fmcore.domains.radiology.sample_data import write_sample
+from fmcore.engine.trainer import train
+from fmcore.plugin_manager import registry
+
+# A small 3D run: 32^3 crops of the embedded phantoms, 8^3 patches (64 tokens).
+RADIOLOGY_RUN = [
+    "domain=radiology",
+    "encoder.depth=2",
+    "encoder.embed_dim=64",
+    "encoder.num_heads=2",
+    "trainer.batch_size=2",
+    "trainer.num_workers=0",
+    "trainer.device=cpu",
+    "trainer.max_steps=2",
+]
+SMALL_DINOV2 = [
+    "method=dinov2_small",
+    "method.dino.prototypes=64",
+    "method.ibot.prototypes=64",
+    "method.dino.hidden_dim=32",
+    "method.dino.bottleneck_dim=16",
+]
+SMALL_MAE = [
+    "method=mae",
+    "method.decoder.depth=1",
+    "method.decoder.embed_dim=64",
+    "method.decoder.num_heads=2",
+]
+
+
+@pytest.fixture(scope="module")
+def sample_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache for this module: the sample is written and its volumes decoded once (both
+    atomically, so sharing is safe)."""
+    return tmp_path_factory.mktemp("radiology-sample-cache")
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", [SMALL_DINOV2, SMALL_MAE], ids=["dinov2_small", "mae"])
+def test_train_runs_on_the_embedded_volumes(
+    tmp_path: Path, sample_cache: Path, method: list[str]
+) -> None:
+    run = tmp_path / "run"
+    result = fmcore(
+        "train",
+        *RADIOLOGY_RUN,
+        *method,
+        f"run.dir={run}",
+        f"run.cache_dir={sample_cache}",
+        cwd=tmp_path,
+    )
+    assert "finished 2 steps" in result.stdout
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["skipped_samples"] == 0
+    assert summary["skipped_inputs"] == []
+    assert metrics(run)[-1]["step"] == 2 and metrics(run)[-1]["loss"] > 0
+    assert (run / "encoder.safetensors").exists()
+    sample = sample_cache / "sample-data" / "radiology"
+    assert len(list(sample.glob("*.nii.gz"))) == 2
+    assert len(list((sample / "phantom_0_dicom").glob("*.dcm"))) == 48
+
+
+def test_non_image_dicom_in_the_data_folder_is_skipped_and_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """In process (no interpreter start-up): the run trains on the volumes and names the
+    RTSTRUCT file it skipped, in the log and in the run summary."""
+    root = tmp_path / "data"
+    write_sample(root, volumes=1)
+    rtstruct = root / "structures" / "rtstruct.dcm"
+    rtstruct.parent.mkdir()
+    shutil.copy(get_testdata_file("rtstruct.dcm"), rtstruct)
+    run = tmp_path / "run"
+    config = compose(
+        [
+            *RADIOLOGY_RUN,
+            *SMALL_MAE,
+            f"data.root={root}",
+            f"run.dir={run}",
+            f"run.cache_dir={tmp_path / 'cache'}",
+        ],
+        config_sources(registry()),
+    )
+    train(config, registry())
+    output = capsys.readouterr()
+    assert f"skipped bad input: {rtstruct}: not an image (Modality RTSTRUCT" in output.err
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 2
+    assert [m.split(": ")[0] for m in summary["skipped_inputs"]] == [str(rtstruct)]
