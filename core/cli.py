@@ -75,6 +75,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from fmcore.eval.run import evaluate, format_table, require_protocol
+
+    if args.config is None:
+        require_protocol(args.overrides)
+    plugins = registry()
+    _warn_problems(plugins)
+    result = evaluate(_resolve(args, plugins), plugins, args.overrides)
+    print(format_table(result))
+    print(f"wrote {result['path']}")
+    return 0
+
+
 def cmd_config_show(args: argparse.Namespace) -> int:
     plugins = registry()
     _warn_problems(plugins)
@@ -124,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     add("train", "train a method on a domain (central; torchrun for several GPUs)", cmd_train)
+    add(
+        "eval",
+        "evaluate frozen features: fmcore eval checkpoint=<run dir>|random eval=knn|linear",
+        cmd_eval,
+    )
     add(
         "plugins",
         "list installed plugins, what each provides, and broken ones",

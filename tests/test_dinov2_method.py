@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-import numpy as np
 import pytest
 import torch
-from conftest import SMALL_RUN, fmcore
-from omegaconf import OmegaConf
-from safetensors.torch import load_file
-from sklearn.neighbors import KNeighborsClassifier
 
 from fmcore.cli import config_sources
 from fmcore.config import compose
-from fmcore.factory import build_domain, build_encoder, build_parts
+from fmcore.factory import build_parts
 from fmcore.method import Batch, Scope, StepContext
 from fmcore.plugin_manager import registry
 
@@ -115,48 +107,3 @@ def test_layerwise_lr_decay_and_scopes() -> None:
     assert scopes["teacher.encoder.trunk.norm.weight"] == Scope.SHARED
     assert scopes["encoder.tokenizer.proj.weight"] == Scope.DOMAIN
     assert scopes["dino_head.prototypes"] == Scope.DOMAIN
-
-
-def knn_accuracy(run: Path, trained: bool) -> float:
-    """20-NN (cosine) accuracy of the run's encoder CLS features on digits val vs train."""
-    config = OmegaConf.load(run / "config.yaml")
-    domain = build_domain(config, registry())
-    torch.manual_seed(int(config.run.seed))
-    encoder = build_encoder(config, registry(), domain).eval()
-    if trained:
-        encoder.load_state_dict(load_file(str(run / "encoder.safetensors")))
-
-    def features(split: str) -> tuple[np.ndarray, np.ndarray]:
-        samples = [domain.load(ref) for ref in domain.index(split)]
-        images = domain.normalize(torch.stack([s.data for s in samples]))
-        return encoder.features(images).numpy(), np.array([s.label for s in samples])
-
-    train_x, train_y = features("train")
-    val_x, val_y = features("val")
-    return KNeighborsClassifier(20, metric="cosine").fit(train_x, train_y).score(val_x, val_y)
-
-
-@pytest.mark.slow
-def test_dinov2_pretraining_beats_a_random_encoder_under_knn(tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    words = [w for w in SMALL_RUN if not w.startswith(("method", "encoder"))]
-    fmcore(
-        "train",
-        *words,
-        "method=dinov2_small",
-        "encoder.depth=2",
-        "encoder.embed_dim=64",
-        "encoder.num_heads=2",
-        "trainer.batch_size=64",
-        "trainer.max_steps=120",
-        "trainer.warmup_steps=12",
-        "trainer.checkpoint_every=1000",
-        f"run.dir={run}",
-        cwd=tmp_path,
-        timeout=600,
-    )
-    random_accuracy = knn_accuracy(run, trained=False)
-    trained_accuracy = knn_accuracy(run, trained=True)
-    (tmp_path / "knn.json").write_text(json.dumps([random_accuracy, trained_accuracy]))
-    print(f"kNN accuracy on digits: random {random_accuracy:.3f}, DINOv2 {trained_accuracy:.3f}")
-    assert trained_accuracy > random_accuracy + 0.2

@@ -1,0 +1,86 @@
+"""Frozen features of a labelled domain split, as every evaluation protocol consumes them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from fmcore.domain import Domain, Sample
+from fmcore.encoder import Encoder
+from fmcore.errors import ConfigError
+
+
+@dataclass
+class Features:
+    """features (N, D) float32 on the CPU and labels (N,) int64 of one split."""
+
+    features: Tensor
+    labels: Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+class _SplitDataset(Dataset):
+    def __init__(self, domain: Domain, refs: Sequence[Any]) -> None:
+        self.domain = domain
+        self.refs = refs
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        sample: Sample = self.domain.load(self.refs[index])
+        return sample.data, int(sample.label)
+
+
+@torch.no_grad()
+def extract_features(
+    encoder: Encoder,
+    domain: Domain,
+    split: str,
+    *,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    l2_normalize: bool = False,
+    num_workers: int = 0,
+) -> Features:
+    """Class-token features of every sample of ``split``, in index order.
+
+    The encoder runs in eval mode without gradients and on unaugmented samples passed through
+    the domain's ``normalize`` (the same input mapping it was trained with). Unlabelled samples
+    (label -1) are refused: a metric computed on them would be meaningless.
+    """
+    refs = domain.index(split)
+    if len(refs) == 0:
+        raise ConfigError(f"split '{split}' of domain '{domain.name}' has no samples")
+    loader = DataLoader(
+        _SplitDataset(domain, refs), batch_size=batch_size, shuffle=False, num_workers=num_workers
+    )
+    was_training = encoder.training
+    encoder.eval().to(device)
+    chunks: list[Tensor] = []
+    labels: list[Tensor] = []
+    try:
+        for data, label in loader:
+            images = domain.normalize(data.to(device, non_blocking=True).float())
+            chunks.append(encoder.features(images).float().cpu())
+            labels.append(label.long())
+    finally:
+        encoder.train(was_training)
+    features = torch.cat(chunks)
+    targets = torch.cat(labels)
+    if (targets < 0).any():
+        raise ConfigError(
+            f"split '{split}' of domain '{domain.name}' has unlabelled samples (label -1):"
+            " evaluation needs a labelled split"
+        )
+    if l2_normalize:
+        features = F.normalize(features, dim=1)
+    return Features(features, targets)

@@ -1,0 +1,101 @@
+"""The encoder to evaluate: a trained ``encoder.safetensors`` (or run directory), or a random one.
+
+An exported encoder carries its encoder and data config as YAML in the safetensors metadata
+(``engine/trainer.py``), so ``checkpoint=<file>`` rebuilds exactly the trained architecture
+without the run's ``config.yaml``. ``checkpoint=random`` builds the configured ``encoder=`` size
+with the run seed: the baseline a pretraining run must beat.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from fmcore.config import parse_overrides
+from fmcore.domain import Domain
+from fmcore.encoder import Encoder
+from fmcore.engine.trainer import ENCODER_FILE
+from fmcore.errors import ConfigError, MissingPath
+from fmcore.factory import build_domain, build_encoder
+from fmcore.plugin_manager import Registry
+
+RANDOM = "random"
+
+
+@dataclass
+class LoadedEncoder:
+    encoder: Encoder
+    domain: Domain
+    config: DictConfig  # the config with the checkpoint's encoder (and data) sections
+    checkpoint: str  # "random" or the resolved encoder file
+    metadata: dict[str, str]
+
+
+def encoder_file(checkpoint: str | Path) -> Path:
+    """``encoder.safetensors`` itself, or the one inside a run directory."""
+    path = Path(str(checkpoint)).expanduser()
+    if path.is_dir():
+        path = path / ENCODER_FILE
+    if not path.is_file():
+        raise MissingPath(
+            f"checkpoint={checkpoint}: no {ENCODER_FILE} there; give a run directory, an encoder"
+            f" file, or checkpoint={RANDOM} for a randomly initialised encoder"
+        )
+    return path
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    with safe_open(str(path), framework="pt") as handle:
+        return dict(handle.metadata() or {})
+
+
+def checkpoint_config(
+    config: DictConfig, metadata: dict[str, str], words: Sequence[str] = ()
+) -> DictConfig:
+    """``config`` with the encoder section of the checkpoint, and its data section when the
+    evaluated domain is the trained one; ``data.*`` words of the command line still apply on top
+    (another ``data.root`` with the same preprocessing)."""
+    if "encoder" not in metadata:
+        raise ConfigError("the checkpoint's metadata has no encoder config: not an fmcore encoder")
+    config = config.copy()
+    with open_dict(config):
+        config.encoder = OmegaConf.create(metadata["encoder"])
+        if "data" in metadata and metadata.get("domain") == str(config.domain.name):
+            config.data = OmegaConf.create(metadata["data"])
+            groups = ("encoder", "domain", "method", "eval")
+            for key, value, _ in parse_overrides(words, groups).values:
+                if key.startswith("data."):
+                    OmegaConf.update(config, key, value, merge=True, force_add=True)
+    return config
+
+
+def load_encoder(
+    config: DictConfig, registry: Registry, words: Sequence[str] = ()
+) -> LoadedEncoder:
+    """Build the domain and the encoder named by ``config.checkpoint``, in eval mode."""
+    checkpoint = str(config.checkpoint) if config.get("checkpoint") is not None else None
+    if not checkpoint:
+        raise ConfigError(f"set checkpoint=<run dir or {ENCODER_FILE}> or checkpoint={RANDOM}")
+    metadata: dict[str, str] = {}
+    path: Path | None = None
+    if checkpoint != RANDOM:
+        path = encoder_file(checkpoint)
+        metadata = read_metadata(path)
+        config = checkpoint_config(config, metadata, words)
+    domain = build_domain(config, registry)
+    torch.manual_seed(int(config.run.seed))  # checkpoint=random: the same encoder every time
+    encoder = build_encoder(config, registry, domain)
+    if path is not None:
+        try:
+            encoder.load_state_dict(load_file(str(path)))
+        except RuntimeError as error:
+            raise ConfigError(
+                f"{path} does not fit the encoder its metadata describes: {error}"
+            ) from error
+    return LoadedEncoder(encoder.eval(), domain, config, str(path or RANDOM), metadata)

@@ -1,0 +1,160 @@
+"""Evaluation protocols against scikit-learn, and ``fmcore eval`` end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import fmcore
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, roc_auc_score
+from sklearn.neighbors import KNeighborsClassifier
+
+from fmcore.eval.knn import knn_predict, knn_scores
+from fmcore.eval.linear import linear_probe, stratified_split
+from fmcore.eval.metrics import classification_metrics
+
+
+def _clusters(seed: int, n: int, classes: int = 5, dim: int = 16, spread: float = 1.5):
+    """Gaussian clusters that overlap, so neither kNN nor a probe is trivially perfect; the
+    centres are fixed (seed 100), ``seed`` draws the samples, so splits share their classes."""
+    centres = np.random.default_rng(100).normal(size=(classes, dim))
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, size=n)
+    features = centres[labels] + spread * rng.normal(size=(n, dim))
+    return torch.tensor(features, dtype=torch.float32), torch.tensor(labels)
+
+
+def test_uniform_knn_equals_scikit_learn_cosine_knn() -> None:
+    train_x, train_y = _clusters(0, 400)
+    test_x, _ = _clusters(1, 200)
+    for k in (1, 5, 20):
+        ours = knn_predict(train_x, train_y, test_x, 5, k=k, voting="uniform", chunk_size=64)
+        reference = (
+            KNeighborsClassifier(k, metric="cosine").fit(train_x.numpy(), train_y.numpy())
+        ).predict(test_x.numpy())
+        np.testing.assert_array_equal(ours.numpy(), reference)
+
+
+def test_weighted_knn_on_a_hand_example() -> None:
+    # Query (1, 0); neighbours: class 0 at cosine 0.6 (two of them), class 1 at cosine 1.0.
+    train = torch.tensor([[0.6, 0.8], [0.6, -0.8], [1.0, 0.0], [-1.0, 0.0]])
+    labels = torch.tensor([0, 0, 1, 2])
+    query = torch.tensor([[2.0, 0.0]])
+    scores = knn_scores(train, labels, query, 3, k=3, temperature=1.0)
+    votes = torch.tensor([2 * np.exp(0.6), np.exp(1.0), 0.0])
+    torch.testing.assert_close(scores[0], (votes / votes.sum()).float())
+    assert scores.argmax().item() == 0  # two weaker votes outweigh one: 2e^0.6 > e^1
+    # A colder temperature lets the single closest neighbour win; uniform votes count heads.
+    assert knn_predict(train, labels, query, 3, k=3, temperature=0.1).item() == 1
+    uniform = knn_scores(train, labels, query, 3, k=3, voting="uniform")
+    torch.testing.assert_close(uniform[0], torch.tensor([2 / 3, 1 / 3, 0.0]))
+
+
+def test_linear_probe_matches_logistic_regression() -> None:
+    train_x, train_y = _clusters(2, 600, classes=4, dim=32, spread=2.0)
+    test_x, test_y = _clusters(3, 400, classes=4, dim=32, spread=2.0)
+    probe = linear_probe(train_x, train_y, test_x, 4, epochs=60, seed=0)
+    ours = float((probe.scores.argmax(1) == test_y).float().mean())
+    reference = (LogisticRegression(max_iter=2000).fit(train_x.numpy(), train_y.numpy())).score(
+        test_x.numpy(), test_y.numpy()
+    )
+    print(f"linear probe {ours:.3f} (lr {probe.lr}), LogisticRegression {reference:.3f}")
+    assert reference > 0.5  # the task is learnable, yet not trivial
+    assert abs(ours - reference) <= 0.03
+    assert set(probe.sweep) == {"0.01", "0.1", "1.0"}
+
+
+def test_stratified_split_keeps_every_class_on_both_sides() -> None:
+    labels = torch.tensor([0] * 10 + [1] * 5 + [2] * 2)
+    train, val = stratified_split(labels, 0.2, seed=0)
+    assert sorted(torch.cat([train, val]).tolist()) == list(range(17))
+    assert set(labels[val].tolist()) == {0, 1, 2} == set(labels[train].tolist())
+
+
+def test_metrics_equal_scikit_learn() -> None:
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 4, (300,), generator=generator)
+    logits = torch.randn(300, 4, generator=generator)
+    logits[torch.arange(300), labels] += 1.0  # better than chance, far from perfect
+    scores = logits.softmax(dim=1).double()
+    scores = scores / scores.sum(dim=1, keepdim=True)
+    ours = classification_metrics(scores, labels, 4)
+    y, p = labels.numpy(), scores.numpy()
+    predictions = p.argmax(1)
+    expected = {
+        "accuracy": accuracy_score(y, predictions),
+        "balanced_accuracy": balanced_accuracy_score(y, predictions),
+        "f1_macro": f1_score(y, predictions, average="macro"),
+        "auroc_macro": roc_auc_score(y, p, multi_class="ovr", average="macro"),
+    }
+    assert set(ours) == set(expected)
+    for name, value in expected.items():
+        assert ours[name] == pytest.approx(value, abs=1e-5), name
+
+
+TINY_ENCODER = ["encoder.depth=2", "encoder.embed_dim=64", "encoder.num_heads=2"]
+CPU = ["trainer.device=cpu", "trainer.num_workers=0"]
+
+
+def _eval(tmp_path: Path, name: str, *words: str) -> dict:
+    out = tmp_path / name
+    result = fmcore("eval", *words, *CPU, f"run.dir={out}", cwd=tmp_path)
+    assert "accuracy" in result.stdout
+    return json.loads((out / "eval.json").read_text())
+
+
+def test_fmcore_eval_random_encoder_writes_eval_json(tmp_path: Path) -> None:
+    report = _eval(tmp_path, "knn", "checkpoint=random", "domain=digits", "eval=knn", *TINY_ENCODER)
+    assert report["protocol"] == "knn" and report["checkpoint"] == "random"
+    assert report["splits"] == {"train": 1437, "val": 360}
+    assert report["settings"]["k"] == 20 and report["settings"]["temperature"] == 0.07
+    assert report["feature_dim"] == 64 and report["num_classes"] == 10
+    assert set(report["metrics"]) == {"accuracy", "balanced_accuracy", "f1_macro", "auroc_macro"}
+    assert 0.1 < report["metrics"]["accuracy"] <= 1.0
+
+
+def test_fmcore_eval_needs_an_evaluation_and_a_checkpoint(tmp_path: Path) -> None:
+    missing_eval = fmcore("eval", "checkpoint=random", cwd=tmp_path, check=False)
+    assert missing_eval.returncode != 0 and "eval=knn" in missing_eval.stderr
+    missing_file = fmcore(
+        "eval", f"checkpoint={tmp_path}", "eval=knn", *CPU, cwd=tmp_path, check=False
+    )
+    assert missing_file.returncode == 2 and "checkpoint=random" in missing_file.stderr
+
+
+@pytest.mark.slow
+def test_fmcore_eval_after_pretraining_beats_a_random_encoder(tmp_path: Path) -> None:
+    """DINOv2's learning test (issue 4) through the evaluation protocol users run (issue 7)."""
+    run = tmp_path / "run"
+    fmcore(
+        "train",
+        "domain=digits",
+        "method=dinov2_small",
+        *TINY_ENCODER,
+        *CPU,
+        "trainer.batch_size=64",
+        "trainer.max_steps=120",
+        "trainer.warmup_steps=12",
+        "trainer.checkpoint_every=1000",
+        f"run.dir={run}",
+        cwd=tmp_path,
+        timeout=900,
+    )
+    trained = _eval(tmp_path, "trained", f"checkpoint={run}", "eval=knn")
+    # The baseline is the same architecture (dinov2_small's LayerScale included), untrained.
+    random = _eval(
+        tmp_path, "random", "checkpoint=random", "method=dinov2_small", "eval=knn", *TINY_ENCODER
+    )
+    assert trained["encoder"] == random["encoder"]
+    assert trained["checkpoint_step"] == "120"
+    trained_accuracy = trained["metrics"]["accuracy"]
+    random_accuracy = random["metrics"]["accuracy"]
+    print(
+        f"fmcore eval kNN accuracy on digits: random {random_accuracy:.3f},"
+        f" DINOv2 {trained_accuracy:.3f}"
+    )
+    assert trained_accuracy > random_accuracy + 0.2
