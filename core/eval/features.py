@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from fmcore.domain import Domain, Sample
+from fmcore.domain import Domain
 from fmcore.encoder import Encoder
-from fmcore.errors import ConfigError
+from fmcore.engine.data import DomainDataset, collate
+from fmcore.errors import BadSample, ConfigError
 
 
 @dataclass
@@ -25,19 +24,6 @@ class Features:
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
-
-
-class _SplitDataset(Dataset):
-    def __init__(self, domain: Domain, refs: Sequence[Any]) -> None:
-        self.domain = domain
-        self.refs = refs
-
-    def __len__(self) -> int:
-        return len(self.refs)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        sample: Sample = self.domain.load(self.refs[index])
-        return sample.data, int(sample.label)
 
 
 @torch.no_grad()
@@ -61,17 +47,23 @@ def extract_features(
     if len(refs) == 0:
         raise ConfigError(f"split '{split}' of domain '{domain.name}' has no samples")
     loader = DataLoader(
-        _SplitDataset(domain, refs), batch_size=batch_size, shuffle=False, num_workers=num_workers
+        DomainDataset(domain, refs),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=collate,
     )
     was_training = encoder.training
     encoder.eval().to(device)
     chunks: list[Tensor] = []
     labels: list[Tensor] = []
     try:
-        for data, label in loader:
-            images = domain.normalize(data.to(device, non_blocking=True).float())
+        for batch, unreadable in loader:
+            if unreadable:  # features must cover the whole split, or the metric is of another one
+                raise BadSample(unreadable[0].split(":", 1)[0], f"cannot evaluate: {unreadable[0]}")
+            images = domain.normalize(batch.data.to(device, non_blocking=True).float())
             chunks.append(encoder.features(images).float().cpu())
-            labels.append(label.long())
+            labels.append(batch.labels)
     finally:
         encoder.train(was_training)
     features = torch.cat(chunks)
