@@ -88,6 +88,41 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_embed(args: argparse.Namespace) -> int:
+    from fmcore.eval.embed import embed, with_embed_defaults
+
+    plugins = registry()
+    _warn_problems(plugins)
+    if args.config is None:
+        args.overrides = with_embed_defaults(args.overrides)
+    summary = embed(_resolve(args, plugins), plugins, args.overrides)
+    print(
+        f"embedded {summary['samples']:,} samples into {summary['files']} files"
+        f" ({summary['skipped_count']} bad samples skipped); see {summary['out']}/embed.json"
+    )
+    return 0
+
+
+def cmd_federate(args: argparse.Namespace) -> int:
+    from fmcore.federated.apps import federation_words
+    from fmcore.federated.simulation import simulate
+
+    plugins = registry()
+    _warn_problems(plugins)
+    words = federation_words(args.overrides)
+    result = simulate(compose(words, config_sources(plugins), saved=args.config), words)
+    print(f"finished {result.rounds} rounds; global weights in {result.run_dir / 'rounds'}")
+    return 0
+
+
+def cmd_federate_app(args: argparse.Namespace) -> int:
+    from fmcore.federated.deploy import write_app
+
+    path = write_app(args.app_dir, args.overrides)
+    print(f"wrote {path}; start it with: flwr run {args.app_dir} <superlink connection> --stream")
+    return 0
+
+
 def cmd_config_show(args: argparse.Namespace) -> int:
     plugins = registry()
     _warn_problems(plugins)
@@ -110,6 +145,14 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             print(f"    {kind}: {', '.join(names)}")
     for problem in plugins.problems:
         print(f"BROKEN {problem}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from fmcore.report import INDEX_FILE, write_report
+
+    report = write_report(args.run_dir)
+    print(f"wrote {len(report.figures)} figures and {report.directory / INDEX_FILE}")
     return 0
 
 
@@ -139,8 +182,29 @@ def build_parser() -> argparse.ArgumentParser:
     add("train", "train a method on a domain (central; torchrun for several GPUs)", cmd_train)
     add(
         "eval",
-        "evaluate frozen features: fmcore eval checkpoint=<run dir>|random eval=knn|linear",
+        "frozen features: fmcore eval checkpoint=<run dir>|random eval=knn|linear|fewshot|mil",
         cmd_eval,
+    )
+    add(
+        "embed",
+        "write frozen features per sample or slide: fmcore embed checkpoint=... embed.out=DIR",
+        cmd_embed,
+    )
+    add(
+        "federate",
+        "simulate a federation on this machine with Flower: fmcore federate federated.sites=4",
+        cmd_federate,
+    )
+    federate_app = add(
+        "federate-app",
+        "write the Flower app directory flwr run deploys: fmcore federate-app DIR domain=...",
+        cmd_federate_app,
+        with_overrides=False,
+    )
+    federate_app.epilog = OVERRIDE_HELP
+    federate_app.add_argument("app_dir", type=Path, metavar="DIR", help="the app directory")
+    federate_app.add_argument(
+        "overrides", nargs="*", metavar="override", help="see 'overrides' below"
     )
     add(
         "plugins",
@@ -148,6 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_plugins,
         with_overrides=False,
     )
+    report = add(
+        "report",
+        "plot a training run's metrics: PNG figures and index.md in <run dir>/report",
+        cmd_report,
+        with_overrides=False,
+    )
+    report.add_argument("run_dir", type=Path, metavar="run_dir", help="a training run directory")
     config = commands.add_parser("config", help="show the resolved config or the config groups")
     config_commands = config.add_subparsers(dest="config_command", metavar="action", required=True)
     show = config_commands.add_parser(

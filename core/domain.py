@@ -11,7 +11,7 @@ import importlib.util
 import os
 import shutil
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from fmcore.errors import BadSample, MissingExtra, MissingPath
+from fmcore.labels import LabelTable, load_labels
 from fmcore.modalities.base import ViewStep
 
 
@@ -37,7 +38,8 @@ class Domain(ABC):
     """Base class of every domain plugin.
 
     Subclasses set ``name`` (selected by ``domain=<name>``), ``modality`` (``image2d``,
-    ``volume3d``, ``video``, ``points`` or a plugin's), and, when they need optional packages,
+    ``volume3d``, ``video``, ``points`` or a plugin's; a class attribute, or set in ``__init__``
+    when the layout depends on the config), and, when they need optional packages,
     ``requires`` (their import names) with ``extra`` (the fmcore extra that installs them) or,
     for a third-party plugin, ``install`` (the exact command), so a missing package fails with
     the command to run instead of an ImportError. Import those packages inside methods, never at
@@ -47,10 +49,11 @@ class Domain(ABC):
     """
 
     name: ClassVar[str]
-    modality: ClassVar[str]
+    modality: str
     extra: ClassVar[str | None] = None
     install: ClassVar[str | None] = None
     requires: ClassVar[tuple[str, ...]] = ()
+    partition_keys: ClassVar[tuple[str, ...]] = ()  # see partition_key
 
     def __init__(self, data: DictConfig, cache_dir: Path) -> None:
         self.data = data
@@ -85,6 +88,12 @@ class Domain(ABC):
         """Channels of a decoded sample (3 + features for points)."""
         return int(self.data.channels)
 
+    @property
+    def sample_name(self) -> str:
+        """The embedded sample's folder under ``cache_dir/sample-data``; a domain whose sample
+        depends on its config names each variant."""
+        return self.name
+
     def resolve_root(self) -> Path:
         """``data.root``, or the embedded sample data written once into the cache directory."""
         if self.data.get("root"):
@@ -95,7 +104,7 @@ class Domain(ABC):
                     " or leave it unset to use the embedded sample"
                 )
             return root
-        directory = self.cache_dir / "sample-data" / self.name
+        directory = self.cache_dir / "sample-data" / self.sample_name
         if not directory.exists():
             # Written beside, then renamed: a crash or a concurrent writer never leaves half of it.
             partial = directory.with_name(f"{directory.name}.partial-{os.getpid()}")
@@ -109,6 +118,12 @@ class Domain(ABC):
                 if not directory.exists():
                     raise
         return directory
+
+    def label_table(self) -> LabelTable | None:
+        """The labels and splits ``data.labels`` names (a CSV or a folder per class), or None
+        when it is unset; ``index`` looks its inputs up in it (see :mod:`fmcore.labels`)."""
+        source = self.data.get("labels")
+        return load_labels(source) if source else None
 
     @abstractmethod
     def index(self, split: str = "train") -> Sequence[Any]:
@@ -133,6 +148,12 @@ class Domain(ABC):
         raise NotImplementedError(
             f"domain '{self.name}' has no embedded sample data: set data.root to your data"
         )
+
+    def partition_key(self, ref: Any, by: str) -> Hashable:
+        """The group of ``ref`` when federated sites split one dataset ``by`` it (``label``,
+        ``slide``, ``patient``...): a group's samples all go to one site. Domains list the
+        groupings they support in ``partition_keys``."""
+        raise NotImplementedError(f"domain '{self.name}' cannot group samples by '{by}'")
 
     def view_steps(self) -> list[ViewStep]:
         """Domain-specific batched view steps applied after the modality's (e.g. stain jitter)."""

@@ -214,7 +214,15 @@ def test_plugin_dir_adds_an_option_to_an_existing_group(plugin_dir: Path) -> Non
 
 def test_plugin_dir_adds_a_new_group(plugin_dir: Path) -> None:
     sources = ConfigSources((core_config_dir(), plugin_dir))
-    assert sources.groups() == ["encoder", "domain", "method", "eval", "logger"]
+    assert sources.groups() == [
+        "encoder",
+        "domain",
+        "method",
+        "embed",
+        "eval",
+        "federated",
+        "logger",
+    ]
     assert set(sources.options("logger")) == {"stdout", "wandb"}
     # A group nobody chose contributes nothing.
     assert "logger" not in compose([], sources)

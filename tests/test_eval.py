@@ -65,7 +65,8 @@ def test_linear_probe_matches_logistic_regression() -> None:
     print(f"linear probe {ours:.3f} (lr {probe.lr}), LogisticRegression {reference:.3f}")
     assert reference > 0.5  # the task is learnable, yet not trivial
     assert abs(ours - reference) <= 0.03
-    assert set(probe.sweep) == {"0.01", "0.1", "1.0"}
+    assert set(probe.sweep) == {"0.001", "0.01", "0.1", "1.0", "10.0"}
+    assert not probe.lr_at_edge
 
 
 def test_stratified_split_keeps_every_class_on_both_sides() -> None:
@@ -108,13 +109,41 @@ def _eval(tmp_path: Path, name: str, *words: str) -> dict:
 
 
 def test_fmcore_eval_random_encoder_writes_eval_json(tmp_path: Path) -> None:
-    report = _eval(tmp_path, "knn", "checkpoint=random", "domain=digits", "eval=knn", *TINY_ENCODER)
+    report = _eval(
+        tmp_path,
+        "knn",
+        "checkpoint=random",
+        "domain=digits",
+        "eval=knn",
+        "eval.bootstrap=200",
+        *TINY_ENCODER,
+    )
     assert report["protocol"] == "knn" and report["checkpoint"] == "random"
     assert report["splits"] == {"train": 1437, "val": 360}
     assert report["settings"]["k"] == 20 and report["settings"]["temperature"] == 0.07
     assert report["feature_dim"] == 64 and report["num_classes"] == 10
     assert set(report["metrics"]) == {"accuracy", "balanced_accuracy", "f1_macro", "auroc_macro"}
     assert 0.1 < report["metrics"]["accuracy"] <= 1.0
+    assert set(report["ci95"]) == set(report["metrics"])
+    for name, (low, high) in report["ci95"].items():
+        assert low < report["metrics"][name] < high, name
+
+
+@pytest.mark.slow
+def test_fmcore_eval_linear_picks_an_lr_inside_its_sweep_on_digits(tmp_path: Path) -> None:
+    report = _eval(
+        tmp_path,
+        "linear",
+        "checkpoint=random",
+        "domain=digits",
+        "eval=linear",
+        "eval.bootstrap=0",
+        *TINY_ENCODER,
+    )
+    print(f"linear probe on digits: lr {report['chosen_lr']}, sweep {report['sweep_val_accuracy']}")
+    assert report["settings"]["lrs"] == [1e-3, 1e-2, 1e-1, 1.0, 10.0]
+    assert report["chosen_lr"] in (1e-2, 1e-1, 1.0) and not report["chosen_lr_at_sweep_edge"]
+    assert "ci95" not in report and report["metrics"]["accuracy"] > 0.5
 
 
 def test_fmcore_eval_needs_an_evaluation_and_a_checkpoint(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("monai", reason="needs the radiology extra: pip install 'fmcore[radiology]'")
 pytest.importorskip("nibabel")
@@ -51,7 +52,7 @@ def test_ct_small_is_windowed_hu_in_ras_order(tmp_path: Path) -> None:
     shutil.copy(source, tmp_path / "ct" / "CT_small.dcm")
     radiology = domain(tmp_path / "ct", tmp_path / "cache", spacing=None, foreground=None)
     (ref,) = radiology.index()[:1]
-    volume = np.asarray(radiology.volume(ref))
+    (volume,) = np.asarray(radiology.volume(ref))
 
     ds = pydicom.dcmread(source)
     hu = ds.pixel_array.astype(np.float64) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
@@ -87,7 +88,7 @@ def test_ct_small_is_resampled_to_the_configured_spacing(tmp_path: Path) -> None
     radiology = domain(
         tmp_path / "ct", tmp_path / "cache", spacing=[1.5, 1.5, 5.0], foreground=None
     )
-    volume = np.asarray(radiology.volume(radiology.index()[0]))
+    (volume,) = np.asarray(radiology.volume(radiology.index()[0]))
     extent = (128 - 1) * 0.661468 / 1.5 + 1  # voxel centres spanning the same millimetres
     assert volume.shape[2] == 1
     assert all(abs(n - extent) <= 1 for n in volume.shape[:2])
@@ -100,7 +101,7 @@ def test_mr_small_is_percentile_scaled(tmp_path: Path) -> None:
     radiology = domain(
         tmp_path / "mr", tmp_path / "cache", mode="mri", spacing=None, foreground=None
     )
-    volume = np.asarray(radiology.volume(radiology.index()[0]))
+    (volume,) = np.asarray(radiology.volume(radiology.index()[0]))
     raw = pydicom.dcmread(source).pixel_array.astype(np.float64)
     low, high = np.percentile(raw, [1, 99])
     np.testing.assert_allclose(volume[..., 0], window(raw, low, high).T[::-1, ::-1], atol=1e-4)
@@ -111,12 +112,12 @@ def test_anatomical_nifti_is_flipped_from_las_to_ras_and_resampled(tmp_path: Pat
     assert nib.aff2axcodes(image.affine) == ("L", "A", "S")
     raw = np.asarray(image.dataobj, dtype=np.float64)
     native = domain(ANATOMICAL, tmp_path / "c1", mode="mri", spacing=None, foreground=None)
-    volume = np.asarray(native.volume(native.index()[0]))
+    (volume,) = np.asarray(native.volume(native.index()[0]))
     low, high = np.percentile(raw, [1, 99])
     np.testing.assert_allclose(volume, window(raw, low, high)[::-1], atol=1e-4)
 
     coarse = domain(ANATOMICAL, tmp_path / "c2", mode="mri", spacing=[4, 4, 4], foreground=None)
-    volume = np.asarray(coarse.volume(coarse.index()[0]))
+    (volume,) = np.asarray(coarse.volume(coarse.index()[0]))
     zooms = image.header.get_zooms()[:3]
     expected = [(n - 1) * z / 4 + 1 for n, z in zip(raw.shape, zooms, strict=True)]
     assert all(abs(n - e) <= 1 for n, e in zip(volume.shape, expected, strict=True))
@@ -206,7 +207,7 @@ def test_volumes_are_decoded_once_then_read_from_the_cache(
     for ref, data in zip(refs, first, strict=True):
         assert bool((again.load(ref).data == data).all())
     # A different window is a different cache entry.
-    other = domain(None, tmp_path / "cache", crops_per_volume=2, window=[-160, 240])
+    other = domain(None, tmp_path / "cache", crops_per_volume=2, windows=[[-160, 240]])
     with pytest.raises(AssertionError, match="decoded again"):
         other.load(refs[0])
 
@@ -220,5 +221,49 @@ def test_crop_or_pad_is_deterministic_and_pads_short_axes() -> None:
 
 
 def test_unknown_mode_fails_with_the_valid_choices(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="valid: ct, mri"):
+    with pytest.raises(ConfigError, match="valid: ct, mri, xray"):
         domain(None, tmp_path / "cache", mode="pet").index()
+
+
+def test_ct_windows_are_channels_by_formula(tmp_path: Path) -> None:
+    hu = np.linspace(-1500, 1500, 8 * 8 * 16, dtype=np.float32).reshape(8, 8, 16)
+    path = tmp_path / "ramp.nii"
+    nib.save(nib.Nifti1Image(hu, np.eye(4)), path)  # already RAS at 1 mm
+    windows = [[-160, 240], [-1350, 150], [-1000, 1000]]
+    radiology = domain(
+        path, tmp_path / "cache", spacing=None, foreground=None, windows=windows, size=[8, 8, 8]
+    )
+    (ref,) = radiology.index()[:1]
+    volume = np.asarray(radiology.volume(ref))
+    assert radiology.channels == 3 and volume.shape == (3, 8, 8, 16)
+    for channel, (low, high) in zip(volume, windows, strict=True):
+        np.testing.assert_allclose(channel, window(hu, low, high), atol=1e-6)
+    sample = radiology.load(ref).data  # (C, D, H, W) = (C, S, A, R)
+    assert sample.shape == (3, 8, 8, 8)
+    start = round(ref.crop[0] * 8)  # the crop's first slice along S
+    expected = window(hu[:, :, start : start + 8], -1350, 150).transpose(2, 1, 0)
+    np.testing.assert_allclose(sample[1].numpy(), expected, atol=1e-6)
+
+
+def test_the_encoder_takes_one_input_channel_per_window(tmp_path: Path) -> None:
+    from fmcore.cli import config_sources
+    from fmcore.config import compose
+    from fmcore.factory import build_domain, build_encoder
+    from fmcore.plugin_manager import registry
+
+    words = ["domain=radiology", "encoder.depth=1", "encoder.embed_dim=32", "encoder.num_heads=2"]
+    config = compose(
+        [*words, "data.windows=[[-160,240],[-1350,150]]", f"run.cache_dir={tmp_path}"],
+        config_sources(registry()),
+    )
+    radiology = build_domain(config, registry())
+    encoder = build_encoder(config, registry(), radiology)
+    assert radiology.channels == 2
+    out = encoder(torch.rand(1, 2, 32, 32, 32))
+    assert out.patches.shape == (1, 64, 32)  # 32^3 voxels, 8^3 patches
+
+
+@pytest.mark.parametrize("windows", [[], [[240, -160]], [[1, 2, 3]]])
+def test_malformed_windows_fail_naming_the_key(tmp_path: Path, windows: list) -> None:
+    with pytest.raises(ConfigError, match=r"data\.windows must list"):
+        domain(None, tmp_path / "cache", windows=windows).index()

@@ -14,10 +14,12 @@ pytest.importorskip("nibabel")
 pytest.importorskip("pydicom")
 
 from pydicom.data import get_testdata_file
+from safetensors import safe_open
 
 from fmcore.cli import config_sources
 from fmcore.config import compose
 from fmcore.domains.radiology.sample_data import write_sample
+from fmcore.domains.radiology.sample_radiographs import write_radiographs
 from fmcore.engine.trainer import train
 from fmcore.plugin_manager import registry
 
@@ -110,3 +112,75 @@ def test_non_image_dicom_in_the_data_folder_is_skipped_and_reported(
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 2
     assert [m.split(": ")[0] for m in summary["skipped_inputs"]] == [str(rtstruct)]
+
+
+XRAY_RUN = [*RADIOLOGY_RUN, "data.mode=xray"]  # 64^2 radiographs, 8^2 patches: 64 tokens
+SMALL_DINOV2_REFERENCE = [
+    "method=dinov2",
+    *SMALL_DINOV2[1:],
+    "method.ibot.hidden_dim=32",
+    "method.ibot.bottleneck_dim=16",
+    "method.views.local.count=2",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", [SMALL_DINOV2_REFERENCE, SMALL_MAE], ids=["dinov2", "mae"])
+def test_xray_mode_trains_on_the_embedded_radiographs(
+    tmp_path: Path, sample_cache: Path, method: list[str]
+) -> None:
+    run = tmp_path / "run"
+    result = fmcore(
+        "train",
+        *XRAY_RUN,
+        *method,
+        f"run.dir={run}",
+        f"run.cache_dir={sample_cache}",
+        cwd=tmp_path,
+    )
+    assert "finished 2 steps" in result.stdout
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["skipped_samples"] == 0
+    assert summary["skipped_inputs"] == []
+    assert metrics(run)[-1]["step"] == 2 and metrics(run)[-1]["loss"] > 0
+    with safe_open(run / "encoder.safetensors", "pt") as encoder:
+        assert encoder.metadata()["modality"] == "image2d"
+    sample = sample_cache / "sample-data" / "radiology-xray"
+    assert len(list(sample.glob("*.dcm"))) == 4 and len(list(sample.glob("*.png"))) == 4
+
+
+@pytest.mark.slow
+def test_xray_folder_with_bad_files_trains_and_reports_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An RTSTRUCT and a truncated PNG are left out when indexing; a DICOM whose pixel data is
+    cut short is skipped when loaded. Two steps of two cover all four indexed files once."""
+    root = tmp_path / "data"
+    write_radiographs(root, count=5)
+    rtstruct = root / "rtstruct.dcm"
+    shutil.copy(get_testdata_file("rtstruct.dcm"), rtstruct)
+    png = root / "chest_2_8bit.png"
+    png.write_bytes(png.read_bytes()[:-100])
+    cut = root / "chest_1_cr.dcm"
+    cut.write_bytes(cut.read_bytes()[:-1000])
+    run = tmp_path / "run"
+    config = compose(
+        [
+            *XRAY_RUN,
+            *SMALL_MAE,
+            f"data.root={root}",
+            f"run.dir={run}",
+            f"run.cache_dir={tmp_path / 'cache'}",
+        ],
+        config_sources(registry()),
+    )
+    train(config, registry())
+    output = capsys.readouterr()
+    assert f"skipped bad input: {rtstruct}: not an image (Modality RTSTRUCT" in output.err
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 2
+    reasons = dict(message.split(": ", 1) for message in summary["skipped_inputs"])
+    assert sorted(reasons) == sorted([str(rtstruct), str(png)])
+    assert reasons[str(png)].startswith("truncated PNG")
+    assert summary["skipped_samples"] == 1
+    assert summary["skipped_examples"][0].startswith(f"{cut}: cannot decode DICOM pixels")

@@ -182,3 +182,16 @@ def load_method_state(module: torch.nn.Module, checkpoint: Checkpoint) -> None:
             f"checkpoint {checkpoint.path} does not match this run's model:"
             f" missing {missing[:5]}, unexpected {unexpected[:5]} (was the config changed?)"
         )
+
+
+def load_partial_state(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load some of a module's entries (a federated round's global weights) over the others."""
+    own = module.state_dict()
+    unknown = sorted(set(state) - set(own))
+    misshapen = [k for k in state if k in own and own[k].shape != state[k].shape]
+    if unknown or misshapen:
+        raise ConfigError(
+            f"received weights do not fit this model: unknown {unknown[:5]},"
+            f" wrong shape {misshapen[:5]} (do all sites run the same method and encoder?)"
+        )
+    module.load_state_dict(state, strict=False)

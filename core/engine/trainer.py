@@ -11,7 +11,7 @@ import contextlib
 import math
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -24,14 +24,17 @@ from torch.nn.parallel import DistributedDataParallel
 
 from fmcore.backbones.vit import VisionTransformer
 from fmcore.config import RUN_CONFIG_FILE, to_yaml
+from fmcore.domain import Domain
 from fmcore.engine.checkpoint import (
     CheckpointStore,
     atomic_write_text,
     export_encoder,
     load_method_state,
+    load_partial_state,
 )
 from fmcore.engine.data import DomainDataset, ResumableBatchSampler, make_loader
 from fmcore.engine.distributed import World, init_world, shutdown_world
+from fmcore.engine.periodic_eval import periodic_evaluation
 from fmcore.engine.progress import MetricsLog, Progress
 from fmcore.engine.schedules import warmup_cosine
 from fmcore.errors import ConfigError, NoUsableSamples
@@ -47,11 +50,28 @@ SKIP_MESSAGES_SHOWN = 10
 
 
 @dataclass
+class LocalRound:
+    """What a federated site asks of the engine for one round (see fmcore.federated.site).
+
+    The run's schedules still span ``trainer.max_steps``; the loop stops ``steps`` later than the
+    site's last checkpoint, after loading ``global_state`` over the checkpoint's weights.
+    """
+
+    steps: int
+    global_state: dict[str, torch.Tensor]
+    select_refs: Callable[[Domain, list[Any]], list[Any]] | None = None
+    regularizer: Callable[[Method], torch.Tensor] | None = None
+
+
+@dataclass
 class TrainResult:
     run_dir: Path
     steps: int
     skipped: int
     last_metrics: dict[str, float] = field(default_factory=dict)
+    method: Method | None = None
+    examples: int = 0  # training samples this process indexed (a federated site's weight)
+    modality: str = ""
 
     @property
     def encoder_path(self) -> Path:
@@ -198,19 +218,26 @@ def _encoder_metadata(config: DictConfig, parts: Parts, step: int) -> dict[str, 
     }
 
 
-def train(config: DictConfig, registry: Registry | None = None) -> TrainResult:
-    """Run (or resume) one training run described by a resolved config."""
+def train(
+    config: DictConfig, registry: Registry | None = None, local_round: LocalRound | None = None
+) -> TrainResult:
+    """Run (or resume) one training run described by a resolved config; with ``local_round``,
+    only a federated site's next round of it."""
     registry = registry or default_registry()
     trainer = config.trainer
     world = init_world(str(trainer.device))
     try:
-        return _train(config, registry, trainer, world)
+        return _train(config, registry, trainer, world, local_round)
     finally:
         shutdown_world(world)
 
 
 def _train(
-    config: DictConfig, registry: Registry, trainer: DictConfig, world: World
+    config: DictConfig,
+    registry: Registry,
+    trainer: DictConfig,
+    world: World,
+    local_round: LocalRound | None,
 ) -> TrainResult:
     # --- set-up ------------------------------------------------------------------------------
     run_dir = default_run_dir(config, world)
@@ -234,6 +261,8 @@ def _train(
     world.barrier()
     if not world.is_main:
         refs = parts.domain.index("train")
+    if local_round is not None and local_round.select_refs is not None:
+        refs = local_round.select_refs(parts.domain, refs)
     if world.is_main:
         for message in parts.domain.bad_inputs:
             print(f"skipped bad input: {message}", file=sys.stderr, flush=True)
@@ -259,6 +288,8 @@ def _train(
         start_step = state["step"]
         start_batch = state["ranks"][world.rank]["batches_consumed"]
         skipped = state["ranks"][world.rank]["skipped"]
+    if local_round is not None:
+        load_partial_state(method, local_round.global_state)
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / RUN_CONFIG_FILE, to_yaml(config))
@@ -283,6 +314,7 @@ def _train(
         world.device.type == "cuda",
     )
     max_steps = int(trainer.max_steps)
+    stop = max_steps if local_round is None else min(max_steps, start_step + local_round.steps)
     progress = Progress(
         max_steps,
         start_step,
@@ -291,6 +323,11 @@ def _train(
     )
     metrics_log = (
         MetricsLog(run_dir / METRICS_FILE, checkpoint.step if checkpoint else None)
+        if world.is_main
+        else None
+    )
+    evaluation = (
+        periodic_evaluation(config, parts.domain, world.device, progress.message)
         if world.is_main
         else None
     )
@@ -309,7 +346,7 @@ def _train(
     # --- loop --------------------------------------------------------------------------------
     started = time.perf_counter()
     metrics: dict[str, float] = {}
-    for step in range(start_step, max_steps):
+    for step in range(start_step, stop):
         step_started = time.perf_counter()
         lr, weight_decay, momentum = _schedules(trainer, step, world.size)
         _set_schedules(optimizer, lr, weight_decay)
@@ -327,7 +364,10 @@ def _train(
                 precision_context(str(trainer.precision), world.device),
             ):
                 out = model(batch, ctx)
-            (out.loss / accumulation).backward()
+            objective = out.loss
+            if local_round is not None and local_round.regularizer is not None:
+                objective = objective + local_round.regularizer(method)
+            (objective / accumulation).backward()
             samples += len(batch)
             loss_sum += float(out.loss.detach())
             step_metrics.update(out.metrics)
@@ -359,17 +399,19 @@ def _train(
         done = step + 1
         if world.is_main:
             progress.update(step, metrics)
-            if done % int(trainer.log_every) == 0 or done == max_steps:
+            if done % int(trainer.log_every) == 0 or done == stop:
                 metrics_log.write(metrics)
             registry.hook.fmcore_step_end(step=done, metrics=metrics, run_dir=run_dir)
-        if done % int(trainer.checkpoint_every) == 0 or done == max_steps:
+            if evaluation is not None and evaluation.due(done, max_steps):
+                evaluation.run(method.export_encoder(), done, metrics_log)
+        if done % int(trainer.checkpoint_every) == 0 or done == stop:
             _save(store, method, optimizer, done, stream, world, registry, run_dir)
 
     # --- end ---------------------------------------------------------------------------------
     progress.close()
     total_skipped = int(world.all_reduce_sum(stream.skipped))
     summary = {
-        "steps": max_steps,
+        "steps": stop,
         "skipped_samples": total_skipped,
         "skipped_examples": stream.first_messages,
         "skipped_inputs": parts.domain.bad_inputs,
@@ -381,7 +423,7 @@ def _train(
         export_encoder(
             encoder.state_dict(),
             run_dir / ENCODER_FILE,
-            _encoder_metadata(config, parts, max_steps),
+            _encoder_metadata(config, parts, stop),
         )
         atomic_write_text(run_dir / SUMMARY_FILE, _json(summary))
         if total_skipped or parts.domain.bad_inputs:
@@ -391,7 +433,9 @@ def _train(
             )
     registry.hook.fmcore_train_end(summary=summary, run_dir=run_dir)
     world.barrier()  # no rank tears down the process group while another still writes or talks
-    return TrainResult(run_dir, max_steps, total_skipped, metrics)
+    return TrainResult(
+        run_dir, stop, total_skipped, metrics, method, len(refs), parts.modality.name
+    )
 
 
 def _save(

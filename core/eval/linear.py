@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-DEFAULT_LRS = (1e-2, 1e-1, 1.0)
+DEFAULT_LRS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 
 
 @dataclass
@@ -25,15 +25,29 @@ class ProbeResult:
     lr: float
     sweep: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def lr_at_edge(self) -> bool:
+        """Whether the sweep chose its smallest or largest rate: the optimum may lie outside,
+        and the sweep should be widened on that side."""
+        rates = [float(lr) for lr in self.sweep]
+        return len(rates) > 1 and self.lr in (min(rates), max(rates))
+
+
+def shuffled_classes(labels: Tensor, seed: int) -> list[Tensor]:
+    """Each class's sample indices in a seeded random order, classes in ascending order."""
+    generator = torch.Generator().manual_seed(seed)
+    shuffled = []
+    for label in labels.unique():
+        members = (labels == label).nonzero().flatten()
+        shuffled.append(members[torch.randperm(len(members), generator=generator)])
+    return shuffled
+
 
 def stratified_split(labels: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
     """(train indices, validation indices): ``fraction`` of each class (at least one sample of
     every class with two or more) goes to validation, so no class is missing from either."""
-    generator = torch.Generator().manual_seed(seed)
     train, val = [], []
-    for label in labels.unique():
-        members = (labels == label).nonzero().flatten()
-        members = members[torch.randperm(len(members), generator=generator)]
+    for members in shuffled_classes(labels, seed):
         count = max(1, round(fraction * len(members))) if len(members) > 1 else 0
         val.append(members[:count])
         train.append(members[count:])

@@ -1,10 +1,16 @@
-"""``fmcore eval``: features of two labelled splits, one protocol, metrics into ``eval.json``."""
+"""``fmcore eval``: the protocol ``eval.name`` picks from :data:`PROTOCOLS`, into ``eval.json``.
+
+A protocol is a function ``(config, registry, words) -> result`` that writes its result with
+:func:`write_result` and returns it. knn, linear and fewshot share :func:`evaluate_features`:
+frozen features of two labelled splits, then the protocol's own scoring of them.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -14,22 +20,32 @@ from fmcore.config import as_dict
 from fmcore.engine.checkpoint import atomic_write_text
 from fmcore.engine.distributed import pick_device
 from fmcore.errors import ConfigError
-from fmcore.eval.features import extract_features
+from fmcore.eval.bootstrap import metrics_with_intervals
+from fmcore.eval.features import Features, extract_features
+from fmcore.eval.fewshot import fewshot_metrics, summarize
 from fmcore.eval.knn import knn_scores
 from fmcore.eval.linear import linear_probe
 from fmcore.eval.loading import load_encoder
-from fmcore.eval.metrics import classification_metrics
+from fmcore.eval.mil import evaluate_mil
 from fmcore.plugin_manager import Registry
 
 EVAL_FILE = "eval.json"
-PROTOCOLS = ("knn", "linear")
+
+Protocol = Callable[[DictConfig, Registry, Sequence[str]], dict[str, Any]]
+# (eval settings, train features, test features, number of classes, seed) -> the protocol's
+# part of eval.json: "metrics" (name -> value) and what else it reports beside them.
+FeatureScoring = Callable[[DictConfig, Features, Features, int, int], dict[str, Any]]
 
 
 def require_protocol(words: Sequence[str]) -> None:
     """Refuse early, with the choices, when no ``eval=`` is given (``checkpoint`` and the
     ``eval`` section exist only once an evaluation is chosen)."""
     if not any(word.split("=", 1)[0] == "eval" for word in words):
-        raise ConfigError(f"choose an evaluation: eval={' or eval='.join(PROTOCOLS)}")
+        raise ConfigError(_choose())
+
+
+def _choose() -> str:
+    return f"choose an evaluation: eval={' or eval='.join(PROTOCOLS)}"
 
 
 def eval_run_dir(config: DictConfig) -> Path:
@@ -39,52 +55,42 @@ def eval_run_dir(config: DictConfig) -> Path:
     return Path("runs") / f"eval-{config.domain.name}-{config.eval.name}-{stamp}"
 
 
+def write_result(config: DictConfig, result: dict[str, Any]) -> dict[str, Any]:
+    """Write ``result`` as ``eval.json`` into the run directory; returns it with its ``path``."""
+    run_dir = eval_run_dir(config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / EVAL_FILE, json.dumps(result, indent=2) + "\n")
+    return {**result, "path": str(run_dir / EVAL_FILE)}
+
+
 def evaluate(config: DictConfig, registry: Registry, words: Sequence[str] = ()) -> dict[str, Any]:
-    """Run the chosen protocol and write ``eval.json`` into ``run.dir``; returns its content."""
+    """Run the chosen protocol, which writes ``eval.json`` into ``run.dir``; returns its content."""
     settings = config.get("eval")
-    if settings is None or settings.get("name") not in PROTOCOLS:
-        raise ConfigError(f"choose an evaluation: eval={' or eval='.join(PROTOCOLS)}")
+    protocol = PROTOCOLS.get(str(settings.get("name"))) if settings is not None else None
+    if protocol is None:
+        raise ConfigError(_choose())
+    return protocol(config, registry, words)
+
+
+def evaluate_features(
+    scoring: FeatureScoring, config: DictConfig, registry: Registry, words: Sequence[str]
+) -> dict[str, Any]:
+    """Frozen features of ``eval.train_split`` and ``eval.test_split``, scored by ``scoring``."""
+    settings = config.eval
     loaded = load_encoder(config, registry, words)
-    device = pick_device(str(config.trainer.device), 0)
     extract = {
         "batch_size": int(settings.batch_size),
-        "device": device,
+        "device": pick_device(str(config.trainer.device), 0),
         "l2_normalize": bool(settings.l2_normalize),
         "num_workers": int(config.trainer.num_workers),
     }
     train = extract_features(loaded.encoder, loaded.domain, str(settings.train_split), **extract)
     test = extract_features(loaded.encoder, loaded.domain, str(settings.test_split), **extract)
     num_classes = int(max(train.labels.max(), test.labels.max())) + 1
-    extra: dict[str, Any] = {}
-    if settings.name == "knn":
-        scores = knn_scores(
-            train.features,
-            train.labels,
-            test.features,
-            num_classes,
-            k=int(settings.k),
-            temperature=float(settings.temperature),
-            voting=str(settings.voting),
-        )
-    else:
-        probe = linear_probe(
-            train.features,
-            train.labels,
-            test.features,
-            num_classes,
-            lrs=[float(lr) for lr in settings.lrs],
-            val_fraction=float(settings.val_fraction),
-            epochs=int(settings.epochs),
-            batch_size=int(settings.probe_batch_size),
-            weight_decay=float(settings.weight_decay),
-            seed=int(config.run.seed),
-        )
-        scores = probe.scores
-        extra = {"chosen_lr": probe.lr, "sweep_val_accuracy": probe.sweep}
+    seed = int(config.run.seed)
     result = {
         "protocol": str(settings.name),
-        "metrics": classification_metrics(scores, test.labels, num_classes),
-        **extra,
+        **scoring(settings, train, test, num_classes, seed),
         "settings": as_dict(settings),
         "checkpoint": loaded.checkpoint,
         "checkpoint_step": loaded.metadata.get("step"),
@@ -96,21 +102,95 @@ def evaluate(config: DictConfig, registry: Registry, words: Sequence[str] = ()) 
         },
         "num_classes": num_classes,
         "feature_dim": int(train.features.shape[1]),
-        "seed": int(config.run.seed),
+        "seed": seed,
     }
-    run_dir = eval_run_dir(config)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / EVAL_FILE, json.dumps(result, indent=2) + "\n")
-    result["path"] = str(run_dir / EVAL_FILE)
-    return result
+    return write_result(config, result)
+
+
+def score_knn(
+    settings: DictConfig, train: Features, test: Features, num_classes: int, seed: int
+) -> dict[str, Any]:
+    scores = knn_scores(
+        train.features,
+        train.labels,
+        test.features,
+        num_classes,
+        k=int(settings.k),
+        temperature=float(settings.temperature),
+        voting=str(settings.voting),
+    )
+    return metrics_with_intervals(
+        scores, test.labels, num_classes, resamples=int(settings.bootstrap), seed=seed
+    )
+
+
+def score_linear(
+    settings: DictConfig, train: Features, test: Features, num_classes: int, seed: int
+) -> dict[str, Any]:
+    probe = linear_probe(
+        train.features,
+        train.labels,
+        test.features,
+        num_classes,
+        lrs=[float(lr) for lr in settings.lrs],
+        val_fraction=float(settings.val_fraction),
+        epochs=int(settings.epochs),
+        batch_size=int(settings.probe_batch_size),
+        weight_decay=float(settings.weight_decay),
+        seed=seed,
+    )
+    return {
+        **metrics_with_intervals(
+            probe.scores, test.labels, num_classes, resamples=int(settings.bootstrap), seed=seed
+        ),
+        "chosen_lr": probe.lr,
+        "chosen_lr_at_sweep_edge": probe.lr_at_edge,
+        "sweep_val_accuracy": probe.sweep,
+    }
+
+
+def score_fewshot(
+    settings: DictConfig, train: Features, test: Features, num_classes: int, seed: int
+) -> dict[str, Any]:
+    per_seed = fewshot_metrics(
+        train.features,
+        train.labels,
+        test.features,
+        test.labels,
+        num_classes,
+        shots=[int(count) for count in settings.shots],
+        seeds=[int(draw) for draw in settings.seeds],
+    )
+    return {**summarize(per_seed), "per_seed": {f"{k}shot": v for k, v in per_seed.items()}}
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    "knn": partial(evaluate_features, score_knn),
+    "linear": partial(evaluate_features, score_linear),
+    "fewshot": partial(evaluate_features, score_fewshot),
+    "mil": evaluate_mil,
+}
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """A small plain-text table of the metrics, headed by what was evaluated."""
+    """A small plain-text table of the metrics, with the standard deviation over seeds and the
+    bootstrap interval where the protocol reports them, headed by what was evaluated."""
     splits = ", ".join(f"{name} {count}" for name, count in result["splits"].items())
+    deviations = result.get("std")
+    intervals = result.get("ci95")
+    header = f"{'metric':<26}{'value':>8}"
+    header += f"{'std':>8}" if deviations else ""
+    header += f"  {'95% CI':<17}" if intervals else ""
     lines = [
         f"{result['protocol']} on {result['domain']} ({splits}); checkpoint {result['checkpoint']}",
-        f"{'metric':<20}{'value':>8}",
+        header.rstrip(),
     ]
-    lines += [f"{name:<20}{value:>8.4f}" for name, value in result["metrics"].items()]
+    for name, value in result["metrics"].items():
+        line = f"{name:<26}{value:>8.4f}"
+        line += f"{deviations[name]:>8.4f}" if deviations else ""
+        line += f"  [{intervals[name][0]:.4f}, {intervals[name][1]:.4f}]" if intervals else ""
+        lines.append(line)
+    if "chosen_lr" in result:
+        edge = " (the edge of eval.lrs: widen it)" if result["chosen_lr_at_sweep_edge"] else ""
+        lines.append(f"chosen lr {result['chosen_lr']:g}{edge}")
     return "\n".join(lines)

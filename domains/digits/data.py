@@ -19,6 +19,7 @@ VALIDATION_EVERY = 5  # every 5th digit is held out: a fixed 80/20 split with al
 class Digits(Domain):
     name = "digits"
     modality = "image2d"
+    partition_keys = ("label",)
     requires = ("sklearn",)
 
     @cached_property
@@ -40,6 +41,9 @@ class Digits(Domain):
             return list(range(count))
         held_out = split == "val"
         return [i for i in range(count) if (i % VALIDATION_EVERY == 0) == held_out]
+
+    def partition_key(self, ref: int, by: str) -> int:
+        return int(self._digits[1][ref])  # by label, the only grouping digits offers
 
     def load(self, ref: int) -> Sample:
         images, labels = self._digits

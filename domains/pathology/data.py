@@ -12,6 +12,7 @@ domain without the ``pathology`` extra installed.
 
 from __future__ import annotations
 
+import copy
 import sys
 from collections import defaultdict
 from collections.abc import Sequence
@@ -51,6 +52,7 @@ class Pathology(Domain):
     name = "pathology"
     modality = "image2d"
     requires = ("openslide", "tifffile")
+    partition_keys = ("slide", "label")
     extra = "pathology"
 
     def __init__(self, data: DictConfig, cache_dir: Path) -> None:
@@ -77,6 +79,9 @@ class Pathology(Domain):
     def index(self, split: str = "train") -> Sequence[TileReference]:
         root = self.resolve_root()  # writes the embedded sample slides once
         found = find_inputs(root)
+        labels = self.label_table()
+        if labels is not None:
+            found = found.with_labels(labels)
         for path in found.missing:
             self.report_bad_input(path, f"listed in {root} but does not exist")
         items = found.select(split)
@@ -111,6 +116,15 @@ class Pathology(Domain):
         table = TileTable.build(self.params.mpp, entries, self._balance_images(images))
         self._log(table, len(slides))
         return table
+
+    def index_by_slide(self, split: str) -> tuple[TileTable, dict[str, Sequence[int]]]:
+        """Every tissue tile of ``split`` and each slide's positions among them, for ``fmcore
+        embed`` (one feature file per slide). ``data.tiles_per_slide`` balances training epochs
+        and does not apply here: a slide's features cover all of its tissue."""
+        every_tile = copy.copy(self)
+        every_tile.tiles_per_slide = None
+        table = every_tile.index(split)  # bad inputs land in the shared bad_inputs list
+        return table, table.positions_by_slide()
 
     def _index_slides(self, slides: list[Input]) -> list[TileIndex | str]:
         """Each slide's :class:`TileIndex`, or the reason it cannot be used, in input order.
@@ -179,6 +193,9 @@ class Pathology(Domain):
         print(line, file=sys.stderr, flush=True)
 
     # --- load --------------------------------------------------------------------------------
+
+    def partition_key(self, ref: TileReference, by: str) -> str | int:
+        return ref.slide_id if by == "slide" else ref.label
 
     def load(self, ref: TileReference) -> Sample:
         if isinstance(ref, ImageTileRef):

@@ -9,16 +9,21 @@ A CSV may carry slide-level labels and splits for evaluation (kNN, linear probe,
 
 Only ``path`` is required (a CSV without a header is one path per line); relative paths are
 relative to the CSV. Labels may be integers or class names (numbered in sorted order).
+
+``data.labels`` (:mod:`fmcore.labels`: a CSV ``path,label[,split][,patient]`` or a folder per
+class) labels any of these instead: only the inputs it labels are used, with its labels and
+splits.
 """
 
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fmcore.domains.pathology.slides import SLIDE_EXTENSIONS
 from fmcore.errors import ConfigError
+from fmcore.labels import LabelTable, number_labels
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 PATH_COLUMNS = ("path", "slide", "slide_path", "file", "filename")
@@ -60,6 +65,21 @@ class Inputs:
                 " (path,label,split); a folder or a single slide only has 'train' and 'all'"
             )
         return [item for item in self.items if (item.split or "train") == split]
+
+    def with_labels(self, table: LabelTable) -> Inputs:
+        """The inputs ``table`` labels (``data.labels``), each with its label and split; a
+        slide's tiles inherit them, so splits are by slide (by patient when it has a column)."""
+        labelled = [
+            replace(item, label=found.label, split=found.split)
+            for item in self.items
+            if (found := table.lookup(item.path)) is not None
+        ]
+        if self.items and not labelled:
+            raise ConfigError(
+                f"data.labels={table.source} labels none of the {len(self.items)} slides or tiles"
+                " found under data.root: its paths must name them or folders above them"
+            )
+        return Inputs(labelled, self.missing, has_splits=True)
 
 
 def find_inputs(root: Path) -> Inputs:
@@ -123,7 +143,7 @@ def _read_csv(file: Path) -> Inputs:
         index = columns.get(name)
         return row[index].strip() if index is not None and index < len(row) else ""
 
-    labels = _label_numbers([cell(row, "label") for row in rows])
+    labels = number_labels([cell(row, "label") for row in rows])
     items, missing = [], []
     for row, label in zip(rows, labels, strict=True):
         path = Path(row[path_column].strip()).expanduser()
@@ -135,20 +155,3 @@ def _read_csv(file: Path) -> Inputs:
         slide_id = cell(row, "slide_id") or path.stem
         items.append(Input(str(path), slide_id, label, cell(row, "split").lower() or None))
     return Inputs(items, missing, has_splits="split" in columns)
-
-
-def _label_numbers(values: list[str]) -> list[int]:
-    """Integers stay integers; class names are numbered in sorted order; empty is -1."""
-    present = [v for v in values if v]
-    if all(_is_int(v) for v in present):
-        return [int(v) if v else -1 for v in values]
-    names = sorted(set(present))
-    return [names.index(v) if v else -1 for v in values]
-
-
-def _is_int(text: str) -> bool:
-    try:
-        int(text)
-    except ValueError:
-        return False
-    return True

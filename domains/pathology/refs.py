@@ -7,11 +7,14 @@ and be pickled into every data-loader worker, so the table keeps one row of numb
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
+
+from fmcore.errors import ConfigError
 
 
 class TileRef(NamedTuple):
@@ -109,6 +112,30 @@ class TileTable(Sequence[TileRef | ImageTileRef]):
     def __iter__(self) -> Iterator[TileRef | ImageTileRef]:
         for position in range(len(self)):
             yield self[position]
+
+    def positions_by_slide(self) -> dict[str, Sequence[int]]:
+        """Each slide's tile positions in the table, slides in table order (a folder of
+        pre-extracted tiles is one slide); a slide id used twice is refused, since two slides
+        would then share one feature file."""
+        bounds = np.searchsorted(self.slide_of_tile, np.arange(len(self.slides) + 1))
+        groups: dict[str, Sequence[int]] = {}
+        for number, slide in enumerate(self.slides):
+            if slide.slide_id in groups:
+                raise ConfigError(
+                    f"two slides share the id '{slide.slide_id}' (one is {slide.path}):"
+                    " give each a distinct slide_id column in the data.root CSV"
+                )
+            groups[slide.slide_id] = range(int(bounds[number]), int(bounds[number + 1]))
+        tiles: dict[str, list[int]] = defaultdict(list)
+        for offset, image in enumerate(self.images):
+            tiles[image.slide_id].append(len(self.xs) + offset)
+        for slide_id, positions in tiles.items():
+            if slide_id in groups:
+                raise ConfigError(
+                    f"the tile folder '{slide_id}' has the id of a slide: rename one of them"
+                )
+            groups[slide_id] = positions
+        return groups
 
     def tiles_per_slide(self) -> dict[str, int]:
         counts = np.bincount(self.slide_of_tile, minlength=len(self.slides))

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-VERSION = 1  # bump when preprocessing changes in a way its settings do not show
+VERSION = 2  # bump when preprocessing changes in a way its settings do not show
 
 
 def cache_key(paths: Sequence[str], settings: dict[str, Any]) -> str:

@@ -15,10 +15,13 @@ def crop_or_pad(
     volume: np.ndarray, size: Sequence[int], position: Sequence[float], fill: float = 0.0
 ) -> np.ndarray:
     """``size`` voxels of ``volume`` starting at ``position`` x (shape - size) per axis; axes
-    shorter than ``size`` are centred in ``fill`` (air after windowing)."""
-    out = np.full(tuple(size), fill, dtype=np.float32)
-    source, target = [], []
-    for length, want, where in zip(volume.shape, size, position, strict=True):
+    shorter than ``size`` are centred in ``fill`` (air after windowing). Leading axes beyond
+    ``len(size)`` (channels) are kept whole."""
+    leading = volume.shape[: volume.ndim - len(size)]
+    out = np.full((*leading, *size), fill, dtype=np.float32)
+    source: list[slice] = [slice(None)] * len(leading)
+    target: list[slice] = [slice(None)] * len(leading)
+    for length, want, where in zip(volume.shape[len(leading) :], size, position, strict=True):
         if length >= want:
             start = round(float(where) * (length - want))
             source.append(slice(start, start + want))

@@ -1,8 +1,10 @@
-"""The radiology domain: CT and MRI volumes from NIfTI files and DICOM series.
+"""The radiology domain: CT and MRI volumes (NIfTI files, DICOM series) or 2D radiographs
+(DICOM, PNG), as ``data.mode`` says.
 
-Each volume is decoded and preprocessed with MONAI once (RAS, ``data.spacing``, CT window or MRI
+Each volume is decoded and preprocessed with MONAI once (RAS, ``data.spacing``, CT windows or MRI
 percentiles, foreground crop) and cached; a sample is a fixed-size crop of it whose position is
-drawn in ``index``, so ``load`` is deterministic per reference.
+drawn in ``index``, so ``load`` is deterministic per reference. Each radiograph is decoded,
+scaled to [0, 1] (higher is brighter), fitted to ``data.size`` and cached whole.
 """
 
 from __future__ import annotations
@@ -13,12 +15,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
 
 from fmcore.domain import Domain, Sample
 from fmcore.domains.radiology.cache import cache_key, cached
 from fmcore.domains.radiology.crop import crop_or_pad
+from fmcore.domains.radiology.modes import read_mode, sample_size
 from fmcore.domains.radiology.preprocess import Preprocessing, preprocess
-from fmcore.domains.radiology.refs import VolumeRef
+from fmcore.domains.radiology.radiograph import XrayPreprocessing, preprocess_radiograph
+from fmcore.domains.radiology.refs import RadiographRef, VolumeRef
 from fmcore.errors import ConfigError
 
 SPLITS = ("train", "all")
@@ -26,22 +31,44 @@ SPLITS = ("train", "all")
 
 class Radiology(Domain):
     name = "radiology"
-    modality = "volume3d"
-    requires = ("monai", "nibabel", "pydicom")
+    requires = ("monai", "nibabel", "pydicom", "PIL")
     extra = "radiology"
+
+    def __init__(self, data: DictConfig, cache_dir: Path) -> None:
+        super().__init__(data, cache_dir)
+        self.mode = read_mode(data)
+        self.modality = self.mode.modality
+
+    @property
+    def sample_size(self) -> tuple[int, ...]:
+        return sample_size(self.data, self.mode)
+
+    @property
+    def channels(self) -> int:
+        return self.preprocessing.channels if self.mode.is_volume else 1
+
+    @property
+    def sample_name(self) -> str:
+        return f"{self.name}-xray" if self.mode.name == "xray" else self.name
 
     @cached_property
     def preprocessing(self) -> Preprocessing:
         return Preprocessing.from_config(self.data)
 
-    def index(self, split: str = "train") -> Sequence[VolumeRef]:
-        from fmcore.domains.radiology.inputs import find_volumes
+    @cached_property
+    def xray_preprocessing(self) -> XrayPreprocessing:
+        return XrayPreprocessing.from_config(self.data, self.sample_size)
 
+    def index(self, split: str = "train") -> Sequence[VolumeRef | RadiographRef]:
         if split not in SPLITS:
             raise ConfigError(f"unknown split '{split}' for radiology; valid: {', '.join(SPLITS)}")
-        self.preprocessing  # noqa: B018 -- a wrong data.mode fails here, not in a worker
-        if len(self.sample_size) != 3:
-            raise ConfigError(f"data.size must be (D, H, W) for radiology, got {self.sample_size}")
+        self.sample_size  # noqa: B018 -- a wrong data.size fails here, not in a worker
+        return self._radiographs() if self.mode.name == "xray" else self._volume_crops()
+
+    def _volume_crops(self) -> list[VolumeRef]:
+        from fmcore.domains.radiology.inputs import find_volumes
+
+        self.preprocessing  # noqa: B018 -- a wrong data.windows fails here, not in a worker
         volumes, problems = find_volumes(self.resolve_root())
         for path, reason in problems:
             self.report_bad_input(path, reason)
@@ -53,8 +80,16 @@ class Radiology(Domain):
             for _ in range(crops)
         ]
 
+    def _radiographs(self) -> list[RadiographRef]:
+        from fmcore.domains.radiology.radiograph_inputs import find_radiographs
+
+        radiographs, problems = find_radiographs(self.resolve_root())
+        for path, reason in problems:
+            self.report_bad_input(path, reason)
+        return radiographs
+
     def volume(self, ref: VolumeRef) -> np.ndarray:
-        """The preprocessed (R, A, S) volume of ``ref``, decoded once and then read from cache."""
+        """The preprocessed (C, R, A, S) volume of ``ref``, decoded once, then read from cache."""
         settings = self.preprocessing
         key = cache_key(ref.paths, settings.key())
         return cached(
@@ -69,18 +104,43 @@ class Radiology(Domain):
         volume, affine = read_nifti(ref.paths[0]) if ref.kind == "nifti" else read_series(ref.paths)
         return preprocess(volume, affine, settings)
 
-    def load(self, ref: VolumeRef) -> Sample:
-        ras = self.volume(ref)
-        # (R, A, S) -> (D, H, W) = (S, A, R): axial slices stacked along D.
-        dhw = np.asarray(ras).transpose(2, 1, 0)
-        data = crop_or_pad(dhw, self.sample_size, ref.crop)
+    def radiograph(self, ref: RadiographRef) -> np.ndarray:
+        """The preprocessed (H, W) image of ``ref``, decoded once, then read from cache."""
+        settings = self.xray_preprocessing
+        key = cache_key([ref.path], settings.key())
+        return cached(
+            self.cache_dir / "radiology" / "radiographs",
+            key,
+            lambda: self._decode_radiograph(ref, settings),
+        )
+
+    @staticmethod
+    def _decode_radiograph(ref: RadiographRef, settings: XrayPreprocessing) -> np.ndarray:
+        from fmcore.domains.radiology.radiograph_dicom import read_dicom_radiograph
+        from fmcore.domains.radiology.radiograph_png import read_png
+
+        read = read_png if ref.kind == "png" else read_dicom_radiograph
+        return preprocess_radiograph(read(ref.path), settings)
+
+    def load(self, ref: VolumeRef | RadiographRef) -> Sample:
+        if isinstance(ref, RadiographRef):
+            image = torch.from_numpy(np.array(self.radiograph(ref)))
+            return Sample(data=image[None].clamp_(0, 1), meta={"file": ref.path})
+        # (C, R, A, S) -> (C, D, H, W) = (C, S, A, R): axial slices stacked along D.
+        chwd = np.asarray(self.volume(ref)).transpose(0, 3, 2, 1)
+        data = crop_or_pad(chwd, self.sample_size, ref.crop)
         return Sample(
-            data=torch.from_numpy(data)[None].clamp_(0, 1),
+            data=torch.from_numpy(data).clamp_(0, 1),
             label=ref.label,
             meta={"volume": ref.volume_id},
         )
 
     def write_sample_data(self, directory: Path) -> None:
-        from fmcore.domains.radiology.sample_data import write_sample
+        if self.mode.name == "xray":
+            from fmcore.domains.radiology.sample_radiographs import write_radiographs
 
-        write_sample(directory)
+            write_radiographs(directory)
+        else:
+            from fmcore.domains.radiology.sample_data import write_sample
+
+            write_sample(directory)

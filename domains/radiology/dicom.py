@@ -9,11 +9,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fmcore.domains.radiology.geometry import SliceGeometry, order_and_check
 from fmcore.errors import BadSample
+
+if TYPE_CHECKING:
+    from pydicom import Dataset
 
 DICOM_SUFFIXES = {".dcm", ".dicom", ".ima", ""}
 IMAGE_TAGS = ("Rows", "Columns", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")
@@ -36,18 +40,8 @@ def read_header(path: Path) -> SliceHeader:
     import pydicom
 
     ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-    if "SOPClassUID" not in ds and "Modality" not in ds:
-        if getattr(ds, "file_meta", None):
-            raise NotAnImage("truncated DICOM file: nothing after the file meta header")
-        raise NotAnImage("not a DICOM file (no SOP class, no modality)")
-    missing = [tag for tag in IMAGE_TAGS if tag not in ds]
-    if missing:
-        kind = ds.get("Modality", "?")
-        sop = getattr(ds.get("SOPClassUID"), "name", ds.get("SOPClassUID", "?"))
-        if "Image" in str(sop):  # an image object cut short before its geometry
-            raise NotAnImage(f"truncated {sop} header: no {', '.join(missing)}")
-        raise NotAnImage(f"not an image (Modality {kind}, {sop}): no {', '.join(missing)}")
-    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+    require_tags(ds, IMAGE_TAGS)
+    if frames(ds) > 1:
         raise NotAnImage("multi-frame DICOM is not supported yet")
     thickness = ds.get("SpacingBetweenSlices") or ds.get("SliceThickness") or 1.0
     geometry = SliceGeometry(
@@ -58,6 +52,25 @@ def read_header(path: Path) -> SliceHeader:
         thickness=float(thickness),
     )
     return SliceHeader(str(path), str(ds.get("SeriesInstanceUID", "")), geometry)
+
+
+def require_tags(ds: Dataset, tags: Sequence[str]) -> None:
+    """:class:`NotAnImage` unless ``ds`` is a DICOM object holding every one of ``tags``."""
+    if "SOPClassUID" not in ds and "Modality" not in ds:
+        if getattr(ds, "file_meta", None):
+            raise NotAnImage("truncated DICOM file: nothing after the file meta header")
+        raise NotAnImage("not a DICOM file (no SOP class, no modality)")
+    missing = [tag for tag in tags if tag not in ds]
+    if missing:
+        kind = ds.get("Modality", "?")
+        sop = getattr(ds.get("SOPClassUID"), "name", ds.get("SOPClassUID", "?"))
+        if "Image" in str(sop):  # an image object cut short before its geometry
+            raise NotAnImage(f"truncated {sop} header: no {', '.join(missing)}")
+        raise NotAnImage(f"not an image (Modality {kind}, {sop}): no {', '.join(missing)}")
+
+
+def frames(ds: Dataset) -> int:
+    return int(ds.get("NumberOfFrames", 1) or 1)
 
 
 def read_series(paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -26,15 +26,25 @@ class Volume:
     volume_id: str
 
 
+def input_files(root: Path) -> list[Path]:
+    """``root`` itself if it is a file, else every file below it but hidden ones, sorted."""
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    return [path for path in files if not path.name.startswith(".")]
+
+
+def may_be_dicom(path: Path) -> bool:
+    """DICOM suffixes, none, or numbered names (1.2.3); not other known or alphabetic ones."""
+    suffix = path.suffix.lower()
+    unknown_suffix = suffix not in DICOM_SUFFIXES and suffix[1:].isalpha()
+    return suffix not in IGNORED_SUFFIXES and not unknown_suffix
+
+
 def find_volumes(root: Path) -> tuple[list[Volume], list[tuple[str, str]]]:
     """Every volume under ``root`` (a file or a folder searched recursively), sorted by id."""
-    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
     volumes: list[Volume] = []
     problems: list[tuple[str, str]] = []
     series: dict[tuple[str, str], list[SliceHeader]] = defaultdict(list)
-    for path in files:
-        if path.name.startswith("."):
-            continue
+    for path in input_files(root):
         if is_nifti(path):
             try:
                 check_header(path)
@@ -43,9 +53,7 @@ def find_volumes(root: Path) -> tuple[list[Volume], list[tuple[str, str]]]:
                 continue
             volumes.append(Volume("nifti", (str(path),), str(path)))
             continue
-        suffix = path.suffix.lower()
-        unknown_suffix = suffix not in DICOM_SUFFIXES and suffix[1:].isalpha()
-        if suffix in IGNORED_SUFFIXES or unknown_suffix:  # numbered files (1.2.3) are read
+        if not may_be_dicom(path):
             continue
         try:
             header = read_header(path)

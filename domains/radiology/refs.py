@@ -1,4 +1,4 @@
-"""What the engine samples over: one fixed-size crop of one volume.
+"""What the engine samples over: one fixed-size crop of one volume, or one radiograph.
 
 A reference names its input files and carries its crop position as fractions of the free room
 in each axis, drawn in ``index`` with a seeded generator. ``load`` turns the fractions into
@@ -20,3 +20,10 @@ class VolumeRef(NamedTuple):
     volume_id: str  # the file, or the series folder plus its SeriesInstanceUID
     label: int
     crop: tuple[float, float, float]  # position in [0, 1] of the crop along (D, H, W)
+
+
+class RadiographRef(NamedTuple):
+    """One 2D radiograph: a single-frame DICOM file or a PNG file."""
+
+    kind: str  # "dicom" or "png"
+    path: str

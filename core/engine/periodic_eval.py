@@ -1,0 +1,209 @@
+"""Periodic evaluation during training: kNN on frozen features of the current encoder.
+
+``eval.every_steps=N`` with ``eval=knn`` (the protocol settings ``fmcore eval`` uses: splits, k,
+temperature, voting) makes rank 0 score the method's exported encoder (DINOv2's EMA teacher)
+every N steps and at the last step, and log the metrics as their own ``metrics.jsonl`` line,
+``{"step": N, "eval/knn_accuracy": ...}``. Evaluating leaves training as it was: the random
+number generators, the encoder's train mode and its token count are restored, so a run with
+periodic evaluation trains exactly the weights of the same run without it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, get_args
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from fmcore.domain import Domain
+from fmcore.encoder import Encoder
+from fmcore.engine.progress import MetricsLog
+from fmcore.errors import BadSample, ConfigError, FmcoreError
+from fmcore.eval.features import extract_features
+from fmcore.eval.knn import Voting, knn_scores
+
+PROTOCOL = "knn"
+METRIC_PREFIX = f"eval/{PROTOCOL}_"
+
+
+@dataclass(frozen=True)
+class KnnSettings:
+    """The ``eval`` section that ``eval=knn`` selects (``configs/eval/knn.yaml``)."""
+
+    train_split: str
+    test_split: str
+    batch_size: int
+    l2_normalize: bool
+    k: int
+    temperature: float
+    voting: Voting
+
+    @classmethod
+    def from_config(cls, section: DictConfig) -> KnnSettings:
+        voting = str(section.voting)
+        if voting not in get_args(Voting):  # checked now, not at the first evaluation
+            raise ConfigError(
+                f"eval.voting must be {' or '.join(get_args(Voting))}, not '{voting}'"
+            )
+        return cls(
+            train_split=str(section.train_split),
+            test_split=str(section.test_split),
+            batch_size=int(section.batch_size),
+            l2_normalize=bool(section.l2_normalize),
+            k=int(section.k),
+            temperature=float(section.temperature),
+            voting=voting,  # type: ignore[arg-type]  # one of get_args(Voting), checked above
+        )
+
+
+@contextlib.contextmanager
+def training_state_kept(encoder: Encoder, device: torch.device) -> Iterator[None]:
+    """Restore the RNG streams and the encoder's token count (the engine's tokens/s) on exit.
+
+    Feature extraction draws from the global generator (a DataLoader seeds its workers from it).
+    """
+    tokens = encoder.tokens_processed
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            yield
+    finally:
+        encoder.tokens_processed = tokens
+
+
+class PeriodicEvaluation:
+    """Scores the encoder every ``every_steps`` steps and after the last step."""
+
+    def __init__(
+        self,
+        every_steps: int,
+        settings: KnnSettings,
+        domain: Domain,
+        device: torch.device,
+        num_workers: int,
+        message: Callable[[str], None],
+    ) -> None:
+        self.every_steps = every_steps
+        self.settings = settings
+        self.domain = domain
+        self.device = device
+        self.num_workers = num_workers
+        self.message = message
+        self.stopped = False
+
+    def check_splits(self) -> None:
+        """Fail before training when a split to evaluate is missing, empty or unlabelled."""
+        context = f"eval.every_steps={self.every_steps} (0 trains without periodic evaluation)"
+        for split in (self.settings.train_split, self.settings.test_split):
+            try:
+                refs = self.domain.index(split)
+            except FmcoreError as error:
+                raise ConfigError(f"{context}: {error}") from error
+            label = _first_label(self.domain, refs)
+            if label is None:
+                raise ConfigError(
+                    f"{context}: split '{split}' of domain '{self.domain.name}' has no readable"
+                    " sample"
+                )
+            if label < 0:
+                raise ConfigError(
+                    f"{context}: split '{split}' of domain '{self.domain.name}' has no labels,"
+                    " and kNN evaluation needs labelled samples"
+                )
+
+    def due(self, step: int, max_steps: int) -> bool:
+        """Whether to evaluate after ``step`` steps are done."""
+        return not self.stopped and (step % self.every_steps == 0 or step == max_steps)
+
+    def run(self, encoder: Encoder, step: int, log: MetricsLog) -> None:
+        """Evaluate and log one line. A failure (an unreadable sample) ends periodic evaluation
+        for this run with one message; training goes on."""
+        try:
+            metrics = self.evaluate(encoder)
+        except FmcoreError as error:
+            self.stopped = True
+            print(
+                f"periodic evaluation stopped at step {step}: {error}", file=sys.stderr, flush=True
+            )
+            return
+        log.write({"step": step, **{METRIC_PREFIX + name: v for name, v in metrics.items()}})
+        self.message(
+            f"step {step}: kNN accuracy {metrics['accuracy']:.4f}"
+            f" on {self.settings.test_split} of {self.domain.name}"
+        )
+
+    def evaluate(self, encoder: Encoder) -> dict[str, float]:
+        """kNN metrics of ``encoder``'s frozen features, training state left as it was."""
+        # Imported here: torchmetrics takes seconds to import, and every training run imports
+        # this module whether or not it evaluates.
+        from fmcore.eval.metrics import classification_metrics
+
+        settings = self.settings
+        extract: dict[str, Any] = {
+            "batch_size": settings.batch_size,
+            "device": self.device,
+            "l2_normalize": settings.l2_normalize,
+            "num_workers": self.num_workers,
+        }
+        with training_state_kept(encoder, self.device):
+            train = extract_features(encoder, self.domain, settings.train_split, **extract)
+            test = extract_features(encoder, self.domain, settings.test_split, **extract)
+        num_classes = int(max(train.labels.max(), test.labels.max())) + 1
+        scores = knn_scores(
+            train.features,
+            train.labels,
+            test.features,
+            num_classes,
+            k=settings.k,
+            temperature=settings.temperature,
+            voting=settings.voting,
+        )
+        return classification_metrics(scores, test.labels, num_classes)
+
+
+def periodic_evaluation(
+    config: DictConfig, domain: Domain, device: torch.device, message: Callable[[str], None]
+) -> PeriodicEvaluation | None:
+    """The run's periodic evaluation with its splits checked, or None when it is off."""
+    # A config saved before periodic evaluation existed has no eval section: off.
+    every_steps = OmegaConf.select(config, "eval.every_steps", default=0)
+    if isinstance(every_steps, bool) or not isinstance(every_steps, int) or every_steps < 0:
+        raise ConfigError(
+            f"eval.every_steps must be a whole number of steps (0: off), not '{every_steps}'"
+        )
+    if every_steps == 0:
+        return None
+    protocol = OmegaConf.select(config, "eval.name")
+    if protocol is None:
+        raise ConfigError(
+            f"eval.every_steps={every_steps} evaluates with kNN: add eval={PROTOCOL} to the"
+            " command line (its settings, such as eval.k, may then be overridden)"
+        )
+    if protocol != PROTOCOL:
+        raise ConfigError(
+            f"periodic evaluation (eval.every_steps) runs kNN only, not eval={protocol}:"
+            f" choose eval={PROTOCOL}, or run fmcore eval eval={protocol} after training"
+        )
+    evaluation = PeriodicEvaluation(
+        every_steps,
+        KnnSettings.from_config(config.eval),
+        domain,
+        device,
+        int(config.trainer.num_workers),
+        message,
+    )
+    evaluation.check_splits()
+    return evaluation
+
+
+def _first_label(domain: Domain, refs: Sequence[Any]) -> int | None:
+    """The label of the split's first readable sample; None when no sample is readable."""
+    for ref in refs:
+        try:
+            return domain.load(ref).label
+        except BadSample:
+            continue
+    return None

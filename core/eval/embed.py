@@ -1,0 +1,286 @@
+"""``fmcore embed``: frozen features of every sample of a domain split, streamed into files.
+
+A slide domain (one that can group its index by slide, :class:`SlideDomain`) gets one file per
+slide; any other domain gets shards of ``embed.shard_size`` samples (layout in
+:mod:`.feature_files`). Samples go through the engine's ``DomainDataset`` and ``collate`` in
+batches that never mix two files, so only the file being filled is held in memory, and each file
+is written atomically as soon as its last batch is done. Files already present are skipped, so an
+interrupted run continues where it stopped; ``embed.json`` pins what the directory holds, and a
+run with another checkpoint, pooling or data into the same directory is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from fmcore.config import as_dict
+from fmcore.domain import Domain, Sample
+from fmcore.encoder import Encoder
+from fmcore.engine.checkpoint import atomic_write_text
+from fmcore.engine.data import DomainDataset, Skipped, collate
+from fmcore.engine.distributed import pick_device
+from fmcore.errors import ConfigError
+from fmcore.eval.feature_files import (
+    EMBED_FILE,
+    read_metadata,
+    shard_path,
+    slide_path,
+    write_atomically,
+)
+from fmcore.eval.loading import RANDOM, LoadedEncoder, load_encoder
+from fmcore.plugin_manager import Registry
+
+FORMAT = "fmcore.embed/1"
+DEFAULT_OPTION = "embed=default"  # configs/embed/default.yaml
+POOLINGS = ("cls", "mean")
+POSITION = "embed_position"  # meta key carrying a sample's position in the split's index
+TILE_COORDS = ("x", "y")  # per-tile meta of a slide domain; its other meta values are the slide's
+SKIPPED_LISTED = 100  # bad samples named in embed.json (every file lists its own)
+
+
+@runtime_checkable
+class SlideDomain(Protocol):
+    """A domain whose samples are tiles of slides, each tile's ``meta`` holding its level-0
+    ``x`` and ``y``. ``index_by_slide`` returns the split's whole index (every tile, no
+    per-slide sampling) and each slide's positions in it."""
+
+    def index_by_slide(self, split: str) -> tuple[Sequence[Any], dict[str, Sequence[int]]]: ...
+
+
+@dataclass
+class FeatureFile:
+    """One output file and the positions of the split's index it holds."""
+
+    path: Path
+    positions: Sequence[int]
+    slide_id: str | None = None  # None: a shard
+
+
+@dataclass
+class _Filling:
+    """What the batches of the file being written have produced so far."""
+
+    features: list[Tensor] = field(default_factory=list)
+    labels: list[Tensor] = field(default_factory=list)
+    meta: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+class _PositionedDataset(Dataset):
+    """The engine's dataset, with each good sample's index position added to its meta (the
+    engine's ``collate`` drops bad samples, so positions identify the ones that remain)."""
+
+    def __init__(self, dataset: DomainDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, position: int) -> Sample | Skipped:
+        item = self.dataset[position]
+        if isinstance(item, Sample):
+            return replace(item, meta={**item.meta, POSITION: position})
+        return item
+
+
+def with_embed_defaults(words: Sequence[str]) -> list[str]:
+    """The command line with ``embed=default`` chosen unless an ``embed=`` option is given."""
+    if any(word.split("=", 1)[0] == "embed" for word in words):
+        return list(words)
+    return [DEFAULT_OPTION, *words]
+
+
+def plan_files(domain: Domain, split: str, out: Path, shard_size: int) -> tuple[Any, list]:
+    """The split's index and the files covering it: one per slide, or shards."""
+    if isinstance(domain, SlideDomain):
+        refs, slides = domain.index_by_slide(split)
+        return refs, [FeatureFile(slide_path(out, sid), pos, sid) for sid, pos in slides.items()]
+    refs = domain.index(split)
+    starts = range(0, len(refs), shard_size)
+    shards = [
+        FeatureFile(shard_path(out, number), range(start, min(start + shard_size, len(refs))))
+        for number, start in enumerate(starts)
+    ]
+    return refs, shards
+
+
+@torch.no_grad()
+def pooled_features(encoder: Encoder, images: Tensor, pooling: str) -> Tensor:
+    """(B, D) features: the class token, or the mean of the patch tokens."""
+    output = encoder(images)
+    return output.cls if pooling == "cls" else output.patches.mean(dim=1)
+
+
+def embed(config: DictConfig, registry: Registry, words: Sequence[str] = ()) -> dict[str, Any]:
+    """Write the features of ``embed.split`` into ``embed.out``; returns ``embed.json``'s
+    content."""
+    settings = config.get("embed")
+    if settings is None or not settings.get("out"):
+        raise ConfigError("set embed.out=<directory> for the feature files")
+    pooling = str(settings.pooling)
+    if pooling not in POOLINGS:
+        raise ConfigError(f"embed.pooling must be one of {', '.join(POOLINGS)}, not '{pooling}'")
+    shard_size = int(settings.shard_size)
+    if shard_size < 1:
+        raise ConfigError(f"embed.shard_size must be at least 1, not {shard_size}")
+    out = Path(str(settings.out)).expanduser()
+    loaded = load_encoder(config, registry, words)
+    split = str(settings.split)
+    refs, files = plan_files(loaded.domain, split, out, shard_size)
+    description = _describe(config, loaded, split, files)
+    _claim(out, description)
+    pending = [file for file in files if not file.path.exists()]
+    print(
+        f"embed: {len(files) - len(pending)} of {len(files)} file(s) already in {out};"
+        f" embedding {sum(len(file.positions) for file in pending):,} sample(s)",
+        file=sys.stderr,
+        flush=True,
+    )
+    file_metadata = {
+        "format": FORMAT,
+        "checkpoint": description["checkpoint"],
+        "checkpoint_step": str(description["checkpoint_step"] or ""),
+        "domain": description["domain"],
+        "pooling": pooling,
+        "encoder": OmegaConf.to_yaml(loaded.config.encoder),
+    }
+    _write_files(loaded, refs, pending, config, file_metadata)
+    summary = {
+        **description,
+        **_count(files),
+        "bad_inputs": list(loaded.domain.bad_inputs),
+        "complete": True,
+    }
+    atomic_write_text(out / EMBED_FILE, json.dumps(summary, indent=2) + "\n")
+    return {**summary, "out": str(out)}
+
+
+def _describe(
+    config: DictConfig, loaded: LoadedEncoder, split: str, files: list[FeatureFile]
+) -> dict[str, Any]:
+    """What the directory holds; a resumed run must describe it identically."""
+    checkpoint = loaded.checkpoint
+    return {
+        "format": FORMAT,
+        "checkpoint": checkpoint if checkpoint == RANDOM else str(Path(checkpoint).resolve()),
+        "checkpoint_step": loaded.metadata.get("step"),
+        "domain": str(config.domain.name),
+        "split": split,
+        "layout": "slides" if files and files[0].slide_id is not None else "shards",
+        "pooling": str(config.embed.pooling),
+        "shard_size": int(config.embed.shard_size),
+        "encoder": as_dict(loaded.config.encoder),
+        "data": as_dict(loaded.config.data),
+        "seed": int(config.run.seed),
+    }
+
+
+def _claim(out: Path, description: dict[str, Any]) -> None:
+    """Refuse a directory holding another run's features; mark it as being written."""
+    existing = out / EMBED_FILE
+    if existing.exists():
+        previous = json.loads(existing.read_text())
+        differs = [key for key, value in description.items() if previous.get(key) != value]
+        if differs:
+            raise ConfigError(
+                f"embed.out={out} holds features of another embedding (its {EMBED_FILE} differs"
+                f" in {', '.join(differs)}): choose another embed.out, or delete it to start over"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(existing, json.dumps({**description, "complete": False}, indent=2) + "\n")
+
+
+def _write_files(
+    loaded: LoadedEncoder,
+    refs: Sequence[Any],
+    files: list[FeatureFile],
+    config: DictConfig,
+    file_metadata: dict[str, str],
+) -> None:
+    batch_size = int(config.embed.batch_size)
+    batches = [
+        (number, list(file.positions[start : start + batch_size]))
+        for number, file in enumerate(files)
+        for start in range(0, len(file.positions), batch_size)
+    ]
+    loader = DataLoader(
+        _PositionedDataset(DomainDataset(loaded.domain, refs)),
+        batch_sampler=[positions for _, positions in batches],
+        num_workers=int(config.trainer.num_workers),
+        collate_fn=collate,
+    )
+    device = pick_device(str(config.trainer.device), 0)
+    encoder = loaded.encoder.to(device)
+    pooling = file_metadata["pooling"]
+    filling = _Filling()
+    for index, ((number, _), (batch, skipped)) in enumerate(zip(batches, loader, strict=True)):
+        filling.skipped += skipped
+        if batch is not None:
+            images = loaded.domain.normalize(batch.data.to(device).float())
+            filling.features.append(pooled_features(encoder, images, pooling).float().cpu())
+            filling.labels.append(batch.labels)
+            filling.meta += batch.meta
+        if index + 1 == len(batches) or batches[index + 1][0] != number:
+            _write_file(files[number], filling, refs, file_metadata)
+            filling = _Filling()
+
+
+def _write_file(
+    file: FeatureFile, filling: _Filling, refs: Sequence[Any], metadata: dict[str, str]
+) -> None:
+    name = file.slide_id or file.path.name
+    if not filling.features:  # not written: a later run tries it again
+        print(f"embed: {name}: no readable sample, not written", file=sys.stderr, flush=True)
+        return
+    features = torch.cat(filling.features)
+    metadata = {**metadata, "skipped": json.dumps(filling.skipped), "count": str(len(features))}
+    if file.slide_id is not None:
+        coords = torch.tensor([[m[key] for key in TILE_COORDS] for m in filling.meta])
+        slide = {
+            key: str(value)
+            for key, value in filling.meta[0].items()
+            if key not in (*TILE_COORDS, POSITION)
+        }
+        metadata = {**slide, **metadata, "slide": file.slide_id}
+        tensors = {"features": features, "coords": coords.long()}
+    else:
+        positions = [m[POSITION] for m in filling.meta]
+        metadata["sample_ids"] = json.dumps([str(refs[p]) for p in positions])
+        tensors = {"features": features, "positions": torch.tensor(positions, dtype=torch.long)}
+        labels = torch.cat(filling.labels)
+        if (labels >= 0).any():
+            tensors["labels"] = labels
+    write_atomically(file.path, tensors, metadata)
+    skipped = f", {len(filling.skipped)} bad sample(s) skipped" if filling.skipped else ""
+    print(f"embed: {name}: {len(features)} sample(s){skipped}", file=sys.stderr, flush=True)
+
+
+def _count(files: list[FeatureFile]) -> dict[str, Any]:
+    """Totals over the files on disk, those of earlier runs included (read from headers)."""
+    samples, skipped_count, skipped, missing = 0, 0, [], []
+    for file in files:
+        if not file.path.exists():
+            missing.append(file.slide_id or file.path.name)
+            continue
+        metadata = read_metadata(file.path)
+        samples += int(metadata["count"])
+        messages = json.loads(metadata["skipped"])
+        skipped_count += len(messages)
+        skipped += messages[: SKIPPED_LISTED - len(skipped)]
+    return {
+        "files": len(files) - len(missing),
+        "samples": samples,
+        "skipped_count": skipped_count,
+        "skipped": skipped,
+        "without_readable_samples": missing,
+    }

@@ -1,0 +1,212 @@
+"""Labels and splits for evaluation, from a folder per class or a CSV, for every domain.
+
+``data.labels`` names one of two layouts:
+
+- a folder with one sub-folder per class, ``<folder>/<class>/<item>``: each item (a file or a
+  folder: a slide, a slide's tile folder, a DICOM series, a patient's folder) is labelled with
+  its class;
+- a CSV with a header, ``path,label[,split][,patient]``: ``path`` (relative to the CSV, or
+  absolute) names a file or a folder. Other columns are ignored.
+
+Everything below a labelled item takes its label and split, so a domain looks up each of its
+inputs (a tile image, a DICOM file) with :meth:`LabelTable.lookup`. Labels stay integers when
+every label is one, else class names are numbered in sorted order. Without a split (no
+``split`` column, or an empty cell) an item's split comes from a stable hash of its patient, or
+else of its path relative to the layout's folder: the same on every machine and run, and
+independent of the other items, so adding data never moves an item to another split. A patient's
+items always share one split.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from fmcore.errors import ConfigError, MissingPath
+
+SPLITS = ("train", "val", "test")
+VAL_FRACTION = 0.2  # share of items (or patients) a hash sends to val when no split is given
+LAYOUTS = "a CSV (path,label[,split][,patient]) or a folder with one sub-folder per class"
+
+
+@dataclass(frozen=True)
+class Label:
+    """The class number and split of one labelled item."""
+
+    label: int
+    split: str
+
+
+@dataclass(frozen=True)
+class LabelTable:
+    """Labelled items by resolved path; anything below an item shares its label and split."""
+
+    source: Path
+    items: dict[Path, Label]
+
+    def lookup(self, path: str | Path) -> Label | None:
+        """The label of ``path`` or of its nearest labelled parent folder; None if unlabelled."""
+        resolved = Path(path).resolve()
+        for candidate in (resolved, *resolved.parents):
+            found = self.items.get(candidate)
+            if found is not None:
+                return found
+        return None
+
+
+def load_labels(source: str | Path, val_fraction: float = VAL_FRACTION) -> LabelTable:
+    """Read the labels ``data.labels`` names: a CSV file or a folder per class."""
+    source = Path(str(source)).expanduser()
+    if not source.exists():
+        raise MissingPath(f"data.labels={source} does not exist: give {LAYOUTS}")
+    if source.is_dir():
+        items = _read_class_folders(source, val_fraction)
+    elif source.suffix.lower() == ".csv":
+        items = _read_csv(source, val_fraction)
+    else:
+        raise ConfigError(f"data.labels={source} is neither a CSV nor a folder: give {LAYOUTS}")
+    if not items:
+        raise ConfigError(f"data.labels={source} labels nothing: give {LAYOUTS}")
+    return LabelTable(source, items)
+
+
+def number_labels(values: Sequence[str]) -> list[int]:
+    """Integers stay integers; class names are numbered in sorted order; an empty value is -1."""
+    present = [value for value in values if value]
+    if all(_is_int(value) for value in present):
+        return [int(value) if value else -1 for value in values]
+    names = sorted(set(present))
+    return [names.index(value) if value else -1 for value in values]
+
+
+def hashed_split(key: str, val_fraction: float = VAL_FRACTION) -> str:
+    """``val`` for about ``val_fraction`` of keys, else ``train``; stable across runs and
+    machines (Python's ``hash`` is salted per process)."""
+    digest = hashlib.sha256(key.encode()).digest()
+    return "val" if int.from_bytes(digest[:8], "big") / 2**64 < val_fraction else "train"
+
+
+def _read_class_folders(root: Path, val_fraction: float) -> dict[Path, Label]:
+    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    members = {
+        folder: sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+        for folder in classes
+    }
+    numbers = number_labels([folder.name for folder in classes])
+    return {
+        item.resolve(): Label(number, hashed_split(_key(item, root), val_fraction))
+        for folder, number in zip(classes, numbers, strict=True)
+        for item in members[folder]
+    }
+
+
+@dataclass(frozen=True)
+class _Row:
+    where: str  # "<csv>:<line>", for messages
+    path: Path
+    label: str
+    split: str
+    patient: str
+
+
+def _read_csv(file: Path, val_fraction: float) -> dict[Path, Label]:
+    rows = _csv_rows(file)
+    numbers = number_labels([row.label for row in rows])
+    patient_splits = _patient_splits(rows, val_fraction)
+    items: dict[Path, Label] = {}
+    first_line: dict[Path, str] = {}
+    for row, number in zip(rows, numbers, strict=True):
+        resolved = row.path.resolve()
+        if resolved in items:
+            raise ConfigError(
+                f"{row.where}: {row.path} is listed twice (first at {first_line[resolved]})"
+            )
+        split = (
+            row.split
+            or patient_splits.get(row.patient)
+            or hashed_split(_key(row.path, file.parent), val_fraction)
+        )
+        items[resolved] = Label(number, split)
+        first_line[resolved] = row.where
+    return items
+
+
+def _csv_rows(file: Path) -> list[_Row]:
+    with open(file, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        header = [cell.strip().lower() for cell in next(reader, [])]
+        missing = [name for name in ("path", "label") if name not in header]
+        if missing:
+            raise ConfigError(
+                f"{file}:1: the header needs the column(s) {', '.join(missing)}"
+                f" (path,label[,split][,patient]); found: {', '.join(header) or 'nothing'}"
+            )
+        column = {
+            name: header.index(name)
+            for name in ("path", "label", "split", "patient")
+            if name in header
+        }
+        rows = []
+        for cells in reader:
+            if not any(cell.strip() for cell in cells):
+                continue
+            rows.append(_parse_row(file, reader.line_num, cells, column))
+    return rows
+
+
+def _parse_row(file: Path, line: int, cells: list[str], column: dict[str, int]) -> _Row:
+    def cell(name: str) -> str:
+        index = column.get(name)
+        return cells[index].strip() if index is not None and index < len(cells) else ""
+
+    where = f"{file}:{line}"
+    if not cell("path") or not cell("label"):
+        raise ConfigError(f"{where}: every row needs a path and a label, got {','.join(cells)!r}")
+    split = cell("split").lower()
+    if split and split not in SPLITS:
+        raise ConfigError(f"{where}: unknown split '{split}'; valid: {', '.join(SPLITS)}, or empty")
+    path = Path(cell("path")).expanduser()
+    if not path.is_absolute():
+        path = file.parent / path
+    if not path.exists():
+        raise MissingPath(f"{where}: {path} does not exist")
+    return _Row(where, path, cell("label"), split, cell("patient"))
+
+
+def _patient_splits(rows: list[_Row], val_fraction: float) -> dict[str, str]:
+    """Each patient's split: the one its rows give (they must agree), else its hash's."""
+    given: dict[str, _Row] = {}
+    for row in rows:
+        if not row.patient or not row.split:
+            continue
+        first = given.setdefault(row.patient, row)
+        if first.split != row.split:
+            raise ConfigError(
+                f"{row.where}: patient '{row.patient}' is in split '{row.split}' here but in"
+                f" '{first.split}' at {first.where}: a patient's items must share one split"
+            )
+    patients = {row.patient for row in rows if row.patient}
+    return {
+        patient: given[patient].split if patient in given else hashed_split(patient, val_fraction)
+        for patient in patients
+    }
+
+
+def _key(path: Path, base: Path) -> str:
+    """The path relative to ``base`` when below it (the same on every machine), else absolute."""
+    resolved = path.resolve()
+    try:
+        return resolved.relative_to(base.resolve()).as_posix()
+    except ValueError:
+        return resolved.as_posix()
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
