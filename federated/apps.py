@@ -1,0 +1,182 @@
+"""The Flower ServerApp and ClientApp of fmcore.
+
+``fmcore federate`` builds both in-process for Flower's simulation runtime. For a deployment,
+``flwr run`` loads the module-level ``serverapp`` and ``clientapp``: the federation's config words
+come from the run config key ``overrides`` and each SuperNode names its site, data and state in
+its node config (``site-name``, ``data-root``, optionally ``domain`` and ``state-dir``).
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+from pathlib import Path
+
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
+from flwr.serverapp import Grid, ServerApp
+from omegaconf import DictConfig
+
+from fmcore.cli import config_sources
+from fmcore.config import compose
+from fmcore.errors import ConfigError
+from fmcore.factory import cache_dir
+from fmcore.federated.audit import append_audit
+from fmcore.federated.server import CONFIG_RECORD, METRICS_RECORD, SITE_RECORD, Federation
+from fmcore.federated.site import Site, initial_groups, site_config, train_round
+from fmcore.federated.wire import to_record, to_state
+from fmcore.plugin_manager import registry
+
+DEFAULT_STRATEGY = "federated=fedavg"
+
+
+def federation_words(words: Sequence[str]) -> list[str]:
+    """The command's words, with the default strategy unless one is chosen."""
+    if any(word.split("=", 1)[0] == "federated" for word in words):
+        return list(words)
+    return [DEFAULT_STRATEGY, *words]
+
+
+def _run_words(context: Context) -> list[str]:
+    return federation_words(shlex.split(str(context.run_config.get("overrides", ""))))
+
+
+def simulated_site(words: Sequence[str], index: int, site_root: Path) -> Site:
+    """Site ``index`` of a simulation: its domain, data root and extra words from the federated
+    lists (null entries keep the defaults); sites with the same domain and data split that data."""
+    settings = compose(words, config_sources(registry())).federated
+    count = int(settings.sites)
+    domains = _per_site(settings, "site_domains", count)
+    roots = _per_site(settings, "site_data", count)
+    overrides = [f"domain={domains[index]}"] if domains[index] is not None else []
+    if roots[index] is not None:
+        overrides.append(f"data.root={roots[index]}")
+    own = list(settings.site_overrides or [[]] * count)
+    if len(own) != count:
+        raise ConfigError(
+            f"federated.site_overrides lists {len(own)} entries for federated.sites={count}"
+        )
+    overrides += [str(word) for word in own[index] or []]
+    peers = [i for i in range(count) if (domains[i], roots[i]) == (domains[index], roots[index])]
+    partition = (peers.index(index), len(peers)) if len(peers) > 1 else None
+    names = list(settings.site_names or [])
+    name = str(names[index]) if names else f"site-{index}"
+    return Site(name, tuple(overrides), site_root / name, partition)
+
+
+def _per_site(settings: DictConfig, key: str, count: int) -> list[str | None]:
+    values = list(settings.get(key) or [None] * count)
+    if len(values) != count:
+        raise ConfigError(
+            f"federated.{key} lists {len(values)} entries for federated.sites={count}"
+        )
+    return [None if value is None else str(value) for value in values]
+
+
+def deployed_site(context: Context, federation: str, config: DictConfig) -> Site:
+    """The site a SuperNode's node config describes."""
+    node = context.node_config
+    if "site-name" not in node:
+        raise ConfigError(
+            "this SuperNode has no site name: start it with"
+            ' --node-config \'site-name="hospital-a" data-root="/data/slides"\''
+        )
+    name = str(node["site-name"])
+    overrides = [f"data.root={node['data-root']}"] if "data-root" in node else []
+    if "domain" in node:
+        overrides.insert(0, f"domain={node['domain']}")
+    state = node.get("state-dir")
+    state_dir = Path(str(state)) if state else cache_dir(config) / "federated" / federation / name
+    return Site(name, tuple(overrides), state_dir)
+
+
+def make_client_app(
+    words: Sequence[str] | None = None,
+    site_root: Path | None = None,
+    mods: Sequence[Mod] = (),
+) -> ClientApp:
+    """A ClientApp; ``words`` and ``site_root`` are given in simulation, else read from context.
+    ``mods`` are Flower client mods (e.g. ``flwr.clientapp.mod`` DP clipping) around every call."""
+    app = ClientApp(mods=list(mods))
+
+    def identify(message: Message, context: Context) -> tuple[list[str], Site]:
+        run_words = list(words) if words is not None else _run_words(context)
+        if site_root is not None:
+            return run_words, simulated_site(
+                run_words, int(context.node_config["partition-id"]), site_root
+            )
+        federation = str(message.content[CONFIG_RECORD]["federation"])
+        base = compose(run_words, config_sources(registry()))
+        return run_words, deployed_site(context, federation, base)
+
+    @app.query()
+    def describe(message: Message, context: Context) -> Message:
+        run_words, site = identify(message, context)
+        config = site_config(run_words, site, registry())
+        content = RecordDict(
+            {group: to_record(state) for group, state in initial_groups(config, registry()).items()}
+        )
+        content[SITE_RECORD] = ConfigRecord({"name": site.name})
+        if config.federated.audit:
+            append_audit(site.state_dir, "query", content)
+        return Message(content, reply_to=message)
+
+    @app.train()
+    def train(message: Message, context: Context) -> Message:
+        run_words, site = identify(message, context)
+        plugins = registry()
+        config = site_config(run_words, site, plugins)
+        received = {}
+        for record in message.content.array_records.values():
+            received.update(to_state(record))
+        settings = message.content[CONFIG_RECORD]
+        result = train_round(
+            config, site, plugins, received, float(settings.get("proximal-mu", 0.0))
+        )
+        dtype = str(config.federated.update_dtype)
+        content = RecordDict(
+            {group: to_record(state, dtype) for group, state in result.groups.items()}
+        )
+        content[METRICS_RECORD] = MetricRecord(
+            {
+                "num-examples": result.examples,
+                "loss": result.loss,
+                "train-seconds": result.seconds,
+                "local-steps": result.steps,
+            }
+        )
+        content[SITE_RECORD] = ConfigRecord({"name": site.name, "update-dtype": dtype})
+        if config.federated.audit:
+            append_audit(site.state_dir, "train", content)
+        return Message(content, reply_to=message)
+
+    return app
+
+
+def make_server_app(
+    config: DictConfig | None = None,
+    run_dir: Path | None = None,
+    failure: list[BaseException] | None = None,
+) -> ServerApp:
+    """A ServerApp; ``config`` and ``run_dir`` are given in simulation, else read from context.
+    With ``failure``, an exception is kept there for the caller instead of only being logged."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        plugins = registry()
+        resolved = config or compose(_run_words(context), config_sources(plugins))
+        directory = run_dir or Path(str(resolved.run.dir or "runs/federation"))
+        try:
+            Federation(grid, resolved, directory, plugins).run()
+        except Exception as error:
+            if failure is None:
+                raise
+            failure.append(error)
+
+    return app
+
+
+clientapp = make_client_app()
+serverapp = make_server_app()

@@ -1,0 +1,312 @@
+"""The server's side of a federation: meet the sites, then per round send, check, aggregate, save.
+
+Each aggregation group (see :mod:`.scopes`) has its own instance of the configured Flower
+strategy; the shared group's strategy samples the round's sites and every domain group aggregates
+only the sampled sites of its domain.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+from omegaconf import DictConfig
+
+from fmcore.errors import ConfigError, FmcoreError
+from fmcore.federated.scopes import SHARED_GROUP
+from fmcore.federated.store import GlobalState, RoundStore
+from fmcore.federated.strategies import make_strategy
+from fmcore.federated.updates import update_problem
+from fmcore.federated.wire import record_bytes, to_numpy
+from fmcore.plugin_manager import Registry
+
+log = logging.getLogger("fmcore.federated")
+SITE_RECORD = "site"
+METRICS_RECORD = "metrics"
+CONFIG_RECORD = "config"
+
+
+@dataclass(frozen=True)
+class SiteInfo:
+    node_id: int
+    name: str
+    groups: tuple[str, ...]
+
+
+class NodeSubset:
+    """The part of a Grid a strategy samples from (Flower strategies only call get_node_ids)."""
+
+    def __init__(self, node_ids: Iterable[int]) -> None:
+        self.node_ids = list(node_ids)
+
+    def get_node_ids(self) -> list[int]:
+        return self.node_ids
+
+
+def as_record(entries: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({key: Array(np.ascontiguousarray(value)) for key, value in entries.items()})
+
+
+def await_sites(grid: Grid, expected: int, minimum: int, timeout: float) -> list[int]:
+    """Node ids once ``expected`` sites are connected, or ``minimum`` when ``timeout`` runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= expected:
+            return nodes
+        if time.monotonic() > deadline:
+            if len(nodes) >= minimum:
+                return nodes
+            raise FmcoreError(
+                f"only {len(nodes)} of federated.sites={expected} sites connected within"
+                f" {timeout:.0f} s (federated.min_sites={minimum}); are the SuperNodes running?"
+            )
+        time.sleep(1.0)
+
+
+def describe_sites(
+    grid: Grid, nodes: list[int], federation: str, timeout: float
+) -> tuple[dict[int, SiteInfo], GlobalState]:
+    """Ask every site who it is; the first site (by name) of a group gives its initial weights."""
+    query = RecordDict({CONFIG_RECORD: ConfigRecord({"federation": federation})})
+    messages = [Message(query, dst_node_id=node, message_type=MessageType.QUERY) for node in nodes]
+    sites: dict[int, SiteInfo] = {}
+    initial: GlobalState = {}
+    replies = sorted(
+        (r for r in grid.send_and_receive(messages, timeout=timeout) if not _failed(r)),
+        key=lambda reply: str(reply.content[SITE_RECORD]["name"]),
+    )
+    for reply in replies:
+        name = str(reply.content[SITE_RECORD]["name"])
+        if any(site.name == name for site in sites.values()):
+            raise ConfigError(f"two SuperNodes call themselves site '{name}': give each its own")
+        groups = tuple(reply.content.array_records)
+        sites[reply.metadata.src_node_id] = SiteInfo(reply.metadata.src_node_id, name, groups)
+        for group in groups:
+            initial.setdefault(group, to_numpy(reply.content[group]))
+    return sites, initial
+
+
+def _failed(reply: Message) -> bool:
+    if reply.has_error():
+        log.warning("node %s failed: %s", reply.metadata.src_node_id, reply.error.reason)
+        return True
+    return False
+
+
+class Federation:
+    """The server loop of one federation (simulated or deployed)."""
+
+    def __init__(self, grid: Grid, config: DictConfig, run_dir: Path, registry: Registry) -> None:
+        self.grid = grid
+        self.settings = config.federated
+        self.run_dir = run_dir
+        self.registry = registry
+        self.store = RoundStore(run_dir)
+        self.timeout = float(self.settings.round_timeout)
+        self.min_sites = int(self.settings.min_sites)
+
+    def run(self) -> int:
+        """Run the remaining rounds; returns the last completed round."""
+        nodes = await_sites(
+            self.grid,
+            int(self.settings.sites),
+            self.min_sites,
+            float(self.settings.connect_timeout),
+        )
+        sites, initial = describe_sites(self.grid, nodes, self.run_dir.name, self.timeout)
+        if len(sites) < self.min_sites:
+            raise FmcoreError(
+                f"only {len(sites)} site(s) answered (federated.min_sites={self.min_sites});"
+                " see the site errors above"
+            )
+        resumed = self.store.latest()
+        last, state = resumed if resumed is not None else (0, {})
+        for group, entries in initial.items():
+            state.setdefault(group, entries)
+        strategies = {
+            group: make_strategy(
+                self.settings,
+                sum(group in site.groups for site in sites.values()),
+                self.min_sites if group == SHARED_GROUP else 1,
+            )
+            for group in state
+        }
+        for server_round in range(last + 1, int(self.settings.rounds) + 1):
+            self.round(server_round, state, strategies, sites)
+            last = server_round
+        return last
+
+    def round(
+        self,
+        server_round: int,
+        state: GlobalState,
+        strategies: dict[str, Strategy],
+        sites: dict[int, SiteInfo],
+    ) -> None:
+        started = time.perf_counter()
+        contents = self._configure(server_round, state, strategies, sites)
+        messages = [
+            Message(content, dst_node_id=node, message_type=MessageType.TRAIN)
+            for node, content in contents.items()
+        ]
+        replies = list(self.grid.send_and_receive(messages, timeout=self.timeout))
+        accepted, record = self._check(replies, state, sites, set(contents))
+        contributors = len(accepted.get(SHARED_GROUP, []))
+        aggregated: dict[str, Any] = {}
+        if contributors >= self.min_sites:
+            for group, group_replies in accepted.items():
+                arrays, metrics = strategies[group].aggregate_train(server_round, group_replies)
+                if arrays is not None:
+                    state[group] = {key: array.numpy() for key, array in arrays.items()}
+                if group == SHARED_GROUP and metrics is not None:
+                    aggregated = dict(metrics)
+        else:
+            log.warning(
+                "round %d: %d usable update(s), fewer than federated.min_sites=%d;"
+                " the global model is unchanged",
+                server_round,
+                contributors,
+                self.min_sites,
+            )
+        checkpoint = self.store.save(server_round, state)
+        record.update(
+            round=server_round,
+            contributors=contributors,
+            bytes_down={sites[n].name: record_bytes_of(contents[n]) for n in contents},
+            wall_seconds=time.perf_counter() - started,
+            metrics=aggregated,
+            checkpoint=str(checkpoint),
+        )
+        self.store.log(record)
+        self.registry.hook.fmcore_federated_round_end(
+            server_round=server_round,
+            metrics={k: float(v) for k, v in aggregated.items() if isinstance(v, int | float)},
+            checkpoint=checkpoint,
+        )
+        print(
+            f"round {server_round}/{self.settings.rounds}: {contributors} site(s) aggregated,"
+            f" loss {aggregated.get('loss', float('nan')):.4f},"
+            f" {record['wall_seconds']:.1f} s; {checkpoint}",
+            flush=True,
+        )
+
+    def _configure(
+        self,
+        server_round: int,
+        state: GlobalState,
+        strategies: dict[str, Strategy],
+        sites: dict[int, SiteInfo],
+    ) -> dict[int, RecordDict]:
+        """One message content per sampled site: its groups' global weights and the config."""
+
+        def config() -> ConfigRecord:
+            return ConfigRecord({"federation": self.run_dir.name})
+
+        planned = strategies[SHARED_GROUP].configure_train(
+            server_round, as_record(state[SHARED_GROUP]), config(), NodeSubset(sites)
+        )
+        contents = {
+            message.metadata.dst_node_id: RecordDict(
+                {SHARED_GROUP: message.content["arrays"], CONFIG_RECORD: message.content["config"]}
+            )
+            for message in planned
+        }
+        for group, strategy in strategies.items():
+            members = [node for node in contents if group in sites[node].groups]
+            if group == SHARED_GROUP or not members:
+                continue
+            for message in strategy.configure_train(
+                server_round, as_record(state[group]), config(), NodeSubset(members)
+            ):
+                content = contents[message.metadata.dst_node_id]
+                content[group] = message.content["arrays"]
+                for key, value in message.content["config"].items():
+                    content[CONFIG_RECORD].setdefault(key, value)
+        return contents
+
+    def _check(
+        self,
+        replies: list[Message],
+        state: GlobalState,
+        sites: dict[int, SiteInfo],
+        asked: set[int],
+    ) -> tuple[dict[str, list[Message]], dict[str, Any]]:
+        """Split usable replies by group; record failures, rejections, bytes and site timings."""
+        accepted: dict[str, list[Message]] = {}
+        failures: list[str] = []
+        rejected: list[str] = []
+        bytes_up: dict[str, int] = {}
+        site_seconds: dict[str, float] = {}
+        answered = set()
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            answered.add(node)
+            name = sites[node].name if node in sites else f"node {node}"
+            if reply.has_error():
+                failures.append(f"{name}: {reply.error.reason}")
+                log.warning("site %s failed this round: %s", name, reply.error.reason)
+                continue
+            content = reply.content
+            bytes_up[name] = record_bytes_of(content)
+            dtype = str(content[SITE_RECORD]["update-dtype"])
+            decoded = {group: to_numpy(content[group], dtype) for group in content.array_records}
+            problem = self._problem(decoded, state, sites.get(node))
+            if problem is not None:
+                rejected.append(f"{name}: {problem}")
+                log.warning("rejected the update of site %s: %s", name, problem)
+                continue
+            metrics = content[METRICS_RECORD]
+            site_seconds[name] = float(metrics.get("train-seconds", float("nan")))
+            for group, entries in decoded.items():
+                accepted.setdefault(group, []).append(
+                    Message(
+                        content=RecordDict(
+                            {"arrays": as_record(entries), "metrics": MetricRecord(dict(metrics))}
+                        ),
+                        metadata=reply.metadata,
+                    )
+                )
+        for node in sorted(asked - answered):
+            failures.append(f"{sites[node].name}: no reply within {self.timeout:.0f} s")
+        record = {
+            "failures": failures,
+            "rejected": rejected,
+            "bytes_up": bytes_up,
+            "site_train_seconds": site_seconds,
+        }
+        return accepted, record
+
+    @staticmethod
+    def _problem(
+        decoded: dict[str, dict[str, np.ndarray]], state: GlobalState, site: SiteInfo | None
+    ) -> str | None:
+        if site is None:
+            return "the node did not take part in the site query"
+        if set(decoded) != set(site.groups):
+            return f"sent groups {sorted(decoded)}, expected {sorted(site.groups)}"
+        for group, entries in decoded.items():
+            problem = update_problem(entries, state[group])
+            if problem is not None:
+                return f"{group}: {problem}"
+        return None
+
+
+def record_bytes_of(content: RecordDict) -> int:
+    return sum(record_bytes(record) for record in content.array_records.values())

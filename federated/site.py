@@ -1,0 +1,116 @@
+"""One site's side of a round: compose its config, train locally with the core engine, report.
+
+A site keeps an ordinary engine run directory (checkpoints with optimizer state, data position
+and ``local`` weights); each round resumes it, loads the global weights over it and trains
+``federated.local_steps`` more steps of a schedule spanning all rounds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from fmcore.cli import config_sources
+from fmcore.config import compose
+from fmcore.domain import Domain
+from fmcore.engine.checkpoint import CheckpointStore
+from fmcore.engine.trainer import LocalRound, TrainResult, train
+from fmcore.factory import build_parts
+from fmcore.federated.partition import site_share
+from fmcore.federated.scopes import split_by_group
+from fmcore.method import Method
+from fmcore.plugin_manager import Registry
+
+
+@dataclass(frozen=True)
+class Site:
+    """Who this site is and where its data and state live."""
+
+    name: str
+    overrides: tuple[str, ...]  # words this site adds: domain=..., data.root=...
+    state_dir: Path
+    partition: tuple[int, int] | None = None  # (index, count) when sites split one dataset
+
+
+def site_config(words: Sequence[str], site: Site, registry: Registry) -> DictConfig:
+    """The federation's config words plus the site's own, and the site's engine run settings."""
+    config = compose([*words, *site.overrides], config_sources(registry))
+    federated = config.federated
+    config.trainer.max_steps = int(federated.rounds) * int(federated.local_steps)
+    config.run.dir = str(site.state_dir)
+    return config
+
+
+@dataclass
+class RoundResult:
+    groups: dict[str, dict[str, torch.Tensor]]
+    examples: int
+    loss: float
+    seconds: float
+    steps: int
+
+
+def initial_groups(config: DictConfig, registry: Registry) -> dict[str, dict[str, torch.Tensor]]:
+    """The freshly initialised weights this site would start from, split into groups."""
+    torch.manual_seed(int(config.run.seed))
+    parts = build_parts(config, registry)
+    return split_by_group(parts.method, str(config.domain.name), parts.modality.name)
+
+
+def train_round(
+    config: DictConfig,
+    site: Site,
+    registry: Registry,
+    global_state: dict[str, torch.Tensor],
+    proximal_mu: float = 0.0,
+) -> RoundResult:
+    """Resume the site's run, load the global weights, train the round's local steps."""
+    config.resume = CheckpointStore(site.state_dir / "checkpoints").latest() is not None
+    federated = config.federated
+    select = None
+    if site.partition is not None:
+        index, count = site.partition
+        by, seed = str(federated.partition), int(config.run.seed)
+
+        def select(domain: Domain, refs: list[Any]) -> list[Any]:
+            return site_share(domain, refs, by, index, count, seed)
+
+    regularizer = proximal_term(global_state, proximal_mu) if proximal_mu > 0 else None
+    started = time.perf_counter()
+    result: TrainResult = train(
+        config,
+        registry,
+        LocalRound(int(federated.local_steps), global_state, select, regularizer),
+    )
+    seconds = time.perf_counter() - started
+    assert result.method is not None  # always set by train()
+    return RoundResult(
+        groups=split_by_group(result.method, str(config.domain.name), result.modality),
+        examples=result.examples,
+        loss=float(result.last_metrics.get("loss", float("nan"))),
+        seconds=seconds,
+        steps=result.steps,
+    )
+
+
+def proximal_term(reference: dict[str, torch.Tensor], mu: float):  # -> Callable[[Method], Tensor]
+    """FedProx's mu/2 * ||w - w_global||^2 over the weights the server sent (Li et al., 2020)."""
+
+    def term(method: Method) -> torch.Tensor:
+        params = dict(method.named_parameters())
+        total = None
+        for key, value in reference.items():
+            param = params.get(key)
+            if param is None:  # buffers are not optimised
+                continue
+            square = (param - value.to(param.device, param.dtype)).pow(2).sum()
+            total = square if total is None else total + square
+        return (mu / 2) * total
+
+    return term

@@ -1,0 +1,69 @@
+"""Flower's own aggregation strategies, chosen and configured by the ``federated`` config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flwr.serverapp import strategy as flower
+from omegaconf import DictConfig
+
+from fmcore.config import as_dict
+from fmcore.errors import ConfigError
+
+STRATEGIES: dict[str, type[flower.Strategy]] = {
+    "FedAvg": flower.FedAvg,
+    "FedProx": flower.FedProx,
+    "FedAdam": flower.FedAdam,
+    "FedYogi": flower.FedYogi,
+    "FedAdagrad": flower.FedAdagrad,
+    "FedAvgM": flower.FedAvgM,
+    "FedMedian": flower.FedMedian,
+    "FedTrimmedAvg": flower.FedTrimmedAvg,
+    "Krum": flower.Krum,
+    "MultiKrum": flower.MultiKrum,
+    "Bulyan": flower.Bulyan,
+}
+DP_WRAPPERS: dict[str, type[flower.Strategy]] = {
+    "fixed": flower.DifferentialPrivacyServerSideFixedClipping,
+    "adaptive": flower.DifferentialPrivacyServerSideAdaptiveClipping,
+}
+
+
+def make_strategy(settings: DictConfig, sites: int, min_sites: int) -> flower.Strategy:
+    """One aggregation group's strategy: ``federated.strategy`` with ``federated.strategy_args``,
+    sampling ``federated.fraction`` of the group's ``sites`` (at least ``min_sites``), wrapped in
+    server-side differential privacy when ``federated.dp.clipping`` is set."""
+    name = str(settings.strategy)
+    if name not in STRATEGIES:
+        raise ConfigError(
+            f"federated.strategy={name} is unknown; choose one of {', '.join(STRATEGIES)}"
+        )
+    args: dict[str, Any] = dict(as_dict(settings.strategy_args) or {})
+    args.update(
+        fraction_train=float(settings.fraction),
+        fraction_evaluate=0.0,
+        min_train_nodes=min_sites,
+        min_evaluate_nodes=0,
+        min_available_nodes=min_sites,
+    )
+    try:
+        strategy = STRATEGIES[name](**args)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"federated.strategy_args do not fit {name}: {error}") from error
+    dp = settings.dp
+    if dp.clipping is None:
+        return strategy
+    if str(dp.clipping) not in DP_WRAPPERS:
+        raise ConfigError(
+            f"federated.dp.clipping={dp.clipping}: choose {' or '.join(DP_WRAPPERS)}, or null"
+        )
+    dp_args: dict[str, Any] = dict(as_dict(dp.args) or {})
+    try:
+        return DP_WRAPPERS[str(dp.clipping)](
+            strategy,
+            noise_multiplier=float(dp.noise_multiplier),
+            num_sampled_clients=max(min_sites, round(float(settings.fraction) * sites)),
+            **dp_args,
+        )
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"federated.dp does not fit {dp.clipping} clipping: {error}") from error

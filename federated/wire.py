@@ -1,0 +1,61 @@
+"""Model weights on the wire: torch state dicts to Flower ArrayRecords and back, optionally bf16.
+
+numpy has no bfloat16, so a bf16 update travels as the raw 16-bit patterns (uint16) and the
+receiver widens it back to float32 before anything is aggregated.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord
+
+from fmcore.errors import ConfigError
+
+WIRE_DTYPES = ("fp32", "bf16")
+
+
+def check_wire_dtype(dtype: str) -> str:
+    if dtype not in WIRE_DTYPES:
+        raise ConfigError(
+            f"federated.update_dtype must be {' or '.join(WIRE_DTYPES)}, not '{dtype}'"
+        )
+    return dtype
+
+
+def to_record(state: dict[str, torch.Tensor], dtype: str = "fp32") -> ArrayRecord:
+    """Float entries travel as float32, or as bf16 bit patterns with ``dtype='bf16'``."""
+    check_wire_dtype(dtype)
+    arrays = {}
+    for key, tensor in state.items():
+        tensor = tensor.detach().cpu()
+        if tensor.is_floating_point():
+            if dtype == "bf16":
+                tensor = tensor.to(torch.bfloat16).view(torch.int16)
+                arrays[key] = Array(tensor.numpy().view(np.uint16))
+                continue
+            tensor = tensor.float()
+        arrays[key] = Array(tensor.contiguous().numpy())
+    return ArrayRecord(arrays)
+
+
+def to_numpy(record: ArrayRecord, dtype: str = "fp32") -> dict[str, np.ndarray]:
+    """An ArrayRecord as float32 (from bf16 patterns when ``dtype='bf16'``) numpy arrays."""
+    check_wire_dtype(dtype)
+    out = {}
+    for key, array in record.items():
+        value = array.numpy()
+        if dtype == "bf16" and value.dtype == np.uint16:
+            bits = torch.from_numpy(value.view(np.int16).copy())
+            value = bits.view(torch.bfloat16).float().numpy()
+        out[key] = value
+    return out
+
+
+def to_state(record: ArrayRecord, dtype: str = "fp32") -> dict[str, torch.Tensor]:
+    return {key: torch.from_numpy(value.copy()) for key, value in to_numpy(record, dtype).items()}
+
+
+def record_bytes(record: ArrayRecord) -> int:
+    """Payload bytes of the arrays (what dominates a message's size)."""
+    return sum(len(array.data) for array in record.values())

@@ -1,0 +1,374 @@
+"""Federated pretraining deployed as in a hospital network: a real SuperLink, one SuperNode per
+site, the app written by ``fmcore federate-app`` and started with ``flwr run``, on loopback.
+
+Every process gets its own FLWR_HOME under tmp_path; all of them, with the SuperExec and app
+processes they spawn, are killed when the test ends, and their logs are printed if it fails.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+import pytest
+from conftest import SMALL_RUN, fmcore
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from flwr.cli.config_utils import load_and_validate
+
+from fmcore.errors import ConfigError
+from fmcore.federated.deploy import write_app
+
+BIN = Path(sys.executable).parent  # flower-superlink, flower-supernode, flwr, flower-superexec
+CONNECTION = "fmcore-test"
+SITES = ("hospital-a", "hospital-b")
+FEDERATION = [
+    *SMALL_RUN,
+    "trainer.progress=none",
+    "federated.sites=2",
+    "federated.rounds=2",
+    "federated.local_steps=1",
+    "federated.connect_timeout=120",
+    "federated.round_timeout=300",
+]
+START_TIMEOUT = 60.0
+RUN_TIMEOUT = 480.0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def started_under(root: Path) -> list[int]:
+    """Every live process whose environment names a FLWR_HOME under ``root``: the processes a test
+    started and all they spawned, even those that left their parent's process group or outlived it.
+    """
+    marker = f"FLWR_HOME={root / 'flwr-home'}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environment = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if any(item.startswith(marker) for item in environment.split(b"\0")):
+            found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+class Cluster:
+    """Processes started for one test, each logging to its own file."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.processes: dict[str, subprocess.Popen] = {}
+
+    def env(self, name: str) -> dict[str, str]:
+        home = self.root / "flwr-home" / name
+        home.mkdir(parents=True, exist_ok=True)
+        return {
+            **os.environ,
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            "FLWR_HOME": str(home),
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "FLWR_TELEMETRY_ENABLED": "0",
+            "FMCORE_CACHE": str(self.root / "cache"),
+            "OMP_NUM_THREADS": "1",  # two sites share the machine's cores
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    def log(self, name: str) -> Path:
+        return self.root / "logs" / f"{name}.log"
+
+    def start(self, name: str, command: Sequence[str]) -> None:
+        self.log(name).parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log(name), "w") as log:
+            self.processes[name] = subprocess.Popen(
+                command, cwd=self.root, env=self.env(name), stdout=log, stderr=subprocess.STDOUT
+            )
+
+    def cli(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+        """The ``flwr`` command against this cluster's SuperLink connection."""
+        result = subprocess.run(
+            [str(BIN / "flwr"), *args],
+            cwd=self.root,
+            env=self.env("cli"),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        self.log(f"flwr-{args[0]}").write_text(result.stdout + result.stderr)
+        return result
+
+    def await_port(self, name: str, port: int) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.processes[name].poll() is not None:
+                raise AssertionError(f"{name} exited with {self.processes[name].returncode}")
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    return
+            time.sleep(0.5)
+        raise AssertionError(f"{name} did not listen on port {port} within {START_TIMEOUT} s")
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"===== {path.stem}\n{path.read_text(errors='replace')[-6000:]}"
+            for path in sorted((self.root / "logs").glob("*.log"))
+        )
+
+    def stop(self) -> None:
+        started = started_under(self.root)
+        for pid in started:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15.0
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        while any(alive(pid) for pid in started) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for pid in started:
+            if alive(pid):
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+@contextmanager
+def cluster(root: Path) -> Iterator[Cluster]:
+    running = Cluster(root)
+    try:
+        yield running
+    except BaseException:
+        print(running.logs())
+        raise
+    finally:
+        running.stop()
+
+
+def write_connection(running: Cluster, address: str, security: dict[str, str | bool]) -> None:
+    config = running.root / "flwr-home" / "cli" / "config.toml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    entries = "\n".join(f"{key} = {json.dumps(value)}" for key, value in security.items())
+    config.write_text(
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n'
+        f'[superlink.{CONNECTION}]\naddress = "{address}"\n{entries}\n'
+    )
+
+
+def start_sites(
+    running: Cluster, address: str, transport: Sequence[str], keys: Mapping[str, Path] | None = None
+) -> dict[str, Path]:
+    """One SuperNode per site, each with its own runtime port and state directory."""
+    states = {}
+    for site in SITES:
+        states[site] = running.root / "sites" / site
+        authentication = ["--auth-supernode-private-key", str(keys[site])] if keys else []
+        running.start(
+            site,
+            [
+                str(BIN / "flower-supernode"),
+                *transport,
+                *authentication,
+                "--superlink",
+                address,
+                "--port",
+                str(free_port()),
+                "--node-config",
+                f'site-name="{site}" state-dir="{states[site]}"',
+            ],
+        )
+    return states
+
+
+def run_federation(running: Cluster, server_dir: Path, states: dict[str, Path]) -> None:
+    """Write the app with fmcore, ``flwr run`` it, check the server's and the sites' outputs."""
+    app = running.root / "app"
+    fmcore("federate-app", str(app), *FEDERATION, f"run.dir={server_dir}", cwd=running.root)
+    result = running.cli("run", str(app), CONNECTION, "--stream", timeout=RUN_TIMEOUT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for server_round in (1, 2):
+        assert (server_dir / "rounds" / f"round_{server_round:04d}.safetensors").is_file(), (
+            result.stdout + result.stderr
+        )
+    rounds = [json.loads(line) for line in (server_dir / "rounds.jsonl").read_text().splitlines()]
+    assert [entry["round"] for entry in rounds] == [1, 2]
+    for entry in rounds:
+        assert set(entry["bytes_up"]) == set(SITES)
+        assert entry["contributors"] == 2 and not entry["failures"]
+    for state in states.values():
+        assert any((state / "checkpoints").iterdir())
+
+
+def test_the_written_app_is_one_flwr_accepts(tmp_path: Path) -> None:
+    write_app(tmp_path / "app", [*FEDERATION, "run.dir=/srv/federation one"])
+    config, _ = load_and_validate(tmp_path / "app" / "pyproject.toml", check_module=True)
+    words = shlex.split(config["tool"]["flwr"]["app"]["config"]["overrides"])
+    assert words == ["federated=fedavg", *FEDERATION, "run.dir=/srv/federation one"]
+
+
+def test_an_unknown_word_or_a_foreign_pyproject_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="valid choices"):
+        write_app(tmp_path / "app", ["domain=nowhere"])
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "mine"\n')
+    with pytest.raises(ConfigError, match="not an fmcore federation app"):
+        write_app(tmp_path, FEDERATION)
+    assert "mine" in (tmp_path / "pyproject.toml").read_text()
+
+
+@pytest.mark.slow
+def test_superlink_and_two_supernodes_run_two_rounds(tmp_path: Path) -> None:
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    with cluster(tmp_path) as running:
+        running.start(
+            "superlink",
+            [
+                str(BIN / "flower-superlink"),
+                "--insecure",
+                "--port",
+                str(port),
+                "--disable-runtime-dependency-installation",
+            ],
+        )
+        states = start_sites(running, address, ["--insecure"])
+        write_connection(running, address, {"insecure": True})
+        running.await_port("superlink", port)
+        run_federation(running, tmp_path / "server", states)
+
+
+def certificate_authority(directory: Path) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate it signs for 127.0.0.1 and localhost: (ca, cert, key)."""
+    now = datetime.datetime.now(datetime.UTC)
+
+    def certificate(subject: str, key, issuer: str, issuer_key, ca: bool, names=()):
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if names:
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP384R1())
+    ca = certificate("fmcore test CA", ca_key, "fmcore test CA", ca_key, ca=True)
+    server_key = ec.generate_private_key(ec.SECP384R1())
+    names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    server = certificate("127.0.0.1", server_key, "fmcore test CA", ca_key, False, names)
+    paths = directory / "ca.crt", directory / "server.pem", directory / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        server_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return paths
+
+
+def node_key(directory: Path, site: str) -> tuple[Path, Path]:
+    """The site's SuperNode key pair in OpenSSH format (as ``ssh-keygen -t ecdsa -b 384``):
+    (private, public)."""
+    key = ec.generate_private_key(ec.SECP384R1())
+    private = directory / f"{site}.key"
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+    )
+    public = directory / f"{site}.key.pub"
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        )
+    )
+    return private, public
+
+
+@pytest.mark.slow
+def test_tls_and_supernode_authentication(tmp_path: Path) -> None:
+    ca, cert, key = certificate_authority(tmp_path)
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    with cluster(tmp_path) as running:
+        running.start(
+            "superlink",
+            [
+                str(BIN / "flower-superlink"),
+                "--ssl-ca-certfile",
+                str(ca),
+                "--ssl-certfile",
+                str(cert),
+                "--ssl-keyfile",
+                str(key),
+                "--enable-supernode-auth",
+                "--port",
+                str(port),
+                "--disable-runtime-dependency-installation",
+            ],
+        )
+        write_connection(running, address, {"root-certificates": str(ca)})
+        running.await_port("superlink", port)
+        keys = {}
+        for site in SITES:
+            keys[site], public = node_key(tmp_path, site)
+            registered = running.cli("supernode", "register", str(public), CONNECTION)
+            assert registered.returncode == 0, registered.stdout + registered.stderr
+        states = start_sites(running, address, ["--root-certificates", str(ca)], keys)
+        unregistered, _ = node_key(tmp_path, "intruder")
+        running.start(
+            "intruder",
+            [
+                str(BIN / "flower-supernode"),
+                "--root-certificates",
+                str(ca),
+                "--auth-supernode-private-key",
+                str(unregistered),
+                "--superlink",
+                address,
+                "--port",
+                str(free_port()),
+                "--node-config",
+                'site-name="intruder"',
+            ],
+        )
+        run_federation(running, tmp_path / "server", states)
+        assert running.processes["intruder"].wait(timeout=START_TIMEOUT) != 0
+        assert "Failed to activate SuperNode" in running.log("intruder").read_text()
