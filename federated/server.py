@@ -254,6 +254,7 @@ class Federation:
         rejected: list[str] = []
         bytes_up: dict[str, int] = {}
         site_seconds: dict[str, float] = {}
+        site_examples: dict[str, int] = {}
         answered = set()
         for reply in replies:
             node = reply.metadata.src_node_id
@@ -274,6 +275,7 @@ class Federation:
                 continue
             metrics = content[METRICS_RECORD]
             site_seconds[name] = float(metrics.get("train-seconds", float("nan")))
+            site_examples[name] = int(metrics.get("num-examples", 0))
             for group, entries in decoded.items():
                 accepted.setdefault(group, []).append(
                     Message(
@@ -290,6 +292,7 @@ class Federation:
             "rejected": rejected,
             "bytes_up": bytes_up,
             "site_train_seconds": site_seconds,
+            "site_examples": site_examples,
         }
         return accepted, record
 

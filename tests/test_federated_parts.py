@@ -1,0 +1,138 @@
+"""The federated pieces on their own: data splits, update checks, the wire format, FedProx's term,
+strategy configuration, the round store and aggregation scopes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import SMALL_RUN
+
+from fmcore.cli import config_sources
+from fmcore.config import compose
+from fmcore.errors import ConfigError
+from fmcore.factory import build_domain, build_parts
+from fmcore.federated.partition import site_share
+from fmcore.federated.scopes import SHARED_GROUP, split_by_group
+from fmcore.federated.site import proximal_term
+from fmcore.federated.store import RoundStore
+from fmcore.federated.strategies import make_strategy
+from fmcore.federated.updates import update_problem
+from fmcore.federated.wire import record_bytes, to_numpy, to_record
+from fmcore.plugin_manager import registry
+
+
+def digits_config(*words: str):
+    return compose(["federated=fedavg", *SMALL_RUN, *words], config_sources(registry()))
+
+
+def test_iid_shares_are_disjoint_and_cover_the_data(tmp_path: Path) -> None:
+    config = digits_config(f"run.cache_dir={tmp_path}")
+    domain = build_domain(config, registry())
+    refs = list(domain.index("train"))
+    shares = [site_share(domain, refs, "iid", i, 3, seed=0) for i in range(3)]
+    assert sorted(r for share in shares for r in share) == sorted(refs)
+    assert [len(s) for s in shares] == [len(range(i, len(refs), 3)) for i in range(3)]
+
+
+def test_splitting_by_label_gives_each_label_to_one_site(tmp_path: Path) -> None:
+    config = digits_config(f"run.cache_dir={tmp_path}")
+    domain = build_domain(config, registry())
+    refs = list(domain.index("train"))
+    labels_per_site = [
+        {domain.load(r).label for r in site_share(domain, refs, "label", i, 2, seed=0)}
+        for i in range(2)
+    ]
+    assert labels_per_site[0].isdisjoint(labels_per_site[1])
+    assert labels_per_site[0] | labels_per_site[1] == set(range(10))
+    with pytest.raises(ConfigError, match="can be split by iid, label"):
+        site_share(domain, refs, "slide", 0, 2, seed=0)
+
+
+def test_updates_with_wrong_entries_shapes_or_values_are_named() -> None:
+    expected = {"a": np.zeros((2, 3), np.float32), "b": np.zeros(4, np.float32)}
+    assert update_problem({k: v + 1 for k, v in expected.items()}, expected) is None
+    assert "missing ['b']" in update_problem({"a": expected["a"]}, expected)
+    assert "shape [3, 2]" in update_problem({"a": np.zeros((3, 2)), "b": expected["b"]}, expected)
+    poisoned = {"a": expected["a"], "b": np.array([0, np.inf, 0, 0], np.float32)}
+    assert "'b' holds NaN or Inf" in update_problem(poisoned, expected)
+
+
+def test_bf16_updates_halve_the_payload_and_round_to_bf16_precision() -> None:
+    generator = torch.Generator().manual_seed(0)
+    state = {
+        "weight": torch.randn(64, 64, generator=generator),
+        "steps": torch.tensor([7, 9], dtype=torch.int64),
+    }
+    full, half = to_record(state), to_record(state, "bf16")
+    assert len(half["weight"].data) - 128 <= (len(full["weight"].data) - 128) / 2
+    assert record_bytes(half) < 0.51 * record_bytes(full) + 256
+    back = to_numpy(half, "bf16")
+    weight = state["weight"].numpy()
+    # bf16 keeps 8 significant bits: round-to-nearest errs by at most 2^-9 of the magnitude.
+    assert np.all(np.abs(back["weight"] - weight) <= np.abs(weight) * 2.0**-8)
+    assert back["weight"].dtype == np.float32
+    np.testing.assert_array_equal(back["steps"], [7, 9])
+
+
+def test_the_proximal_term_is_mu_over_two_times_the_squared_distance() -> None:
+    module = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        module.weight.copy_(torch.tensor([[1.0, 2.0]]))
+        module.bias.fill_(3.0)
+    reference = {"weight": torch.zeros(1, 2), "bias": torch.tensor([1.0])}
+    value = proximal_term(reference, mu=0.5)(module)
+    assert value.item() == pytest.approx(0.25 * (1 + 4 + 4))
+    value.backward()  # the gradient is mu (w - w_global)
+    torch.testing.assert_close(module.weight.grad, torch.tensor([[0.5, 1.0]]))
+
+
+def test_strategies_come_from_flower_and_bad_settings_are_named() -> None:
+    from flwr.serverapp import strategy as flower
+
+    settings = digits_config("federated=fedprox").federated
+    strategy = make_strategy(settings, sites=3, min_sites=2)
+    assert type(strategy) is flower.FedProx and strategy.proximal_mu == 0.01
+    assert strategy.min_train_nodes == 2
+    dp = digits_config(
+        "federated=fedprox",
+        "federated.dp.clipping=fixed",
+        "federated.dp.noise_multiplier=0.5",
+        "+federated.dp.args.clipping_norm=2",
+    ).federated
+    wrapped = make_strategy(dp, sites=3, min_sites=1)
+    assert type(wrapped) is flower.DifferentialPrivacyServerSideFixedClipping
+    assert wrapped.clipping_norm == 2 and wrapped.num_sampled_clients == 3
+    with pytest.raises(ConfigError, match="FedAvg, FedProx"):
+        make_strategy(digits_config("federated.strategy=FedMagic").federated, 2, 1)
+    with pytest.raises(ConfigError, match="strategy_args do not fit FedProx"):
+        make_strategy(
+            digits_config("federated=fedprox", "+federated.strategy_args.nope=1").federated, 2, 1
+        )
+
+
+def test_the_round_store_keeps_complete_rounds_only(tmp_path: Path) -> None:
+    store = RoundStore(tmp_path)
+    assert store.latest() is None
+    state = {SHARED_GROUP: {"w": np.arange(3, dtype=np.float32)}, "domain:x:y": {"t": np.ones(2)}}
+    store.save(1, state)
+    store.save(2, {g: {k: v * 2 for k, v in e.items()} for g, e in state.items()})
+    (store.directory / ".partial-round_0003.safetensors").write_bytes(b"half a file")
+    last, loaded = store.latest()
+    assert last == 2
+    np.testing.assert_array_equal(loaded[SHARED_GROUP]["w"], [0, 2, 4])
+    np.testing.assert_array_equal(loaded["domain:x:y"]["t"], [2, 2])
+
+
+def test_trunks_are_shared_and_everything_else_stays_within_the_domain(tmp_path: Path) -> None:
+    config = digits_config(f"run.cache_dir={tmp_path}")
+    method = build_parts(config, registry()).method
+    groups = split_by_group(method, "digits", "image2d")
+    assert set(groups) == {SHARED_GROUP, "domain:digits:image2d"}
+    assert all(".trunk." in f".{key}" for key in groups[SHARED_GROUP])
+    assert not any(".trunk." in f".{key}" for key in groups["domain:digits:image2d"])
+    assert set(groups[SHARED_GROUP]) | set(groups["domain:digits:image2d"]) == set(
+        method.state_dict()
+    )
