@@ -60,7 +60,8 @@ class NodeSubset:
 
 
 def as_record(entries: dict[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({key: Array(np.ascontiguousarray(value)) for key, value in entries.items()})
+    """Entries in sorted order: Flower's DP wrappers pair global and update arrays by position."""
+    return ArrayRecord({key: Array(np.ascontiguousarray(entries[key])) for key in sorted(entries)})
 
 
 def await_sites(grid: Grid, expected: int, minimum: int, timeout: float) -> list[int]:

@@ -215,7 +215,7 @@ def test_a_restarted_federation_resumes_after_the_last_complete_round(tmp_path: 
     """The server dies while writing round 2 (only a partial file is left); the restart with
     resume=true redoes round 2 from round 1's weights and goes on to round 3."""
     run = tmp_path / "federation"
-    common = [*FEDERATION, "federated.sites=1", f"run.dir={run}"]
+    common = [*FEDERATION, "federated.sites=1", "federated.update_dtype=bf16", f"run.dir={run}"]
     fmcore("federate", *common, cwd=tmp_path, timeout=300)
     round_2 = run / "rounds" / "round_0002.safetensors"
     round_2.rename(round_2.with_name(".partial-round_0002.safetensors"))
@@ -233,11 +233,17 @@ def test_a_restarted_federation_resumes_after_the_last_complete_round(tmp_path: 
         "round_0002.safetensors",
         "round_0003.safetensors",
     ]
-    # One site: the global weights are its own, at the step of its third round.
+    # One site sending bf16: the global weights are its own rounded to bf16 (8 significant
+    # bits), and it sent two bytes per value plus a .npy header per entry.
     site = site_state(run, "site-0")
-    for group in global_round(run, 3).values():
-        for key, value in group.items():
-            np.testing.assert_allclose(value, site[key], rtol=1e-6, atol=1e-7)
+    final = global_round(run, 3)
+    entries = [(key, value) for group in final.values() for key, value in group.items()]
+    for key, value in entries:
+        assert np.all(np.abs(value - site[key]) <= np.abs(site[key]) * 2.0**-8), key
+    assert any(not np.array_equal(value, site[key]) for key, value in entries)
+    halves = 2 * sum(value.size for _, value in entries)
+    sent = rounds_log(run)[-1]["bytes_up"]["site-0"]
+    assert halves < sent <= halves + 256 * len(entries)
 
 
 @pytest.mark.slow
@@ -270,3 +276,34 @@ def test_dinov2_federates_on_the_embedded_slides(tmp_path: Path) -> None:
     site = site_state(run, "site-0")
     assert set().union(*final.values()) == set(site)
     assert any(key.startswith("teacher") for key in final["shared"])
+
+
+@pytest.mark.slow
+def test_server_side_dp_clips_each_sites_update_before_averaging(tmp_path: Path) -> None:
+    """Flower's fixed-clipping DP wrapper with zero noise: round 2's global trunk is round 1's
+    plus the sample-weighted mean of each site's update scaled to norm <= clipping_norm."""
+    run = tmp_path / "federation"
+    clip = 0.05
+    fmcore(
+        "federate",
+        *FEDERATION,
+        "federated.dp.clipping=fixed",
+        "federated.dp.noise_multiplier=0",
+        f"+federated.dp.args.clipping_norm={clip}",
+        f"run.dir={run}",
+        cwd=tmp_path,
+        timeout=300,
+    )
+    before, after = global_round(run, 1)["shared"], global_round(run, 2)["shared"]
+    keys = sorted(before)
+    weights = list(rounds_log(run)[1]["site_examples"].values())
+    clipped = []
+    for site in ("site-0", "site-1"):
+        state = site_state(run, site)
+        update = np.concatenate([(state[k] - before[k]).ravel() for k in keys])
+        assert np.linalg.norm(update) > clip  # the sites moved further than the clip allows
+        clipped.append(update * min(1.0, clip / np.linalg.norm(update)))
+    expected = sum(w * c for w, c in zip(weights, clipped, strict=True)) / sum(weights)
+    moved = np.concatenate([(after[k] - before[k]).ravel() for k in keys])
+    np.testing.assert_allclose(moved, expected, rtol=1e-3, atol=5e-7)  # float32 rounding of w
+    assert np.linalg.norm(moved) <= clip * (1 + 1e-5)
