@@ -28,6 +28,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from omegaconf import DictConfig
 
+from fmcore.config import RUN_CONFIG_FILE, to_yaml
+from fmcore.engine.checkpoint import atomic_write_text
 from fmcore.errors import ConfigError, FmcoreError
 from fmcore.federated.scopes import SHARED_GROUP
 from fmcore.federated.store import GlobalState, RoundStore
@@ -116,6 +118,7 @@ class Federation:
 
     def __init__(self, grid: Grid, config: DictConfig, run_dir: Path, registry: Registry) -> None:
         self.grid = grid
+        self.config = config
         self.settings = config.federated
         self.run_dir = run_dir
         self.registry = registry
@@ -125,6 +128,8 @@ class Federation:
 
     def run(self) -> int:
         """Run the remaining rounds; returns the last completed round."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.run_dir / RUN_CONFIG_FILE, to_yaml(self.config))
         nodes = await_sites(
             self.grid,
             int(self.settings.sites),

@@ -12,8 +12,6 @@ from pathlib import Path
 from flwr.clientapp.typing import Mod
 from omegaconf import DictConfig
 
-from fmcore.config import RUN_CONFIG_FILE, to_yaml
-from fmcore.engine.checkpoint import atomic_write_text
 from fmcore.errors import ConfigError, FmcoreError
 from fmcore.federated.store import RoundStore
 
@@ -50,9 +48,7 @@ def simulate(
             f"{run_dir} already holds federated rounds: add resume=true to continue that"
             " federation, or choose another run.dir"
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
     config.run.dir = str(run_dir)
-    atomic_write_text(run_dir / RUN_CONFIG_FILE, to_yaml(config))
     settings = config.federated
     failure: list[BaseException] = []
     server_app = make_server_app(config, run_dir, failure)

@@ -62,6 +62,7 @@ def test_two_digit_sites_average_their_updates_and_send_only_weights(tmp_path: P
         timeout=300,
     )
     assert "finished 2 rounds" in result.stdout
+    assert (run / "config.yaml").is_file()
     assert sorted(p.name for p in (run / "rounds").iterdir()) == [
         "round_0001.safetensors",
         "round_0002.safetensors",
