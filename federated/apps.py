@@ -17,6 +17,7 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 from flwr.serverapp import Grid, ServerApp
 from omegaconf import DictConfig
+from torch import Tensor
 
 from fmcore.cli import config_sources
 from fmcore.config import compose
@@ -24,7 +25,13 @@ from fmcore.errors import ConfigError
 from fmcore.factory import cache_dir
 from fmcore.federated.audit import append_audit
 from fmcore.federated.server import CONFIG_RECORD, METRICS_RECORD, SITE_RECORD, Federation
-from fmcore.federated.site import Site, initial_groups, site_config, train_round
+from fmcore.federated.site import (
+    Site,
+    evaluate_global,
+    initial_groups,
+    site_config,
+    train_round,
+)
 from fmcore.federated.wire import to_record, to_state
 from fmcore.plugin_manager import registry
 
@@ -91,6 +98,14 @@ def deployed_site(context: Context, federation: str, config: DictConfig) -> Site
     return Site(name, tuple(overrides), state_dir)
 
 
+def global_weights(message: Message) -> dict[str, Tensor]:
+    """The weights of every group a server message carries, as one state dict."""
+    received: dict[str, Tensor] = {}
+    for record in message.content.array_records.values():
+        received.update(to_state(record))
+    return received
+
+
 def make_client_app(
     words: Sequence[str] | None = None,
     site_root: Path | None = None,
@@ -127,9 +142,7 @@ def make_client_app(
         run_words, site = identify(message, context)
         plugins = registry()
         config = site_config(run_words, site, plugins)
-        received = {}
-        for record in message.content.array_records.values():
-            received.update(to_state(record))
+        received = global_weights(message)
         settings = message.content[CONFIG_RECORD]
         result = train_round(
             config, site, plugins, received, float(settings.get("proximal-mu", 0.0))
@@ -149,6 +162,19 @@ def make_client_app(
         content[SITE_RECORD] = ConfigRecord({"name": site.name, "update-dtype": dtype})
         if config.federated.audit:
             append_audit(site.state_dir, "train", content)
+        return Message(content, reply_to=message)
+
+    @app.evaluate()
+    def evaluate(message: Message, context: Context) -> Message:
+        run_words, site = identify(message, context)
+        plugins = registry()
+        config = site_config(run_words, site, plugins)
+        received = global_weights(message)
+        metrics, samples = evaluate_global(config, plugins, received)
+        content = RecordDict({METRICS_RECORD: MetricRecord({**metrics, "num-examples": samples})})
+        content[SITE_RECORD] = ConfigRecord({"name": site.name})
+        if config.federated.audit:
+            append_audit(site.state_dir, "evaluate", content)
         return Message(content, reply_to=message)
 
     return app

@@ -128,6 +128,12 @@ class Federation:
 
     def run(self) -> int:
         """Run the remaining rounds; returns the last completed round."""
+        if int(self.settings.evaluate_every) and self.config.get("eval", {}).get("name") != "knn":
+            raise ConfigError(
+                f"federated.evaluate_every={self.settings.evaluate_every} scores the global"
+                " model with kNN at every site: add eval=knn (its settings, such as eval.k,"
+                " may then be overridden)"
+            )
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.run_dir / RUN_CONFIG_FILE, to_yaml(self.config))
         nodes = await_sites(
@@ -192,6 +198,12 @@ class Federation:
                 self.min_sites,
             )
         checkpoint = self.store.save(server_round, state)
+        every = int(self.settings.evaluate_every)
+        if every and (server_round % every == 0 or server_round == int(self.settings.rounds)):
+            record["evaluation"] = self._evaluate(server_round, state, strategies, sites)
+            aggregated.update(
+                {f"eval/knn_{k}": v for k, v in record["evaluation"]["metrics"].items()}
+            )
         record.update(
             round=server_round,
             contributors=contributors,
@@ -212,6 +224,41 @@ class Federation:
             f" {record['wall_seconds']:.1f} s; {checkpoint}",
             flush=True,
         )
+
+    def _evaluate(
+        self,
+        server_round: int,
+        state: GlobalState,
+        strategies: dict[str, Strategy],
+        sites: dict[int, SiteInfo],
+    ) -> dict[str, Any]:
+        """Every site scores the new global encoder with kNN on its own labelled splits; the
+        metrics are averaged by the sites' test-sample counts."""
+        messages = [
+            Message(
+                RecordDict(
+                    {
+                        **{group: as_record(state[group]) for group in site.groups},
+                        CONFIG_RECORD: ConfigRecord({"federation": self.run_dir.name}),
+                    }
+                ),
+                dst_node_id=node,
+                message_type=MessageType.EVALUATE,
+            )
+            for node, site in sites.items()
+        ]
+        replies = list(self.grid.send_and_receive(messages, timeout=self.timeout))
+        usable = [reply for reply in replies if not _failed(reply)]
+        aggregated = strategies[SHARED_GROUP].aggregate_evaluate(server_round, usable)
+        return {
+            "metrics": dict(aggregated or {}),
+            "sites": {
+                sites[r.metadata.src_node_id].name: dict(r.content[METRICS_RECORD]) for r in usable
+            },
+            "failures": sorted(
+                sites[r.metadata.src_node_id].name for r in replies if r.has_error()
+            ),
+        }
 
     def _configure(
         self,

@@ -19,7 +19,9 @@ from omegaconf import DictConfig
 from fmcore.cli import config_sources
 from fmcore.config import compose
 from fmcore.domain import Domain
-from fmcore.engine.checkpoint import CheckpointStore
+from fmcore.engine.checkpoint import CheckpointStore, load_partial_state
+from fmcore.engine.distributed import pick_device
+from fmcore.engine.periodic_eval import KnnSettings, knn_metrics
 from fmcore.engine.trainer import LocalRound, TrainResult, train
 from fmcore.factory import build_parts
 from fmcore.federated.partition import site_share
@@ -114,3 +116,18 @@ def proximal_term(reference: dict[str, torch.Tensor], mu: float):  # -> Callable
         return (mu / 2) * total
 
     return term
+
+
+def evaluate_global(
+    config: DictConfig, registry: Registry, global_state: dict[str, torch.Tensor]
+) -> tuple[dict[str, float], int]:
+    """kNN metrics of the global encoder on this site's labelled splits (``eval=knn`` settings),
+    and the number of samples scored."""
+    torch.manual_seed(int(config.run.seed))
+    parts = build_parts(config, registry)
+    load_partial_state(parts.method, global_state)
+    settings = KnnSettings.from_config(config.eval)
+    device = pick_device(str(config.trainer.device), 0)
+    encoder = parts.method.export_encoder().to(device)
+    metrics = knn_metrics(encoder, parts.domain, settings, device, int(config.trainer.num_workers))
+    return metrics, len(parts.domain.index(settings.test_split))

@@ -57,6 +57,8 @@ def test_two_digit_sites_average_their_updates_and_send_only_weights(tmp_path: P
         "federate",
         *FEDERATION,
         "federated.audit=true",
+        "eval=knn",
+        "federated.evaluate_every=2",
         f"run.dir={run}",
         cwd=tmp_path,
         timeout=300,
@@ -93,6 +95,17 @@ def test_two_digit_sites_average_their_updates_and_send_only_weights(tmp_path: P
             assert 4 * floats < sent <= 4 * floats + 256 * len(entries)
         assert record["wall_seconds"] >= max(record["site_train_seconds"].values())
 
+    # Round 2 scored the global encoder with kNN at both sites; both hold all of digits' val
+    # split, so they agree with each other and with the average.
+    assert "evaluation" not in log[0]
+    evaluation = log[1]["evaluation"]
+    per_site = evaluation["sites"]
+    assert per_site["site-0"] == per_site["site-1"] and evaluation["failures"] == []
+    assert per_site["site-0"]["num-examples"] == 1797 - DIGITS_TRAIN
+    for name, value in evaluation["metrics"].items():
+        assert value == pytest.approx(per_site["site-0"][name])
+    assert evaluation["metrics"]["accuracy"] > 0.2  # chance is 0.1
+
     # Privacy: everything a site sent is a model entry of the shared/domain scope, a metric or
     # one of two config values. No sample tensors, labels or paths cross the boundary.
     for site, state in zip(("site-0", "site-1"), states, strict=True):
@@ -101,7 +114,7 @@ def test_two_digit_sites_average_their_updates_and_send_only_weights(tmp_path: P
             for x in (run / "sites" / site / "outgoing.jsonl").read_text().split("\n")
             if x
         ]
-        assert [line["message_type"] for line in lines] == ["query", "train", "train"]
+        assert [line["message_type"] for line in lines] == ["query", "train", "train", "evaluate"]
         for line in lines:
             for name, record in line["records"].items():
                 if record["type"] == "arrays":
@@ -113,6 +126,7 @@ def test_two_digit_sites_average_their_updates_and_send_only_weights(tmp_path: P
                         "loss",
                         "train-seconds",
                         "local-steps",
+                        *evaluation["metrics"],
                     }
                 else:
                     assert record["type"] == "config"

@@ -137,31 +137,42 @@ class PeriodicEvaluation:
 
     def evaluate(self, encoder: Encoder) -> dict[str, float]:
         """kNN metrics of ``encoder``'s frozen features, training state left as it was."""
-        # Imported here: torchmetrics takes seconds to import, and every training run imports
-        # this module whether or not it evaluates.
-        from fmcore.eval.metrics import classification_metrics
+        return knn_metrics(encoder, self.domain, self.settings, self.device, self.num_workers)
 
-        settings = self.settings
-        extract: dict[str, Any] = {
-            "batch_size": settings.batch_size,
-            "device": self.device,
-            "l2_normalize": settings.l2_normalize,
-            "num_workers": self.num_workers,
-        }
-        with training_state_kept(encoder, self.device):
-            train = extract_features(encoder, self.domain, settings.train_split, **extract)
-            test = extract_features(encoder, self.domain, settings.test_split, **extract)
-        num_classes = int(max(train.labels.max(), test.labels.max())) + 1
-        scores = knn_scores(
-            train.features,
-            train.labels,
-            test.features,
-            num_classes,
-            k=settings.k,
-            temperature=settings.temperature,
-            voting=settings.voting,
-        )
-        return classification_metrics(scores, test.labels, num_classes)
+
+def knn_metrics(
+    encoder: Encoder,
+    domain: Domain,
+    settings: KnnSettings,
+    device: torch.device,
+    num_workers: int,
+) -> dict[str, float]:
+    """kNN metrics of ``encoder``'s frozen features on the domain's two labelled splits, the
+    caller's random number generators and token count left as they were."""
+    # Imported here: torchmetrics takes seconds to import, and every training run imports
+    # this module whether or not it evaluates.
+    from fmcore.eval.metrics import classification_metrics
+
+    extract: dict[str, Any] = {
+        "batch_size": settings.batch_size,
+        "device": device,
+        "l2_normalize": settings.l2_normalize,
+        "num_workers": num_workers,
+    }
+    with training_state_kept(encoder, device):
+        train = extract_features(encoder, domain, settings.train_split, **extract)
+        test = extract_features(encoder, domain, settings.test_split, **extract)
+    num_classes = int(max(train.labels.max(), test.labels.max())) + 1
+    scores = knn_scores(
+        train.features,
+        train.labels,
+        test.features,
+        num_classes,
+        k=settings.k,
+        temperature=settings.temperature,
+        voting=settings.voting,
+    )
+    return classification_metrics(scores, test.labels, num_classes)
 
 
 def periodic_evaluation(
