@@ -34,10 +34,11 @@ LAYOUTS = "a CSV (path,label[,split][,patient]) or a folder with one sub-folder 
 
 @dataclass(frozen=True)
 class Label:
-    """The class number and split of one labelled item."""
+    """The class number and split of one labelled item, and its patient when the CSV names one."""
 
     label: int
     split: str
+    patient: str | None = None
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,7 @@ def _read_csv(file: Path, val_fraction: float) -> dict[Path, Label]:
             or patient_splits.get(row.patient)
             or hashed_split(_key(row.path, file.parent), val_fraction)
         )
-        items[resolved] = Label(number, split)
+        items[resolved] = Label(number, split, row.patient or None)
         first_line[resolved] = row.where
     return items
 

@@ -216,6 +216,19 @@ def test_pathology_tiles_take_their_slides_labels_and_patients_never_cross_split
         sample = domain.load(refs[0])
         assert sample.label == expected[sample.meta["slide"]]
 
+    # Federated sites splitting these slides by patient never share a patient.
+    from fmcore.federated.partition import site_share
+
+    every_ref = list(domain.index("all"))
+    shares = [site_share(domain, every_ref, "patient", i, 2, seed=0) for i in range(2)]
+    held = [{cases[ref.slide_id][1] for ref in share} for share in shares]
+    assert held[0].isdisjoint(held[1]) and held[0] | held[1] == {
+        "patient_3",
+        "patient_4",
+        "patient_5",
+    }
+    assert sum(len(share) for share in shares) == len(every_ref)
+
 
 def test_pathology_tile_folders_per_class_keep_a_slides_tiles_in_one_split(
     tmp_path: Path,

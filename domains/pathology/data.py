@@ -40,6 +40,7 @@ from fmcore.domains.pathology.tiling import (
 )
 from fmcore.domains.pathology.tissue import TissueOptions
 from fmcore.errors import BadSample, ConfigError, NoUsableSamples
+from fmcore.labels import LabelTable
 from fmcore.modalities.base import ViewStep
 
 if TYPE_CHECKING:
@@ -52,11 +53,12 @@ class Pathology(Domain):
     name = "pathology"
     modality = "image2d"
     requires = ("openslide", "tifffile")
-    partition_keys = ("slide", "label")
+    partition_keys = ("slide", "label", "patient")
     extra = "pathology"
 
     def __init__(self, data: DictConfig, cache_dir: Path) -> None:
         super().__init__(data, cache_dir)
+        self._label_table: LabelTable | None = None  # read on first use by partition_key
         self.tile_size = int(data.tile_size)
         if self.sample_size != (self.tile_size, self.tile_size):
             raise ConfigError(
@@ -195,7 +197,20 @@ class Pathology(Domain):
     # --- load --------------------------------------------------------------------------------
 
     def partition_key(self, ref: TileReference, by: str) -> str | int:
+        if by == "patient":
+            return self._patient(ref.path)
         return ref.slide_id if by == "slide" else ref.label
+
+    def _patient(self, path: str) -> str:
+        if self._label_table is None:
+            self._label_table = self.label_table()
+        entry = self._label_table.lookup(path) if self._label_table else None
+        if entry is None or entry.patient is None:
+            raise ConfigError(
+                f"federated.partition=patient needs a patient for {path}: set data.labels to a"
+                " CSV with a patient column (path,label,split,patient) that lists this slide"
+            )
+        return entry.patient
 
     def load(self, ref: TileReference) -> Sample:
         if isinstance(ref, ImageTileRef):
