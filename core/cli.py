@@ -16,7 +16,7 @@ from fmcore.config import (
     resume_config,
     to_yaml,
 )
-from fmcore.errors import FmcoreError
+from fmcore.errors import ConfigError, FmcoreError
 from fmcore.plugin_manager import Registry, registry
 
 OVERRIDE_HELP = """\
@@ -107,10 +107,16 @@ def cmd_federate(args: argparse.Namespace) -> int:
     from fmcore.federated.apps import federation_words
     from fmcore.federated.simulation import simulate
 
+    if args.config is not None:
+        # Every site composes its own config from the command's words (its domain, data).
+        raise ConfigError(
+            "fmcore federate takes its config from the command line, not --config: repeat the"
+            " federation's words (add resume=true to continue it)"
+        )
     plugins = registry()
     _warn_problems(plugins)
     words = federation_words(args.overrides)
-    result = simulate(compose(words, config_sources(plugins), saved=args.config), words)
+    result = simulate(compose(words, config_sources(plugins)), words)
     print(f"finished {result.rounds} rounds; global weights in {result.run_dir / 'rounds'}")
     return 0
 

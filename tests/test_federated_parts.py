@@ -136,3 +136,12 @@ def test_trunks_are_shared_and_everything_else_stays_within_the_domain(tmp_path:
     assert set(groups[SHARED_GROUP]) | set(groups["domain:digits:image2d"]) == set(
         method.state_dict()
     )
+
+
+def test_federate_refuses_a_saved_config_and_names_what_to_do(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from fmcore.cli import main
+
+    assert main(["federate", "--config", "runs/x/config.yaml"]) == 2
+    assert "repeat the federation's words" in capsys.readouterr().err
