@@ -4,7 +4,8 @@
 Each volume is decoded and preprocessed with MONAI once (RAS, ``data.spacing``, CT windows or MRI
 percentiles, foreground crop) and cached; a sample is a fixed-size crop of it whose position is
 drawn in ``index``, so ``load`` is deterministic per reference. Each radiograph is decoded,
-scaled to [0, 1] (higher is brighter), fitted to ``data.size`` and cached whole.
+scaled to [0, 1] (higher is brighter), fitted to ``data.size`` and cached whole. With
+``data.labels``, only the labelled inputs of the requested split are used (:mod:`.splits`).
 """
 
 from __future__ import annotations
@@ -24,9 +25,8 @@ from fmcore.domains.radiology.modes import read_mode, sample_size
 from fmcore.domains.radiology.preprocess import Preprocessing, preprocess
 from fmcore.domains.radiology.radiograph import XrayPreprocessing, preprocess_radiograph
 from fmcore.domains.radiology.refs import RadiographRef, VolumeRef
-from fmcore.errors import ConfigError
-
-SPLITS = ("train", "all")
+from fmcore.domains.radiology.splits import check_split, select
+from fmcore.labels import LabelTable
 
 
 class Radiology(Domain):
@@ -60,12 +60,16 @@ class Radiology(Domain):
         return XrayPreprocessing.from_config(self.data, self.sample_size)
 
     def index(self, split: str = "train") -> Sequence[VolumeRef | RadiographRef]:
-        if split not in SPLITS:
-            raise ConfigError(f"unknown split '{split}' for radiology; valid: {', '.join(SPLITS)}")
+        """The samples of ``split``: every input for ``train`` and ``all``; with ``data.labels``,
+        the inputs it labels for ``split`` (see :mod:`.splits`)."""
+        table = self.label_table()
+        check_split(split, table)
         self.sample_size  # noqa: B018 -- a wrong data.size fails here, not in a worker
-        return self._radiographs() if self.mode.name == "xray" else self._volume_crops()
+        if self.mode.name == "xray":
+            return self._radiographs(split, table)
+        return self._volume_crops(split, table)
 
-    def _volume_crops(self) -> list[VolumeRef]:
+    def _volume_crops(self, split: str, table: LabelTable | None) -> list[VolumeRef]:
         from fmcore.domains.radiology.inputs import find_volumes
 
         self.preprocessing  # noqa: B018 -- a wrong data.windows fails here, not in a worker
@@ -74,19 +78,24 @@ class Radiology(Domain):
             self.report_bad_input(path, reason)
         rng = np.random.default_rng(int(self.data.get("seed", 0)))
         crops = int(self.data.get("crops_per_volume", 1))
+        # Drawn for every volume found, so a volume's crops do not depend on labels or split.
+        crops_of = {v.volume_id: [tuple(rng.random(3)) for _ in range(crops)] for v in volumes}
         return [
-            VolumeRef(volume.kind, volume.paths, volume.volume_id, -1, tuple(rng.random(3)))
-            for volume in volumes
-            for _ in range(crops)
+            VolumeRef(volume.kind, volume.paths, volume.volume_id, label, crop)
+            for volume, label in select(volumes, split, table, lambda volume: volume.item)
+            for crop in crops_of[volume.volume_id]
         ]
 
-    def _radiographs(self) -> list[RadiographRef]:
+    def _radiographs(self, split: str, table: LabelTable | None) -> list[RadiographRef]:
         from fmcore.domains.radiology.radiograph_inputs import find_radiographs
 
         radiographs, problems = find_radiographs(self.resolve_root())
         for path, reason in problems:
             self.report_bad_input(path, reason)
-        return radiographs
+        return [
+            ref._replace(label=label)
+            for ref, label in select(radiographs, split, table, lambda ref: Path(ref.path))
+        ]
 
     def volume(self, ref: VolumeRef) -> np.ndarray:
         """The preprocessed (C, R, A, S) volume of ``ref``, decoded once, then read from cache."""
@@ -125,7 +134,7 @@ class Radiology(Domain):
     def load(self, ref: VolumeRef | RadiographRef) -> Sample:
         if isinstance(ref, RadiographRef):
             image = torch.from_numpy(np.array(self.radiograph(ref)))
-            return Sample(data=image[None].clamp_(0, 1), meta={"file": ref.path})
+            return Sample(data=image[None].clamp_(0, 1), label=ref.label, meta={"file": ref.path})
         # (C, R, A, S) -> (C, D, H, W) = (C, S, A, R): axial slices stacked along D.
         chwd = np.asarray(self.volume(ref)).transpose(0, 3, 2, 1)
         data = crop_or_pad(chwd, self.sample_size, ref.crop)

@@ -25,6 +25,11 @@ class Volume:
     paths: tuple[str, ...]
     volume_id: str
 
+    @property
+    def item(self) -> Path:
+        """What ``data.labels`` names for this volume: the NIfTI file or the series' folder."""
+        return Path(self.paths[0]) if self.kind == "nifti" else Path(self.paths[0]).parent
+
 
 def input_files(root: Path) -> list[Path]:
     """``root`` itself if it is a file, else every file below it but hidden ones, sorted."""

@@ -27,3 +27,4 @@ class RadiographRef(NamedTuple):
 
     kind: str  # "dicom" or "png"
     path: str
+    label: int = -1  # from data.labels; -1: unlabelled
