@@ -8,13 +8,17 @@ its node config (``site-name``, ``data-root``, optionally ``domain`` and ``state
 
 from __future__ import annotations
 
+import functools
 import shlex
-from collections.abc import Sequence
+import sys
+import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid, ServerApp
 from omegaconf import DictConfig
 from torch import Tensor
@@ -24,6 +28,12 @@ from fmcore.config import compose
 from fmcore.errors import ConfigError
 from fmcore.factory import cache_dir
 from fmcore.federated.audit import append_audit
+from fmcore.federated.secure import (
+    SecureFederation,
+    check_secure_config,
+    secure_aggregation_mod,
+    secure_aggregation_on,
+)
 from fmcore.federated.server import CONFIG_RECORD, METRICS_RECORD, SITE_RECORD, Federation
 from fmcore.federated.site import (
     Site,
@@ -98,6 +108,23 @@ def deployed_site(context: Context, federation: str, config: DictConfig) -> Site
     return Site(name, tuple(overrides), state_dir)
 
 
+def site_errors_stay_local(handler: Callable[[Message, Context], Message]):
+    """A failing site answers with the exception's class only: messages name files, data roots
+    and patients, so the details go to the site's own log (its stderr), not to the server."""
+
+    @functools.wraps(handler)
+    def guarded(message: Message, context: Context) -> Message:
+        try:
+            return handler(message, context)
+        except Exception as error:
+            detail = "".join(traceback.format_exception(error))
+            print(f"fmcore site error:\n{detail}", file=sys.stderr, flush=True)
+            reason = f"{type(error).__name__} at the site; the details stay in its log"
+            return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason), reply_to=message)
+
+    return guarded
+
+
 def global_weights(message: Message) -> dict[str, Tensor]:
     """The weights of every group a server message carries, as one state dict."""
     received: dict[str, Tensor] = {}
@@ -113,7 +140,7 @@ def make_client_app(
 ) -> ClientApp:
     """A ClientApp; ``words`` and ``site_root`` are given in simulation, else read from context.
     ``mods`` are Flower client mods (e.g. ``flwr.clientapp.mod`` DP clipping) around every call."""
-    app = ClientApp(mods=list(mods))
+    app = ClientApp(mods=[*mods, secure_aggregation_mod])  # SecAgg+ messages only
 
     def identify(message: Message, context: Context) -> tuple[list[str], Site]:
         run_words = list(words) if words is not None else _run_words(context)
@@ -126,6 +153,7 @@ def make_client_app(
         return run_words, deployed_site(context, federation, base)
 
     @app.query()
+    @site_errors_stay_local
     def describe(message: Message, context: Context) -> Message:
         run_words, site = identify(message, context)
         config = site_config(run_words, site, registry())
@@ -138,6 +166,7 @@ def make_client_app(
         return Message(content, reply_to=message)
 
     @app.train()
+    @site_errors_stay_local
     def train(message: Message, context: Context) -> Message:
         run_words, site = identify(message, context)
         plugins = registry()
@@ -145,7 +174,12 @@ def make_client_app(
         received = global_weights(message)
         settings = message.content[CONFIG_RECORD]
         result = train_round(
-            config, site, plugins, received, float(settings.get("proximal-mu", 0.0))
+            config,
+            site,
+            plugins,
+            received,
+            int(settings["server-round"]),
+            float(settings.get("proximal-mu", 0.0)),
         )
         dtype = str(config.federated.update_dtype)
         content = RecordDict(
@@ -165,6 +199,7 @@ def make_client_app(
         return Message(content, reply_to=message)
 
     @app.evaluate()
+    @site_errors_stay_local
     def evaluate(message: Message, context: Context) -> Message:
         run_words, site = identify(message, context)
         plugins = registry()
@@ -187,6 +222,8 @@ def make_server_app(
 ) -> ServerApp:
     """A ServerApp; ``config`` and ``run_dir`` are given in simulation, else read from context.
     With ``failure``, an exception is kept there for the caller instead of only being logged."""
+    if config is not None and secure_aggregation_on(config):
+        check_secure_config(config)  # refuse before the simulation starts
     app = ServerApp()
 
     @app.main()
@@ -195,7 +232,10 @@ def make_server_app(
         resolved = config or compose(_run_words(context), config_sources(plugins))
         directory = run_dir or Path(str(resolved.run.dir or "runs/federation"))
         try:
-            Federation(grid, resolved, directory, plugins).run()
+            if secure_aggregation_on(resolved):
+                SecureFederation(grid, context, resolved, directory, plugins).run()
+            else:
+                Federation(grid, resolved, directory, plugins).run()
         except Exception as error:
             if failure is None:
                 raise

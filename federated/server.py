@@ -8,7 +8,9 @@ only the sampled sites of its domain.
 from __future__ import annotations
 
 import logging
+import math
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,16 +34,18 @@ from fmcore.config import RUN_CONFIG_FILE, to_yaml
 from fmcore.engine.checkpoint import atomic_write_text
 from fmcore.errors import ConfigError, FmcoreError
 from fmcore.federated.scopes import SHARED_GROUP
-from fmcore.federated.store import GlobalState, RoundStore
+from fmcore.federated.store import ROUNDS_LOG, GlobalState, RoundStore
 from fmcore.federated.strategies import make_strategy
 from fmcore.federated.updates import update_problem
-from fmcore.federated.wire import record_bytes, to_numpy
+from fmcore.federated.wire import check_wire_dtype, record_bytes, to_numpy
 from fmcore.plugin_manager import Registry
 
 log = logging.getLogger("fmcore.federated")
 SITE_RECORD = "site"
 METRICS_RECORD = "metrics"
 CONFIG_RECORD = "config"
+FEDERATION_ID_FILE = "federation.id"
+UPDATE_METRICS = ("num-examples", "loss", "train-seconds", "local-steps")
 
 
 @dataclass(frozen=True)
@@ -142,7 +146,8 @@ class Federation:
             self.min_sites,
             float(self.settings.connect_timeout),
         )
-        sites, initial = describe_sites(self.grid, nodes, self.run_dir.name, self.timeout)
+        self.federation = federation_id(self.run_dir)
+        sites, initial = describe_sites(self.grid, nodes, self.federation, self.timeout)
         if len(sites) < self.min_sites:
             raise FmcoreError(
                 f"only {len(sites)} site(s) answered (federated.min_sites={self.min_sites});"
@@ -152,17 +157,29 @@ class Federation:
         last, state = resumed if resumed is not None else (0, {})
         for group, entries in initial.items():
             state.setdefault(group, entries)
+        # The shared group's strategy samples the round's sites; each domain group then takes
+        # every sampled site of its domain, so a sampled site always gets all of its weights.
         strategies = {
             group: make_strategy(
                 self.settings,
-                sum(group in site.groups for site in sites.values()),
-                self.min_sites if group == SHARED_GROUP else 1,
+                sites=sum(group in site.groups for site in sites.values()),
+                min_sites=self.min_sites if group == SHARED_GROUP else 1,
+                fraction=float(self.settings.fraction) if group == SHARED_GROUP else 1.0,
             )
             for group in state
         }
-        for server_round in range(last + 1, int(self.settings.rounds) + 1):
-            self.round(server_round, state, strategies, sites)
-            last = server_round
+        server_round, failed = last + 1, 0
+        while server_round <= int(self.settings.rounds):
+            if self.round(server_round, state, strategies, sites):
+                last, server_round, failed = server_round, server_round + 1, 0
+                continue
+            failed += 1
+            if failed >= int(self.settings.max_failed_rounds):
+                raise FmcoreError(
+                    f"round {server_round} got fewer than federated.min_sites={self.min_sites}"
+                    f" usable updates {failed} times in a row (federated.max_failed_rounds);"
+                    f" the sites' failures are in {self.store.run_dir / ROUNDS_LOG}"
+                )
         return last
 
     def round(
@@ -171,7 +188,8 @@ class Federation:
         state: GlobalState,
         strategies: dict[str, Strategy],
         sites: dict[int, SiteInfo],
-    ) -> None:
+    ) -> bool:
+        """One round; False (nothing saved, logged as failed) without enough usable updates."""
         started = time.perf_counter()
         contents = self._configure(server_round, state, strategies, sites)
         messages = [
@@ -181,22 +199,31 @@ class Federation:
         replies = list(self.grid.send_and_receive(messages, timeout=self.timeout))
         accepted, record = self._check(replies, state, sites, set(contents))
         contributors = len(accepted.get(SHARED_GROUP, []))
-        aggregated: dict[str, Any] = {}
-        if contributors >= self.min_sites:
-            for group, group_replies in accepted.items():
-                arrays, metrics = strategies[group].aggregate_train(server_round, group_replies)
-                if arrays is not None:
-                    state[group] = {key: array.numpy() for key, array in arrays.items()}
-                if group == SHARED_GROUP and metrics is not None:
-                    aggregated = dict(metrics)
-        else:
+        record.update(
+            round=server_round,
+            contributors=contributors,
+            bytes_down={sites[n].name: record_bytes_of(contents[n]) for n in contents},
+        )
+        if contributors < self.min_sites:
+            record.update(wall_seconds=time.perf_counter() - started, checkpoint=None)
+            self.store.log(record)
             log.warning(
-                "round %d: %d usable update(s), fewer than federated.min_sites=%d;"
-                " the global model is unchanged",
+                "round %d: %d usable update(s), fewer than federated.min_sites=%d; retrying",
                 server_round,
                 contributors,
                 self.min_sites,
             )
+            return False
+        aggregated: dict[str, Any] = {}
+        for group, group_replies in accepted.items():
+            arrays, metrics = strategies[group].aggregate_train(server_round, group_replies)
+            if arrays is not None:  # strategies may compute in float64 (FedAdam): keep dtypes
+                state[group] = {
+                    key: array.numpy().astype(state[group][key].dtype, copy=False)
+                    for key, array in arrays.items()
+                }
+            if group == SHARED_GROUP and metrics is not None:
+                aggregated = dict(metrics)
         checkpoint = self.store.save(server_round, state)
         every = int(self.settings.evaluate_every)
         if every and (server_round % every == 0 or server_round == int(self.settings.rounds)):
@@ -205,9 +232,6 @@ class Federation:
                 {f"eval/knn_{k}": v for k, v in record["evaluation"]["metrics"].items()}
             )
         record.update(
-            round=server_round,
-            contributors=contributors,
-            bytes_down={sites[n].name: record_bytes_of(contents[n]) for n in contents},
             wall_seconds=time.perf_counter() - started,
             metrics=aggregated,
             checkpoint=str(checkpoint),
@@ -224,6 +248,7 @@ class Federation:
             f" {record['wall_seconds']:.1f} s; {checkpoint}",
             flush=True,
         )
+        return True
 
     def _evaluate(
         self,
@@ -239,7 +264,7 @@ class Federation:
                 RecordDict(
                     {
                         **{group: as_record(state[group]) for group in site.groups},
-                        CONFIG_RECORD: ConfigRecord({"federation": self.run_dir.name}),
+                        CONFIG_RECORD: ConfigRecord({"federation": self.federation}),
                     }
                 ),
                 dst_node_id=node,
@@ -270,7 +295,7 @@ class Federation:
         """One message content per sampled site: its groups' global weights and the config."""
 
         def config() -> ConfigRecord:
-            return ConfigRecord({"federation": self.run_dir.name})
+            return ConfigRecord({"federation": self.federation})
 
         planned = strategies[SHARED_GROUP].configure_train(
             server_round, as_record(state[SHARED_GROUP]), config(), NodeSubset(sites)
@@ -319,21 +344,25 @@ class Federation:
                 continue
             content = reply.content
             bytes_up[name] = record_bytes_of(content)
-            dtype = str(content[SITE_RECORD]["update-dtype"])
-            decoded = {group: to_numpy(content[group], dtype) for group in content.array_records}
-            problem = self._problem(decoded, state, sites.get(node))
+            try:
+                decoded, metrics = decode_update(content)
+                problem = self._problem(decoded, metrics, state, sites.get(node))
+            except (KeyError, TypeError, ValueError, ConfigError) as error:
+                problem = f"malformed reply: {error}"
             if problem is not None:
                 rejected.append(f"{name}: {problem}")
                 log.warning("rejected the update of site %s: %s", name, problem)
                 continue
-            metrics = content[METRICS_RECORD]
-            site_seconds[name] = float(metrics.get("train-seconds", float("nan")))
-            site_examples[name] = int(metrics.get("num-examples", 0))
+            site_seconds[name] = metrics["train-seconds"]
+            site_examples[name] = int(metrics["num-examples"])
+            if self.settings.dp.clipping is not None:
+                # DP's noise is calibrated for a plain mean: every site weighs the same.
+                metrics = {**metrics, "num-examples": 1}
             for group, entries in decoded.items():
                 accepted.setdefault(group, []).append(
                     Message(
                         content=RecordDict(
-                            {"arrays": as_record(entries), "metrics": MetricRecord(dict(metrics))}
+                            {"arrays": as_record(entries), "metrics": MetricRecord(metrics)}
                         ),
                         metadata=reply.metadata,
                     )
@@ -351,10 +380,19 @@ class Federation:
 
     @staticmethod
     def _problem(
-        decoded: dict[str, dict[str, np.ndarray]], state: GlobalState, site: SiteInfo | None
+        decoded: dict[str, dict[str, np.ndarray]],
+        metrics: dict[str, float],
+        state: GlobalState,
+        site: SiteInfo | None,
     ) -> str | None:
         if site is None:
             return "the node did not take part in the site query"
+        if metrics["local-steps"] < 1 or metrics["num-examples"] < 1:
+            return (
+                f"trained {metrics['local-steps']:g} steps on {metrics['num-examples']:g} samples"
+            )
+        if not math.isfinite(metrics["loss"]):
+            return f"its training loss is {metrics['loss']}"
         if set(decoded) != set(site.groups):
             return f"sent groups {sorted(decoded)}, expected {sorted(site.groups)}"
         for group, entries in decoded.items():
@@ -362,6 +400,24 @@ class Federation:
             if problem is not None:
                 return f"{group}: {problem}"
         return None
+
+
+def decode_update(content: RecordDict) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, float]]:
+    """A training reply's weights per group (float32) and its metrics, by the fixed names."""
+    dtype = check_wire_dtype(str(content[SITE_RECORD]["update-dtype"]))
+    received = content[METRICS_RECORD]
+    metrics = {key: float(received[key]) for key in UPDATE_METRICS}
+    groups = {group: to_numpy(content[group], dtype) for group in content.array_records}
+    return groups, metrics
+
+
+def federation_id(run_dir: Path) -> str:
+    """The federation's name, made once per run directory: sites key their state by it, so two
+    federations never share a site's checkpoints (and a restarted one finds them again)."""
+    path = run_dir / FEDERATION_ID_FILE
+    if not path.exists():
+        atomic_write_text(path, f"{run_dir.name}-{uuid.uuid4().hex[:8]}\n")
+    return path.read_text().strip()
 
 
 def record_bytes_of(content: RecordDict) -> int:

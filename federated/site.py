@@ -70,9 +70,11 @@ def train_round(
     site: Site,
     registry: Registry,
     global_state: dict[str, torch.Tensor],
+    server_round: int,
     proximal_mu: float = 0.0,
 ) -> RoundResult:
-    """Resume the site's run, load the global weights, train the round's local steps."""
+    """Resume the site's run, load the global weights, train the round's local steps: steps
+    (server_round - 1) x local_steps to server_round x local_steps of the federation's schedule."""
     config.resume = CheckpointStore(site.state_dir / "checkpoints").latest() is not None
     federated = config.federated
     select = None
@@ -84,11 +86,11 @@ def train_round(
             return site_share(domain, refs, by, index, count, seed)
 
     regularizer = proximal_term(global_state, proximal_mu) if proximal_mu > 0 else None
+    steps = int(federated.local_steps)
+    first_step = (server_round - 1) * steps
     started = time.perf_counter()
     result: TrainResult = train(
-        config,
-        registry,
-        LocalRound(int(federated.local_steps), global_state, select, regularizer),
+        config, registry, LocalRound(first_step, steps, global_state, select, regularizer)
     )
     seconds = time.perf_counter() - started
     assert result.method is not None  # always set by train()
@@ -97,23 +99,22 @@ def train_round(
         examples=result.examples,
         loss=float(result.last_metrics.get("loss", float("nan"))),
         seconds=seconds,
-        steps=result.steps,
+        steps=result.steps - first_step,
     )
 
 
 def proximal_term(reference: dict[str, torch.Tensor], mu: float):  # -> Callable[[Method], Tensor]
     """FedProx's mu/2 * ||w - w_global||^2 over the weights the server sent (Li et al., 2020)."""
+    on_device: dict[str, torch.Tensor] = {}
 
     def term(method: Method) -> torch.Tensor:
         params = dict(method.named_parameters())
-        total = None
-        for key, value in reference.items():
-            param = params.get(key)
-            if param is None:  # buffers are not optimised
-                continue
-            square = (param - value.to(param.device, param.dtype)).pow(2).sum()
-            total = square if total is None else total + square
-        return (mu / 2) * total
+        if not on_device:  # buffers are not optimised; moved to the device once per round
+            for key, value in reference.items():
+                if key in params:
+                    on_device[key] = value.to(params[key].device, params[key].dtype)
+        total = sum((params[key] - value).pow(2).sum() for key, value in on_device.items())
+        return (mu / 2) * torch.as_tensor(total)
 
     return term
 

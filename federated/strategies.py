@@ -29,9 +29,11 @@ DP_WRAPPERS: dict[str, type[flower.Strategy]] = {
 }
 
 
-def make_strategy(settings: DictConfig, sites: int, min_sites: int) -> flower.Strategy:
+def make_strategy(
+    settings: DictConfig, sites: int, min_sites: int, fraction: float
+) -> flower.Strategy:
     """One aggregation group's strategy: ``federated.strategy`` with ``federated.strategy_args``,
-    sampling ``federated.fraction`` of the group's ``sites`` (at least ``min_sites``), wrapped in
+    sampling ``fraction`` of the group's ``sites`` (at least ``min_sites``), wrapped in
     server-side differential privacy when ``federated.dp.clipping`` is set."""
     name = str(settings.strategy)
     if name not in STRATEGIES:
@@ -40,7 +42,7 @@ def make_strategy(settings: DictConfig, sites: int, min_sites: int) -> flower.St
         )
     args: dict[str, Any] = dict(as_dict(settings.strategy_args) or {})
     args.update(
-        fraction_train=float(settings.fraction),
+        fraction_train=fraction,
         fraction_evaluate=0.0,
         min_train_nodes=min_sites,
         min_evaluate_nodes=0,
@@ -62,7 +64,7 @@ def make_strategy(settings: DictConfig, sites: int, min_sites: int) -> flower.St
         return DP_WRAPPERS[str(dp.clipping)](
             strategy,
             noise_multiplier=float(dp.noise_multiplier),
-            num_sampled_clients=max(min_sites, round(float(settings.fraction) * sites)),
+            num_sampled_clients=max(int(fraction * sites), min_sites),  # as Flower samples
             **dp_args,
         )
     except (TypeError, ValueError) as error:

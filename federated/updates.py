@@ -14,6 +14,8 @@ def update_problem(received: dict[str, np.ndarray], expected: dict[str, np.ndarr
     for key, value in received.items():
         if value.shape != expected[key].shape:
             return f"'{key}' has shape {list(value.shape)}, expected {list(expected[key].shape)}"
+        if value.dtype.kind != expected[key].dtype.kind:
+            return f"'{key}' holds {value.dtype} values, expected {expected[key].dtype}"
         if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
             return f"'{key}' holds NaN or Inf values"
     return None

@@ -177,8 +177,10 @@ def test_a_failing_site_and_a_poisoned_update_do_not_stop_the_rounds(tmp_path: P
     log = rounds_log(run)
     for record in log:
         assert record["contributors"] == 1
-        assert len(record["failures"]) == 1 and record["failures"][0].startswith("site-2: ")
-        assert "data.root" in record["failures"][0]
+        # Only the exception's class crosses: its message names the site's data root.
+        assert record["failures"] == [
+            "site-2: ConfigError at the site; the details stay in its log"
+        ]
         assert len(record["rejected"]) == 1 and record["rejected"][0].startswith("site-1: ")
         assert "NaN" in record["rejected"][0]
     # FedAvg of one update is that update: the global weights are site-0's own.
@@ -242,7 +244,11 @@ def test_a_restarted_federation_resumes_after_the_last_complete_round(tmp_path: 
         "federate", *common, "federated.rounds=3", "resume=true", cwd=tmp_path, timeout=300
     )
     assert "round 1/" not in result.stdout and "round 2/3" in result.stdout
-    assert [r["round"] for r in rounds_log(run)] == [1, 2, 2, 3]
+    log = rounds_log(run)
+    assert [r["round"] for r in log] == [1, 2, 2, 3]
+    for record in log:  # every round trained its own two steps of the federation's schedule
+        assert record["metrics"]["local-steps"] == 2 and np.isfinite(record["metrics"]["loss"])
+    assert CheckpointStore(run / "sites" / "site-0" / "checkpoints").latest().step == 6
     assert sorted(p.name for p in (run / "rounds").glob("round_*")) == [
         "round_0001.safetensors",
         "round_0002.safetensors",
@@ -296,7 +302,8 @@ def test_dinov2_federates_on_the_embedded_slides(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_server_side_dp_clips_each_sites_update_before_averaging(tmp_path: Path) -> None:
     """Flower's fixed-clipping DP wrapper with zero noise: round 2's global trunk is round 1's
-    plus the sample-weighted mean of each site's update scaled to norm <= clipping_norm."""
+    plus the plain mean (DP weighs every site the same) of each site's update scaled to norm
+    <= clipping_norm."""
     run = tmp_path / "federation"
     clip = 0.05
     fmcore(
@@ -311,7 +318,7 @@ def test_server_side_dp_clips_each_sites_update_before_averaging(tmp_path: Path)
     )
     before, after = global_round(run, 1)["shared"], global_round(run, 2)["shared"]
     keys = sorted(before)
-    weights = list(rounds_log(run)[1]["site_examples"].values())
+    weights = [1.0, 1.0]
     clipped = []
     for site in ("site-0", "site-1"):
         state = site_state(run, site)
@@ -322,3 +329,24 @@ def test_server_side_dp_clips_each_sites_update_before_averaging(tmp_path: Path)
     moved = np.concatenate([(after[k] - before[k]).ravel() for k in keys])
     np.testing.assert_allclose(moved, expected, rtol=1e-3, atol=5e-7)  # float32 rounding of w
     assert np.linalg.norm(moved) <= clip * (1 + 1e-5)
+
+
+@pytest.mark.slow
+def test_a_federation_whose_sites_all_fail_stops_without_a_round_file(tmp_path: Path) -> None:
+    run = tmp_path / "federation"
+    result = fmcore(
+        "federate",
+        *FEDERATION,
+        "federated.sites=1",
+        "federated.max_failed_rounds=2",
+        f"federated.site_data=[{tmp_path / 'nowhere'}]",
+        f"run.dir={run}",
+        cwd=tmp_path,
+        check=False,
+        timeout=300,
+    )
+    assert result.returncode == 2
+    assert "fewer than federated.min_sites=1 usable updates 2 times" in result.stderr
+    assert not list((run / "rounds").glob("round_*"))
+    log = rounds_log(run)
+    assert [(r["round"], r["contributors"], r["checkpoint"]) for r in log] == [(1, 0, None)] * 2

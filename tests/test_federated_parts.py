@@ -58,6 +58,8 @@ def test_updates_with_wrong_entries_shapes_or_values_are_named() -> None:
     assert "shape [3, 2]" in update_problem({"a": np.zeros((3, 2)), "b": expected["b"]}, expected)
     poisoned = {"a": expected["a"], "b": np.array([0, np.inf, 0, 0], np.float32)}
     assert "'b' holds NaN or Inf" in update_problem(poisoned, expected)
+    integers = {"a": expected["a"], "b": np.zeros(4, np.uint16)}
+    assert "'b' holds uint16 values, expected float32" in update_problem(integers, expected)
 
 
 def test_bf16_updates_halve_the_payload_and_round_to_bf16_precision() -> None:
@@ -93,7 +95,7 @@ def test_strategies_come_from_flower_and_bad_settings_are_named() -> None:
     from flwr.serverapp import strategy as flower
 
     settings = digits_config("federated=fedprox").federated
-    strategy = make_strategy(settings, sites=3, min_sites=2)
+    strategy = make_strategy(settings, sites=3, min_sites=2, fraction=1.0)
     assert type(strategy) is flower.FedProx and strategy.proximal_mu == 0.01
     assert strategy.min_train_nodes == 2
     dp = digits_config(
@@ -102,14 +104,19 @@ def test_strategies_come_from_flower_and_bad_settings_are_named() -> None:
         "federated.dp.noise_multiplier=0.5",
         "+federated.dp.args.clipping_norm=2",
     ).federated
-    wrapped = make_strategy(dp, sites=3, min_sites=1)
+    wrapped = make_strategy(dp, sites=3, min_sites=1, fraction=1.0)
     assert type(wrapped) is flower.DifferentialPrivacyServerSideFixedClipping
     assert wrapped.clipping_norm == 2 and wrapped.num_sampled_clients == 3
+    # Noise is calibrated for as many sites as Flower samples: max(int(0.7 x 5), min) = 3.
+    assert make_strategy(dp, sites=5, min_sites=1, fraction=0.7).num_sampled_clients == 3
     with pytest.raises(ConfigError, match="FedAvg, FedProx"):
-        make_strategy(digits_config("federated.strategy=FedMagic").federated, 2, 1)
+        make_strategy(digits_config("federated.strategy=FedMagic").federated, 2, 1, 1.0)
     with pytest.raises(ConfigError, match="strategy_args do not fit FedProx"):
         make_strategy(
-            digits_config("federated=fedprox", "+federated.strategy_args.nope=1").federated, 2, 1
+            digits_config("federated=fedprox", "+federated.strategy_args.nope=1").federated,
+            2,
+            1,
+            1.0,
         )
 
 
@@ -145,3 +152,17 @@ def test_federate_refuses_a_saved_config_and_names_what_to_do(
 
     assert main(["federate", "--config", "runs/x/config.yaml"]) == 2
     assert "repeat the federation's words" in capsys.readouterr().err
+
+
+def test_local_entries_never_join_a_group(tmp_path: Path) -> None:
+    """DINOv2 with softmax centring keeps its running centres at the site."""
+    config = compose(
+        ["domain=digits", "method=dinov2_small", "method.centering=softmax"],
+        config_sources(registry()),
+    )
+    method = build_parts(config, registry()).method
+    local = [key for key in method.state_dict() if "centering." in key]
+    assert local  # dino_centering.center, ibot_centering.center
+    groups = split_by_group(method, "digits", "image2d")
+    sent = set().union(*groups.values())
+    assert sent.isdisjoint(local) and sent | set(local) == set(method.state_dict())

@@ -53,10 +53,14 @@ SKIP_MESSAGES_SHOWN = 10
 class LocalRound:
     """What a federated site asks of the engine for one round (see fmcore.federated.site).
 
-    The run's schedules still span ``trainer.max_steps``; the loop stops ``steps`` later than the
-    site's last checkpoint, after loading ``global_state`` over the checkpoint's weights.
+    The run's schedules still span ``trainer.max_steps``; the round covers steps ``first_step``
+    to ``first_step + steps`` of them whatever step the site's last checkpoint is at (a site that
+    missed rounds, or a server that redoes one, stays on the federation's schedule). The
+    checkpoint gives the optimizer state and data position; ``global_state`` is loaded over its
+    weights.
     """
 
+    first_step: int
     steps: int
     global_state: dict[str, torch.Tensor]
     select_refs: Callable[[Domain, list[Any]], list[Any]] | None = None
@@ -290,6 +294,7 @@ def _train(
         skipped = state["ranks"][world.rank]["skipped"]
     if local_round is not None:
         load_partial_state(method, local_round.global_state)
+        start_step = local_round.first_step
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / RUN_CONFIG_FILE, to_yaml(config))
@@ -315,6 +320,10 @@ def _train(
     )
     max_steps = int(trainer.max_steps)
     stop = max_steps if local_round is None else min(max_steps, start_step + local_round.steps)
+    if stop <= start_step:
+        raise ConfigError(
+            f"nothing to train: step {start_step} is at trainer.max_steps={max_steps}"
+        )
     progress = Progress(
         max_steps,
         start_step,

@@ -1,0 +1,439 @@
+"""Secure aggregation with Flower's SecAgg+: the server learns only the sites' weighted average.
+
+SecAgg+ exists only in Flower's legacy API, so this is a server path of its own: a legacy
+``flwr.server.strategy.FedAvg`` driven by ``SecAggPlusWorkflow`` inside ``DefaultWorkflow``. It
+meets the sites with the same query as :class:`~fmcore.federated.server.Federation` and writes the
+same round files and ``rounds.jsonl``. SecAgg+ sums one flat vector across all sites, so every
+site must hold the same groups: one domain (``shared`` plus one ``domain:<domain>:<modality>``).
+
+On a site, :func:`secure_aggregation_mod` hands SecAgg+ protocol messages to Flower's
+``secaggplus_mod``; the fit inside it runs the ClientApp's ordinary train handler and returns the
+groups flattened in the server's layout order, which the mod quantizes and masks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import flwr.compat.common.recorddict_compat as compat
+import numpy as np
+from flwr.app import ConfigRecord, Context, Error, Message, MessageType, RecordDict
+from flwr.client.mod import secaggplus_mod
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.common import (
+    Code,
+    FitRes,
+    Metrics,
+    Parameters,
+    Scalar,
+    Status,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
+from flwr.common.constant import ErrorCode
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+from flwr.server import LegacyContext, ServerConfig
+from flwr.server.client_manager import ClientManager
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.strategy import FedAvg
+from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+from flwr.serverapp import Grid
+from omegaconf import DictConfig
+
+from fmcore.config import RUN_CONFIG_FILE, to_yaml
+from fmcore.engine.checkpoint import atomic_write_text
+from fmcore.errors import ConfigError, FmcoreError
+from fmcore.federated.server import (
+    CONFIG_RECORD,
+    METRICS_RECORD,
+    SITE_RECORD,
+    SiteInfo,
+    as_record,
+    await_sites,
+    describe_sites,
+    federation_id,
+)
+from fmcore.federated.store import GlobalState, RoundStore
+from fmcore.federated.updates import update_problem
+from fmcore.federated.wire import to_numpy
+from fmcore.plugin_manager import Registry
+
+log = logging.getLogger("fmcore.federated")
+Layout = list[tuple[str, str]]  # (group, entry) in the order of the flat vector
+LAYOUT = "layout"
+CLIPPING_RANGE = "clipping-range"
+MAX_WEIGHT = "max-weight"
+NUM_EXAMPLES = "num-examples"
+SERVER_ROUND = "server-round"
+FEDERATION = "federation"
+
+
+def secure_aggregation_on(config: DictConfig) -> bool:
+    return bool(config.federated.get("secure_aggregation", False))
+
+
+def make_workflow(settings: DictConfig) -> SecAggPlusWorkflow:
+    """Flower's SecAgg+ workflow with ``federated.secagg``; each stage waits up to
+    ``federated.round_timeout`` seconds for the sites."""
+    secagg = settings.secagg
+    try:
+        return SecAggPlusWorkflow(
+            num_shares=secagg.num_shares,
+            reconstruction_threshold=secagg.reconstruction_threshold,
+            max_weight=float(secagg.max_weight),
+            clipping_range=float(secagg.clipping_range),
+            quantization_range=secagg.quantization_range,
+            timeout=float(settings.round_timeout),
+        )
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"federated.secagg does not fit SecAgg+: {error}") from error
+
+
+def check_secure_config(config: DictConfig) -> None:
+    """Refuse, before any site is contacted, what secure aggregation cannot honour."""
+    settings = config.federated
+    if str(settings.strategy) != "FedAvg":
+        raise ConfigError(
+            f"federated.secure_aggregation=true averages with FedAvg only (SecAgg+ reveals only"
+            f" the weighted sum), not federated.strategy={settings.strategy}: use federated=fedavg"
+        )
+    if settings.dp.clipping is not None:
+        raise ConfigError(
+            "federated.dp (server-side clipping) needs each site's update, which SecAgg+ hides:"
+            " set federated.dp.clipping=null with federated.secure_aggregation=true"
+        )
+    if int(settings.sites) < 2:
+        raise ConfigError("federated.secure_aggregation=true needs federated.sites >= 2")
+    own = str(config.domain.name)
+    domains = {own if d is None else str(d) for d in settings.get("site_domains") or [None]}
+    if len(domains) > 1:
+        raise _mixed(sorted(domains))
+    make_workflow(settings)
+
+
+def _mixed(what: list[str]) -> ConfigError:
+    return ConfigError(
+        "federated.secure_aggregation=true needs every site in one domain, not "
+        f"{', '.join(what)}: SecAgg+ sums one flat vector across all sites, so sites of"
+        " different domains (whose tokenizers and heads are averaged only among their own"
+        " domain) cannot be aggregated securely; run one federation per domain, or turn it off"
+    )
+
+
+def check_single_domain(sites: dict[int, SiteInfo]) -> None:
+    """Every site must send the same groups: ``shared`` and one domain group."""
+    groups = {site.groups for site in sites.values()}
+    if len(groups) > 1:
+        raise _mixed(sorted({g for site in groups for g in site if g.startswith("domain:")}))
+
+
+def layout_of(state: GlobalState) -> Layout:
+    return [(group, key) for group in sorted(state) for key in sorted(state[group])]
+
+
+def flatten(layout: Layout, state: GlobalState) -> list[np.ndarray]:
+    return [np.ascontiguousarray(state[group][key]) for group, key in layout]
+
+
+def unflatten(layout: Layout, arrays: list[np.ndarray]) -> GlobalState:
+    state: GlobalState = {}
+    for (group, key), array in zip(layout, arrays, strict=True):
+        state.setdefault(group, {})[key] = array
+    return state
+
+
+def weighted_metrics(pairs: list[tuple[int, Metrics]]) -> Metrics:
+    """The sites' numeric metrics averaged by their sample counts."""
+    total = sum(n for n, _ in pairs)
+    if not total:
+        return {}
+    keys = {k for _, m in pairs for k, v in m.items() if isinstance(v, int | float)}
+    return {
+        key: sum(n * float(m[key]) for n, m in pairs if key in m) / total
+        for key in sorted(keys - {NUM_EXAMPLES})
+    }
+
+
+def failure_reason(failure: tuple[ClientProxy, FitRes] | BaseException) -> str:
+    """What went wrong: the workflow wraps a failed reply's ``Error`` in an Exception."""
+    if not isinstance(failure, BaseException):
+        return failure[1].status.message
+    error = failure.args[0] if failure.args else failure
+    return str(getattr(error, "reason", error))
+
+
+class SecureFedAvg(FedAvg):
+    """Legacy FedAvg over the SecAgg+ aggregate that saves and logs every round.
+
+    SecAggPlusWorkflow calls ``configure_fit``, then ``aggregate_fit`` (every result carries the
+    same securely averaged vector); DefaultWorkflow then calls ``evaluate`` with the round's
+    global weights, where the round is written.
+    """
+
+    def __init__(
+        self,
+        server: SecureFederation,
+        state: GlobalState,
+        first_round: int,
+        sites: dict[int, SiteInfo],
+    ) -> None:
+        self.server = server
+        self.layout = layout_of(state)
+        self.dtypes = {(g, k): state[g][k].dtype for g, k in self.layout}
+        self.offset = first_round - 1
+        self.sites = sites
+        settings = server.settings
+        fit_config: dict[str, Scalar] = {
+            FEDERATION: server.federation,
+            LAYOUT: json.dumps(self.layout),
+            CLIPPING_RANGE: float(settings.secagg.clipping_range),
+            MAX_WEIGHT: float(settings.secagg.max_weight),
+        }
+        minimum = max(2, server.min_sites)
+        super().__init__(
+            fraction_fit=float(settings.fraction),
+            fraction_evaluate=0.0,
+            min_fit_clients=minimum,
+            min_evaluate_clients=0,
+            min_available_clients=minimum,
+            on_fit_config_fn=lambda r: {**fit_config, SERVER_ROUND: self.offset + r},
+            initial_parameters=ndarrays_to_parameters(flatten(self.layout, state)),
+            fit_metrics_aggregation_fn=weighted_metrics,
+        )
+        self._begin()
+
+    def _begin(self) -> None:
+        self.started = time.perf_counter()
+        self.sampled: list[int] = []
+        self.results: list[tuple[ClientProxy, FitRes]] = []
+        self.errors: list[str] = []
+        self.metrics: dict[str, Scalar] = {}
+
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, Any]]:
+        self._begin()
+        planned = [
+            (proxy, fitins)
+            for proxy, fitins in super().configure_fit(server_round, parameters, client_manager)
+            if proxy.node_id in self.sites  # only sites that answered the query
+        ]
+        self.sampled = [proxy.node_id for proxy, _ in planned]
+        return planned
+
+    def aggregate_fit(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes]],
+        failures: list[tuple[ClientProxy, FitRes] | BaseException],
+    ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        self.results = results
+        self.errors = list(dict.fromkeys(map(failure_reason, failures)))  # SecAgg+ adds twice
+        if len(results) < self.server.min_sites:
+            log.warning(
+                "round %d: %d masked update(s), fewer than federated.min_sites=%d;"
+                " the global model is unchanged",
+                self.offset + server_round,
+                len(results),
+                self.server.min_sites,
+            )
+            return None, {}
+        parameters, metrics = super().aggregate_fit(server_round, results, failures)
+        self.metrics = dict(metrics)
+        return parameters, metrics
+
+    def evaluate(self, server_round: int, parameters: Parameters) -> None:
+        if server_round == 0:  # the initial weights, before any round
+            return None
+        state = unflatten(self.layout, parameters_to_ndarrays(parameters))
+        for group, key in self.layout:  # SecAgg+ dequantizes to float64
+            state[group][key] = state[group][key].astype(self.dtypes[group, key])
+        contributed = {proxy.node_id: fitres for proxy, fitres in self.results}
+        names = {node: self.sites[node].name for node in self.sampled}
+        self.server.finish_round(
+            self.offset + server_round,
+            state,
+            {
+                "contributors": len(contributed),
+                "failures": [
+                    f"{names[n]}: sent no masked update"
+                    for n in self.sampled
+                    if n not in contributed
+                ],
+                "errors": self.errors,
+                "rejected": [],
+                "site_train_seconds": {
+                    names[n]: float(r.metrics.get("train-seconds", float("nan")))
+                    for n, r in contributed.items()
+                },
+                "site_examples": {names[n]: r.num_examples for n, r in contributed.items()},
+                "wall_seconds": time.perf_counter() - self.started,
+                "metrics": self.metrics,
+            },
+        )
+        return None
+
+
+class SecureFederation:
+    """The server side of a federation with secure aggregation (simulated or deployed)."""
+
+    def __init__(
+        self, grid: Grid, context: Context, config: DictConfig, run_dir: Path, registry: Registry
+    ) -> None:
+        self.grid = grid
+        self.context = context
+        self.config = config
+        self.settings = config.federated
+        self.run_dir = run_dir
+        self.registry = registry
+        self.store = RoundStore(run_dir)
+        self.min_sites = int(self.settings.min_sites)
+        self.federation = run_dir.name  # the federation id, once the run directory has one
+
+    def run(self) -> int:
+        """Run the remaining rounds; returns the last completed round."""
+        check_secure_config(self.config)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.run_dir / RUN_CONFIG_FILE, to_yaml(self.config))
+        nodes = await_sites(
+            self.grid,
+            int(self.settings.sites),
+            max(2, self.min_sites),
+            float(self.settings.connect_timeout),
+        )
+        timeout = float(self.settings.round_timeout)
+        self.federation = federation_id(self.run_dir)
+        sites, initial = describe_sites(self.grid, nodes, self.federation, timeout)
+        if len(sites) < max(2, self.min_sites):
+            raise FmcoreError(
+                f"only {len(sites)} site(s) answered; secure aggregation needs at least"
+                f" {max(2, self.min_sites)} (federated.min_sites); see the site errors above"
+            )
+        check_single_domain(sites)
+        resumed = self.store.latest()
+        last, state = resumed if resumed is not None else (0, {})
+        for group, entries in initial.items():
+            state.setdefault(group, entries)
+        remaining = int(self.settings.rounds) - last
+        if remaining <= 0:
+            return last
+        strategy = SecureFedAvg(self, state, last + 1, sites)
+        context = LegacyContext(
+            self.context, config=ServerConfig(num_rounds=remaining), strategy=strategy
+        )
+        DefaultWorkflow(fit_workflow=make_workflow(self.settings))(self.grid, context)
+        return int(self.settings.rounds)
+
+    def finish_round(self, server_round: int, state: GlobalState, record: dict[str, Any]) -> None:
+        checkpoint = self.store.save(server_round, state)
+        record = {"round": server_round, **record, "checkpoint": str(checkpoint)}
+        record["secure_aggregation"] = True
+        self.store.log(record)
+        metrics = record["metrics"]
+        self.registry.hook.fmcore_federated_round_end(
+            server_round=server_round,
+            metrics={k: float(v) for k, v in metrics.items() if isinstance(v, int | float)},
+            checkpoint=checkpoint,
+        )
+        print(
+            f"round {server_round}/{self.settings.rounds}: {record['contributors']} site(s)"
+            f" aggregated securely, loss {metrics.get('loss', float('nan')):.4f},"
+            f" {record['wall_seconds']:.1f} s; {checkpoint}",
+            flush=True,
+        )
+
+
+def secure_aggregation_mod(
+    message: Message, context: Context, call_next: ClientAppCallable
+) -> Message:
+    """Client mod: SecAgg+ messages go through Flower's ``secaggplus_mod``, whose fit runs the
+    ClientApp's own train handler; every other message passes unchanged."""
+    if (
+        message.metadata.message_type != MessageType.TRAIN
+        or RECORD_KEY_CONFIGS not in message.content.config_records
+    ):
+        return call_next(message, context)
+
+    def fit(fit_message: Message, fit_context: Context) -> Message:
+        return secure_fit(fit_message, fit_context, call_next)
+
+    try:
+        return secaggplus_mod(message, context, fit)
+    except SiteFailed as failed:
+        return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, str(failed)), reply_to=message)
+
+
+class SiteFailed(Exception):
+    """The site sends no masked update this round; the message is what the server learns."""
+
+
+def secure_fit(message: Message, context: Context, train: ClientAppCallable) -> Message:
+    """A legacy fit: unflatten the global weights into groups, train with the ordinary handler,
+    check the update and return it flattened in the server's layout, weighted by sample count."""
+    fitins = compat.recorddict_to_fitins(message.content, keep_input=True)
+    layout = [(str(g), str(k)) for g, k in json.loads(str(fitins.config[LAYOUT]))]
+    received = unflatten(layout, parameters_to_ndarrays(fitins.parameters))
+    content = RecordDict({group: as_record(entries) for group, entries in received.items()})
+    content[CONFIG_RECORD] = ConfigRecord(
+        {key: fitins.config[key] for key in (FEDERATION, SERVER_ROUND)}
+    )
+    message.content = content
+    reply = train(message, context)
+    if reply.has_error():  # the train handler keeps the details in the site's log
+        raise SiteFailed(reply.error.reason)
+    dtype = str(reply.content[SITE_RECORD]["update-dtype"])
+    groups = {g: to_numpy(reply.content[g], dtype) for g in reply.content.array_records}
+    metrics = dict(reply.content[METRICS_RECORD])
+    examples = int(metrics[NUM_EXAMPLES])
+    problem = outgoing_problem(
+        groups,
+        received,
+        examples,
+        float(fitins.config[CLIPPING_RANGE]),
+        float(fitins.config[MAX_WEIGHT]),
+    )
+    if problem is not None:
+        site = reply.content[SITE_RECORD]["name"]
+        raise SiteFailed(f"site {site} did not send its masked update: {problem}")
+    fitres = FitRes(
+        Status(Code.OK, ""),
+        ndarrays_to_parameters(flatten(layout, groups)),
+        examples,
+        {k: v for k, v in metrics.items() if isinstance(v, int | float)},
+    )
+    return Message(compat.fitres_to_recorddict(fitres, keep_input=False), reply_to=message)
+
+
+def outgoing_problem(
+    groups: GlobalState,
+    received: GlobalState,
+    examples: int,
+    clipping_range: float,
+    max_weight: float,
+) -> str | None:
+    """Why an update must not enter the secure sum (where the server could not reject it)."""
+    if set(groups) != set(received):
+        return f"groups {sorted(groups)} differ from the server's {sorted(received)}"
+    for group, entries in groups.items():
+        problem = update_problem(entries, received[group])
+        if problem is not None:
+            return f"{group}: {problem}"
+    if examples > max_weight:
+        return (
+            f"{examples} samples exceed federated.secagg.max_weight={max_weight:g};"
+            " raise it to at least the largest site's sample count"
+        )
+    peak = max(
+        (float(np.abs(v).max()) for e in groups.values() for v in e.values() if v.size), default=0.0
+    )
+    if peak * examples / max_weight > clipping_range:
+        return (
+            f"a weight of magnitude {peak:.4g} times samples / max_weight ="
+            f" {examples / max_weight:.4g} lies outside federated.secagg.clipping_range="
+            f"{clipping_range:g}, and SecAgg+ would clip it: raise clipping_range"
+        )
+    return None
