@@ -6,6 +6,7 @@ here with numpy, not against the server's code path.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -135,6 +136,20 @@ def test_two_digit_sites_average_their_updates_and_send_only_weights(tmp_path: P
                     assert not any("/" in str(v) for v in record["values"].values())
 
 
+def record_outgoing(path, message, context, call_next):
+    """Outermost mod: writes down every reply exactly as it leaves the site, errors included."""
+    from fmcore.federated.audit import describe
+
+    reply = call_next(message, context)
+    line = {"site": context.node_config["partition-id"], "type": message.metadata.message_type}
+    line["error" if reply.has_error() else "records"] = (
+        reply.error.reason if reply.has_error() else describe(reply.content)
+    )
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(line) + "\n")
+    return reply
+
+
 def poison_site_1(message, context, call_next):
     """An adversarial site: site-1's training updates carry a NaN."""
     from flwr.app import Array
@@ -171,7 +186,9 @@ def test_a_failing_site_and_a_poisoned_update_do_not_stop_the_rounds(tmp_path: P
             f"run.dir={run}",
         ]
     )
-    result = simulate(compose(words, config_sources(registry())), words, [poison_site_1])
+    sent = tmp_path / "sent.jsonl"
+    mods = [functools.partial(record_outgoing, sent), poison_site_1]
+    result = simulate(compose(words, config_sources(registry())), words, mods)
     assert result.rounds == 2
 
     log = rounds_log(run)
@@ -183,8 +200,30 @@ def test_a_failing_site_and_a_poisoned_update_do_not_stop_the_rounds(tmp_path: P
         ]
         assert len(record["rejected"]) == 1 and record["rejected"][0].startswith("site-1: ")
         assert "NaN" in record["rejected"][0]
-    # FedAvg of one update is that update: the global weights are site-0's own.
+    # What left the sites (seen outside fmcore's ClientApp, errors included): model entries of
+    # the shared and domain groups, metrics and two config values; no path, sample or label.
     site_0 = site_state(run, "site-0")
+    lines = [json.loads(line) for line in sent.read_text().splitlines()]
+    assert {line["type"] for line in lines} == {"query", "train"}
+    assert sum("error" in line for line in lines) == 2  # site-2, both rounds
+    for line in lines:
+        assert str(tmp_path) not in json.dumps(line)
+        for record in line.get("records", {}).values():
+            if record["type"] == "arrays":
+                for key, entry in record["entries"].items():
+                    assert entry["shape"] == list(site_0[key].shape)
+            elif record["type"] == "metrics":
+                assert set(record["values"]) <= {
+                    "num-examples",
+                    "loss",
+                    "train-seconds",
+                    "local-steps",
+                }
+            else:
+                assert record["type"] == "config"
+                assert set(record["values"]) <= {"name", "update-dtype"}
+
+    # FedAvg of one update is that update: the global weights are site-0's own.
     for group in global_round(run, 2).values():
         for key, value in group.items():
             np.testing.assert_allclose(value, site_0[key], rtol=1e-6, atol=1e-7)
