@@ -165,13 +165,16 @@ def make_client_app(
             append_audit(site.state_dir, "query", content)
         return Message(content, reply_to=message)
 
-    @app.train()
-    @site_errors_stay_local
-    def train(message: Message, context: Context) -> Message:
+    def request(message: Message, context: Context):  # -> (config, site, plugins, weights)
         run_words, site = identify(message, context)
         plugins = registry()
         config = site_config(run_words, site, plugins)
-        received = global_weights(message)
+        return config, site, plugins, global_weights(message)
+
+    @app.train()
+    @site_errors_stay_local
+    def train(message: Message, context: Context) -> Message:
+        config, site, plugins, received = request(message, context)
         settings = message.content[CONFIG_RECORD]
         result = train_round(
             config,
@@ -201,10 +204,7 @@ def make_client_app(
     @app.evaluate()
     @site_errors_stay_local
     def evaluate(message: Message, context: Context) -> Message:
-        run_words, site = identify(message, context)
-        plugins = registry()
-        config = site_config(run_words, site, plugins)
-        received = global_weights(message)
+        config, site, plugins, received = request(message, context)
         metrics, samples = evaluate_global(config, plugins, received)
         content = RecordDict({METRICS_RECORD: MetricRecord({**metrics, "num-examples": samples})})
         content[SITE_RECORD] = ConfigRecord({"name": site.name})

@@ -56,6 +56,7 @@ from fmcore.federated.server import (
     await_sites,
     describe_sites,
     federation_id,
+    publish_round,
 )
 from fmcore.federated.store import GlobalState, RoundStore
 from fmcore.federated.updates import update_problem
@@ -332,19 +333,7 @@ class SecureFederation:
         checkpoint = self.store.save(server_round, state)
         record = {"round": server_round, **record, "checkpoint": str(checkpoint)}
         record["secure_aggregation"] = True
-        self.store.log(record)
-        metrics = record["metrics"]
-        self.registry.hook.fmcore_federated_round_end(
-            server_round=server_round,
-            metrics={k: float(v) for k, v in metrics.items() if isinstance(v, int | float)},
-            checkpoint=checkpoint,
-        )
-        print(
-            f"round {server_round}/{self.settings.rounds}: {record['contributors']} site(s)"
-            f" aggregated securely, loss {metrics.get('loss', float('nan')):.4f},"
-            f" {record['wall_seconds']:.1f} s; {checkpoint}",
-            flush=True,
-        )
+        publish_round(self.store, self.registry, int(self.settings.rounds), record)
 
 
 def secure_aggregation_mod(

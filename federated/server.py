@@ -236,18 +236,7 @@ class Federation:
             metrics=aggregated,
             checkpoint=str(checkpoint),
         )
-        self.store.log(record)
-        self.registry.hook.fmcore_federated_round_end(
-            server_round=server_round,
-            metrics={k: float(v) for k, v in aggregated.items() if isinstance(v, int | float)},
-            checkpoint=checkpoint,
-        )
-        print(
-            f"round {server_round}/{self.settings.rounds}: {contributors} site(s) aggregated,"
-            f" loss {aggregated.get('loss', float('nan')):.4f},"
-            f" {record['wall_seconds']:.1f} s; {checkpoint}",
-            flush=True,
-        )
+        publish_round(self.store, self.registry, int(self.settings.rounds), record)
         return True
 
     def _evaluate(
@@ -400,6 +389,27 @@ class Federation:
             if problem is not None:
                 return f"{group}: {problem}"
         return None
+
+
+def publish_round(
+    store: RoundStore, registry: Registry, rounds: int, record: dict[str, Any]
+) -> None:
+    """A completed round (its file already saved): a rounds.jsonl line, the round-end hook and
+    one line on stdout. ``record`` holds round, contributors, wall_seconds, metrics, checkpoint."""
+    store.log(record)
+    metrics = record["metrics"]
+    registry.hook.fmcore_federated_round_end(
+        server_round=record["round"],
+        metrics={k: float(v) for k, v in metrics.items() if isinstance(v, int | float)},
+        checkpoint=Path(record["checkpoint"]),
+    )
+    how = "securely " if record.get("secure_aggregation") else ""
+    print(
+        f"round {record['round']}/{rounds}: {record['contributors']} site(s) aggregated {how}"
+        f"(loss {metrics.get('loss', float('nan')):.4f}), {record['wall_seconds']:.1f} s;"
+        f" {record['checkpoint']}",
+        flush=True,
+    )
 
 
 def decode_update(content: RecordDict) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, float]]:

@@ -43,6 +43,10 @@ def simulate(
 
     run_dir = federation_dir(config).resolve()
     done = RoundStore(run_dir).latest()
+    if done is None and config.resume:
+        raise ConfigError(
+            f"resume=true but {run_dir} holds no complete federated round to resume from"
+        )
     if done is not None and not config.resume:
         raise ConfigError(
             f"{run_dir} already holds federated rounds: add resume=true to continue that"

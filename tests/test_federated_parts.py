@@ -166,3 +166,12 @@ def test_local_entries_never_join_a_group(tmp_path: Path) -> None:
     groups = split_by_group(method, "digits", "image2d")
     sent = set().union(*groups.values())
     assert sent.isdisjoint(local) and sent | set(local) == set(method.state_dict())
+
+
+def test_resuming_a_federation_that_never_finished_a_round_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fmcore.cli import main
+
+    assert main(["federate", *SMALL_RUN, f"run.dir={tmp_path / 'none'}", "resume=true"]) == 2
+    assert "holds no complete federated round" in capsys.readouterr().err
