@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,24 @@ def site_state(run: Path, site: str) -> dict[str, np.ndarray]:
 
 def rounds_log(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "rounds.jsonl").read_text().splitlines()]
+
+
+def assert_only_weights_metrics_and_config(
+    records: dict, state: dict[str, np.ndarray], extra_metrics: Iterable[str] = ()
+) -> None:
+    """A sent message (as fmcore.federated.audit.describe writes it) holds model entries of the
+    site's state, the round metrics and the site's name and update dtype: nothing else."""
+    for name, record in records.items():
+        if record["type"] == "arrays":
+            for key, entry in record["entries"].items():
+                assert entry["shape"] == list(state[key].shape), (name, key)
+        elif record["type"] == "metrics":
+            allowed = {"num-examples", "loss", "train-seconds", "local-steps", *extra_metrics}
+            assert set(record["values"]) <= allowed
+        else:
+            assert record["type"] == "config"
+            assert set(record["values"]) <= {"name", "update-dtype"}
+            assert not any("/" in str(v) for v in record["values"].values())
 
 
 def weighted_average(states: list[dict[str, np.ndarray]], weights: list[float], key: str):
@@ -117,23 +136,9 @@ def test_two_digit_sites_average_their_updates_and_send_only_weights(tmp_path: P
         ]
         assert [line["message_type"] for line in lines] == ["query", "train", "train", "evaluate"]
         for line in lines:
-            for name, record in line["records"].items():
-                if record["type"] == "arrays":
-                    for key, entry in record["entries"].items():
-                        assert list(state[key].shape) == entry["shape"], (site, name, key)
-                elif record["type"] == "metrics":
-                    assert set(record["values"]) <= {
-                        "num-examples",
-                        "loss",
-                        "train-seconds",
-                        "local-steps",
-                        *evaluation["metrics"],
-                    }
-                else:
-                    assert record["type"] == "config"
-                    assert record["values"].get("name") == site
-                    assert set(record["values"]) <= {"name", "update-dtype"}
-                    assert not any("/" in str(v) for v in record["values"].values())
+            assert_only_weights_metrics_and_config(line["records"], state, evaluation["metrics"])
+            config = [r["values"] for r in line["records"].values() if r["type"] == "config"]
+            assert config and all(values["name"] == site for values in config)
 
 
 def record_outgoing(path, message, context, call_next):
@@ -208,20 +213,7 @@ def test_a_failing_site_and_a_poisoned_update_do_not_stop_the_rounds(tmp_path: P
     assert sum("error" in line for line in lines) == 2  # site-2, both rounds
     for line in lines:
         assert str(tmp_path) not in json.dumps(line)
-        for record in line.get("records", {}).values():
-            if record["type"] == "arrays":
-                for key, entry in record["entries"].items():
-                    assert entry["shape"] == list(site_0[key].shape)
-            elif record["type"] == "metrics":
-                assert set(record["values"]) <= {
-                    "num-examples",
-                    "loss",
-                    "train-seconds",
-                    "local-steps",
-                }
-            else:
-                assert record["type"] == "config"
-                assert set(record["values"]) <= {"name", "update-dtype"}
+        assert_only_weights_metrics_and_config(line.get("records", {}), site_0)
 
     # FedAvg of one update is that update: the global weights are site-0's own.
     for group in global_round(run, 2).values():

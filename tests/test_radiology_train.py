@@ -60,6 +60,13 @@ def metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+def assert_clean_two_step_run(run: Path) -> None:
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["skipped_samples"] == 0
+    assert summary["skipped_inputs"] == []
+    assert metrics(run)[-1]["step"] == 2 and metrics(run)[-1]["loss"] > 0
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", [SMALL_DINOV2, SMALL_MAE], ids=["dinov2_small", "mae"])
 def test_train_runs_on_the_embedded_volumes(
@@ -75,10 +82,7 @@ def test_train_runs_on_the_embedded_volumes(
         cwd=tmp_path,
     )
     assert "finished 2 steps" in result.stdout
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["steps"] == 2 and summary["skipped_samples"] == 0
-    assert summary["skipped_inputs"] == []
-    assert metrics(run)[-1]["step"] == 2 and metrics(run)[-1]["loss"] > 0
+    assert_clean_two_step_run(run)
     assert (run / "encoder.safetensors").exists()
     sample = sample_cache / "sample-data" / "radiology"
     assert len(list(sample.glob("*.nii.gz"))) == 2
@@ -139,10 +143,7 @@ def test_xray_mode_trains_on_the_embedded_radiographs(
         cwd=tmp_path,
     )
     assert "finished 2 steps" in result.stdout
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["steps"] == 2 and summary["skipped_samples"] == 0
-    assert summary["skipped_inputs"] == []
-    assert metrics(run)[-1]["step"] == 2 and metrics(run)[-1]["loss"] > 0
+    assert_clean_two_step_run(run)
     with safe_open(run / "encoder.safetensors", "pt") as encoder:
         assert encoder.metadata()["modality"] == "image2d"
     sample = sample_cache / "sample-data" / "radiology-xray"
