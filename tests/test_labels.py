@@ -42,10 +42,10 @@ def test_a_csv_numbers_class_names_keeps_splits_and_keeps_patients_together(
     # Class names in sorted order: normal 0, stroma 1, tumour 2.
     assert table.lookup(images["a"]) == Label(2, "test")
     assert table.lookup(images["b"]) == Label(0, hashed_split("images/b.png"))
-    assert table.lookup(images["c"]) == Label(2, "val")
-    assert table.lookup(images["d"]) == Label(0, "val")
-    assert table.lookup(images["e"]) == Label(0, "train")
-    assert table.lookup(images["f"]) == Label(1, "train")
+    assert table.lookup(images["c"]) == Label(2, "val", "patient_3")
+    assert table.lookup(images["d"]) == Label(0, "val", "patient_3")
+    assert table.lookup(images["e"]) == Label(0, "train", "patient_1")
+    assert table.lookup(images["f"]) == Label(1, "train", "patient_1")
     tile = tmp_path / "images" / "slide_g" / "tile_0.png"
     assert table.lookup(tile) == Label(1, "val")  # inherited from its listed folder
     assert table.lookup(tmp_path / "unlisted.png") is None
