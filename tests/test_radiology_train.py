@@ -60,11 +60,16 @@ def metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def assert_clean_two_step_run(run: Path) -> None:
+def train_two_steps(tmp_path: Path, cache: Path, *words: str) -> Path:
+    """`fmcore train` with these words for two steps; the run must skip nothing."""
+    run = tmp_path / "run"
+    result = fmcore("train", *words, f"run.dir={run}", f"run.cache_dir={cache}", cwd=tmp_path)
+    assert "finished 2 steps" in result.stdout
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["skipped_samples"] == 0
     assert summary["skipped_inputs"] == []
     assert metrics(run)[-1]["step"] == 2 and metrics(run)[-1]["loss"] > 0
+    return run
 
 
 @pytest.mark.slow
@@ -72,17 +77,7 @@ def assert_clean_two_step_run(run: Path) -> None:
 def test_train_runs_on_the_embedded_volumes(
     tmp_path: Path, sample_cache: Path, method: list[str]
 ) -> None:
-    run = tmp_path / "run"
-    result = fmcore(
-        "train",
-        *RADIOLOGY_RUN,
-        *method,
-        f"run.dir={run}",
-        f"run.cache_dir={sample_cache}",
-        cwd=tmp_path,
-    )
-    assert "finished 2 steps" in result.stdout
-    assert_clean_two_step_run(run)
+    run = train_two_steps(tmp_path, sample_cache, *RADIOLOGY_RUN, *method)
     assert (run / "encoder.safetensors").exists()
     sample = sample_cache / "sample-data" / "radiology"
     assert len(list(sample.glob("*.nii.gz"))) == 2
@@ -133,17 +128,7 @@ SMALL_DINOV2_REFERENCE = [
 def test_xray_mode_trains_on_the_embedded_radiographs(
     tmp_path: Path, sample_cache: Path, method: list[str]
 ) -> None:
-    run = tmp_path / "run"
-    result = fmcore(
-        "train",
-        *XRAY_RUN,
-        *method,
-        f"run.dir={run}",
-        f"run.cache_dir={sample_cache}",
-        cwd=tmp_path,
-    )
-    assert "finished 2 steps" in result.stdout
-    assert_clean_two_step_run(run)
+    run = train_two_steps(tmp_path, sample_cache, *XRAY_RUN, *method)
     with safe_open(run / "encoder.safetensors", "pt") as encoder:
         assert encoder.metadata()["modality"] == "image2d"
     sample = sample_cache / "sample-data" / "radiology-xray"
