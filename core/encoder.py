@@ -71,6 +71,24 @@ class Encoder(nn.Module):
         )
 
     @torch.no_grad()
-    def features(self, x: Tensor) -> Tensor:
-        """Frozen global features (B, D): the class token, as kNN and linear probes use it."""
-        return self.forward(x).cls
+    def features(self, x: Tensor, kind: str = "cls") -> Tensor:
+        """Frozen global features of ``x``, pooled as ``kind`` says (see :func:`pool`)."""
+        return pool(self.forward(x), kind)
+
+
+FEATURE_KINDS = ("cls", "mean", "cls+mean")
+FEATURES_KEY = "features"  # encoder.safetensors metadata: the kind its method is evaluated on
+
+
+def pool(output: EncoderOutput, kind: str) -> Tensor:
+    """Global features from an encoder output: ``cls`` the class token (B, D), ``mean`` the mean
+    of the patch tokens (B, D), ``cls+mean`` both side by side (B, 2D), as DINOv2's linear
+    evaluation concatenates them. Methods differ in which one carries their signal: a
+    self-distillation method trains the class token, MAE trains the patch tokens only."""
+    if kind == "cls":
+        return output.cls
+    if kind == "mean":
+        return output.patches.mean(dim=1)
+    if kind == "cls+mean":
+        return torch.cat([output.cls, output.patches.mean(dim=1)], dim=1)
+    raise ValueError(f"unknown feature kind '{kind}'; valid: {', '.join(FEATURE_KINDS)}")

@@ -10,6 +10,7 @@ calls ``after_optimizer_step(ctx)`` (EMA updates and the like).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar
@@ -18,6 +19,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from fmcore.collapse import spread_warning
 from fmcore.encoder import Encoder
 from fmcore.modalities.base import Modality, ViewSpec
 from fmcore.view_maker import ViewMaker
@@ -117,6 +119,14 @@ class Method(nn.Module, ABC):
 
     def after_optimizer_step(self, ctx: StepContext) -> None:
         """Called after every optimizer step (e.g. the EMA teacher update)."""
+
+    def collapse_warnings(self, metrics: Mapping[str, float], progress: float) -> dict[str, str]:
+        """Warnings (signal name -> message) that the logged ``metrics`` show the objective
+        collapsing, at ``progress`` (0-1) of training; the engine prints each kind once.
+
+        The base class checks ``feature_std``; methods add the signals of their own losses.
+        """
+        return spread_warning(metrics)
 
     def clip_groups(self) -> list[list[nn.Parameter]]:
         """Parameter sets whose gradient norms are clipped separately (one set by default)."""

@@ -1,11 +1,11 @@
 """``fmcore report <run dir>``: a training run's metrics as PNG figures, listed in ``index.md``.
 
 Everything comes from files the run (and ``fmcore eval`` given the same ``run.dir``) wrote:
-``metrics.jsonl`` (loss, schedules, throughput, the method's own metrics, periodic ``eval/*``
-lines), ``eval.json`` and ``config.yaml``. Pictures plugins save in folders of the run
-directory (MAE's ``reconstructions/step_N.png``) are linked from the index where they are, by
-folder, without core knowing any plugin. The report is built beside ``report/`` and then put in
-its place, so it never mixes figures of two runs of the command.
+``metrics.jsonl`` (loss, schedules, throughput, the ``collapse/*`` signals, the method's other
+metrics, periodic ``eval/*`` lines), ``eval.json`` and ``config.yaml``. Pictures plugins save in
+folders of the run directory (MAE's ``reconstructions/step_N.png``) are linked from the index
+where they are, by folder, without core knowing any plugin. The report is built beside
+``report/`` and then put in its place, so it never mixes figures of two runs of the command.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import yaml
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from fmcore.collapse import PREFIX as COLLAPSE_PREFIX
 from fmcore.config import RUN_CONFIG_FILE
 from fmcore.engine.trainer import METRICS_FILE
 from fmcore.errors import ConfigError, MissingPath
@@ -140,13 +141,15 @@ def figures(records: list[dict[str, Any]], eval_result: dict[str, Any] | None) -
         found = {key: series(source, key) for key in keys}
         return {key: value for key, value in found.items() if value[0]}
 
-    plotted = {"step", "loss", *SCHEDULE_KEYS, *THROUGHPUT_KEYS}
+    collapse_keys = sorted({k for r in train for k in r if k.startswith(COLLAPSE_PREFIX)})
+    plotted = {"step", "loss", *SCHEDULE_KEYS, *THROUGHPUT_KEYS, *collapse_keys}
     other_keys = sorted({k for r in train for k in r} - plotted)
     eval_keys = sorted({k for r in evaluation for k in r if k.startswith(EVAL_PREFIX)})
     candidates = {
         "loss.png": ("Training loss", present(["loss"], train)),
         "schedules.png": ("Schedules", present(SCHEDULE_KEYS, train)),
         "throughput.png": ("Throughput", present(THROUGHPUT_KEYS, train)),
+        "collapse.png": ("Collapse signals", present(collapse_keys, train)),
         "other_metrics.png": ("Other training metrics", present(other_keys, train)),
     }
     made = {

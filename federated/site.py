@@ -127,7 +127,7 @@ def evaluate_global(
     torch.manual_seed(int(config.run.seed))
     parts = build_parts(config, registry)
     load_partial_state(parts.method, global_state)
-    settings = KnnSettings.from_config(config.eval)
+    settings = KnnSettings.from_config(config)
     device = pick_device(str(config.trainer.device), 0)
     encoder = parts.method.export_encoder().to(device)
     metrics = knn_metrics(encoder, parts.domain, settings, device, int(config.trainer.num_workers))

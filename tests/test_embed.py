@@ -75,7 +75,7 @@ def test_digit_shards_hold_the_class_token_features_of_every_sample(
     assert ids == [str(i) for i in val[100:200]]
 
     mean_words = embed_words(tmp_path / "mean", "domain=digits", "embed.split=val")
-    mean_words.append("embed.pooling=mean")
+    mean_words.append("embed.features=mean")
     run_embed(registry, mean_words)
     pooled = read_shards(tmp_path / "mean")["features"]
     torch.testing.assert_close(pooled, output.patches.mean(dim=1), rtol=1e-4, atol=1e-5)
@@ -205,7 +205,7 @@ def test_an_interrupted_embed_resumes_and_skips_the_slides_already_written(
     assert json.loads((interrupted / "embed.json").read_text())["complete"] is True
 
     # A run that would mix another embedding into the directory is refused.
-    mixed = fmcore("embed", *words, "embed.pooling=mean", cwd=tmp_path, check=False)
+    mixed = fmcore("embed", *words, "embed.features=mean", cwd=tmp_path, check=False)
     assert mixed.returncode == 2 and "pooling" in mixed.stderr and "embed.out" in mixed.stderr
 
 

@@ -145,7 +145,7 @@ def test_abmil_learns_slide_labels_from_embedded_slides(tmp_path: Path, one_thre
     registry = load_registry()
     words = [
         "eval=mil",
-        f"eval.features={features}",
+        f"eval.embeddings={features}",
         f"eval.labels={labels}",
         "eval.test_fraction=0.5",
         "eval.epochs=15",

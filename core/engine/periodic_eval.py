@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from fmcore.domain import Domain
-from fmcore.encoder import Encoder
+from fmcore.encoder import FEATURE_KINDS, Encoder
 from fmcore.engine.progress import MetricsLog
 from fmcore.errors import BadSample, ConfigError, FmcoreError
 from fmcore.eval.features import extract_features
@@ -41,14 +41,20 @@ class KnnSettings:
     k: int
     temperature: float
     voting: Voting
+    features: str  # cls, mean or cls+mean (Encoder.features)
 
     @classmethod
-    def from_config(cls, section: DictConfig) -> KnnSettings:
+    def from_config(cls, config: DictConfig) -> KnnSettings:
+        """From the run's ``eval`` section; features default to the method's own kind."""
+        section = config.eval
         voting = str(section.voting)
         if voting not in get_args(Voting):  # checked now, not at the first evaluation
             raise ConfigError(
                 f"eval.voting must be {' or '.join(get_args(Voting))}, not '{voting}'"
             )
+        features = str(section.get("features") or config.method.get("features") or "cls")
+        if features not in FEATURE_KINDS:
+            raise ConfigError(f"eval.features={features} is not one of {', '.join(FEATURE_KINDS)}")
         return cls(
             train_split=str(section.train_split),
             test_split=str(section.test_split),
@@ -57,6 +63,7 @@ class KnnSettings:
             k=int(section.k),
             temperature=float(section.temperature),
             voting=voting,  # type: ignore[arg-type]  # one of get_args(Voting), checked above
+            features=features,
         )
 
 
@@ -158,6 +165,7 @@ def knn_metrics(
         "device": device,
         "l2_normalize": settings.l2_normalize,
         "num_workers": num_workers,
+        "kind": settings.features,
     }
     with training_state_kept(encoder, device):
         train = extract_features(encoder, domain, settings.train_split, **extract)
@@ -200,7 +208,7 @@ def periodic_evaluation(
         )
     evaluation = PeriodicEvaluation(
         every_steps,
-        KnnSettings.from_config(config.eval),
+        KnnSettings.from_config(config),
         domain,
         device,
         int(config.trainer.num_workers),

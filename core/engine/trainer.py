@@ -23,8 +23,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
 from fmcore.backbones.vit import VisionTransformer
+from fmcore.collapse import CollapseWatch
 from fmcore.config import RUN_CONFIG_FILE, to_yaml
 from fmcore.domain import Domain
+from fmcore.encoder import FEATURES_KEY
 from fmcore.engine.checkpoint import (
     CheckpointStore,
     atomic_write_text,
@@ -219,6 +221,7 @@ def _encoder_metadata(config: DictConfig, parts: Parts, step: int) -> dict[str, 
         "domain": str(config.domain.name),
         "encoder": OmegaConf.to_yaml(config.encoder),
         "data": OmegaConf.to_yaml(config.data),
+        FEATURES_KEY: str(config.method.get("features") or "cls"),
     }
 
 
@@ -351,6 +354,7 @@ def _train(
     generator = torch.Generator(device=world.device)
     accumulation = int(trainer.grad_accum_steps)
     registry.hook.fmcore_train_start(config=config, run_dir=run_dir, world_size=world.size)
+    collapse = CollapseWatch()
 
     # --- loop --------------------------------------------------------------------------------
     started = time.perf_counter()
@@ -410,6 +414,7 @@ def _train(
             progress.update(step, metrics)
             if done % int(trainer.log_every) == 0 or done == stop:
                 metrics_log.write(metrics)
+                collapse.check(done, method.collapse_warnings(metrics, done / max_steps))
             registry.hook.fmcore_step_end(step=done, metrics=metrics, run_dir=run_dir)
             if evaluation is not None and evaluation.due(done, max_steps):
                 evaluation.run(method.export_encoder(), done, metrics_log)

@@ -25,7 +25,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from fmcore.config import as_dict
 from fmcore.domain import Domain, Sample
-from fmcore.encoder import Encoder
 from fmcore.engine.checkpoint import atomic_write_text
 from fmcore.engine.data import DomainDataset, Skipped, collate
 from fmcore.engine.distributed import pick_device
@@ -37,12 +36,11 @@ from fmcore.eval.feature_files import (
     slide_path,
     write_atomically,
 )
-from fmcore.eval.loading import RANDOM, LoadedEncoder, load_encoder
+from fmcore.eval.loading import BASELINES, LoadedEncoder, load_encoder
 from fmcore.plugin_manager import Registry
 
 FORMAT = "fmcore.embed/1"
 DEFAULT_OPTION = "embed=default"  # configs/embed/default.yaml
-POOLINGS = ("cls", "mean")
 POSITION = "embed_position"  # meta key carrying a sample's position in the split's index
 TILE_COORDS = ("x", "y")  # per-tile meta of a slide domain; its other meta values are the slide's
 SKIPPED_LISTED = 100  # bad samples named in embed.json (every file lists its own)
@@ -114,30 +112,21 @@ def plan_files(domain: Domain, split: str, out: Path, shard_size: int) -> tuple[
     return refs, shards
 
 
-@torch.no_grad()
-def pooled_features(encoder: Encoder, images: Tensor, pooling: str) -> Tensor:
-    """(B, D) features: the class token, or the mean of the patch tokens."""
-    output = encoder(images)
-    return output.cls if pooling == "cls" else output.patches.mean(dim=1)
-
-
 def embed(config: DictConfig, registry: Registry, words: Sequence[str] = ()) -> dict[str, Any]:
     """Write the features of ``embed.split`` into ``embed.out``; returns ``embed.json``'s
     content."""
     settings = config.get("embed")
     if settings is None or not settings.get("out"):
         raise ConfigError("set embed.out=<directory> for the feature files")
-    pooling = str(settings.pooling)
-    if pooling not in POOLINGS:
-        raise ConfigError(f"embed.pooling must be one of {', '.join(POOLINGS)}, not '{pooling}'")
     shard_size = int(settings.shard_size)
     if shard_size < 1:
         raise ConfigError(f"embed.shard_size must be at least 1, not {shard_size}")
     out = Path(str(settings.out)).expanduser()
     loaded = load_encoder(config, registry, words)
+    pooling = loaded.feature_kind(settings.get("features"), "embed.features")
     split = str(settings.split)
     refs, files = plan_files(loaded.domain, split, out, shard_size)
-    description = _describe(config, loaded, split, files)
+    description = _describe(config, loaded, split, files, pooling)
     _claim(out, description)
     pending = [file for file in files if not file.path.exists()]
     print(
@@ -166,20 +155,20 @@ def embed(config: DictConfig, registry: Registry, words: Sequence[str] = ()) -> 
 
 
 def _describe(
-    config: DictConfig, loaded: LoadedEncoder, split: str, files: list[FeatureFile]
+    config: DictConfig, loaded: LoadedEncoder, split: str, files: list[FeatureFile], pooling: str
 ) -> dict[str, Any]:
     """What the directory holds; a resumed run must describe it identically."""
     checkpoint = loaded.checkpoint
     return {
         "format": FORMAT,
-        "checkpoint": checkpoint if checkpoint == RANDOM else str(Path(checkpoint).resolve()),
+        "checkpoint": checkpoint if checkpoint in BASELINES else str(Path(checkpoint).resolve()),
         "checkpoint_step": loaded.metadata.get("step"),
         "domain": str(config.domain.name),
         "split": split,
         "layout": "slides" if files and files[0].slide_id is not None else "shards",
-        "pooling": str(config.embed.pooling),
+        "pooling": pooling,
         "shard_size": int(config.embed.shard_size),
-        "encoder": as_dict(loaded.config.encoder),
+        "encoder": loaded.encoder_config,
         "data": as_dict(loaded.config.data),
         "seed": int(config.run.seed),
     }
@@ -227,7 +216,7 @@ def _write_files(
         filling.skipped += skipped
         if batch is not None:
             images = loaded.domain.normalize(batch.data.to(device).float())
-            filling.features.append(pooled_features(encoder, images, pooling).float().cpu())
+            filling.features.append(encoder.features(images, pooling).float().cpu())
             filling.labels.append(batch.labels)
             filling.meta += batch.meta
         if index + 1 == len(batches) or batches[index + 1][0] != number:

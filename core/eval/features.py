@@ -6,13 +6,23 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from fmcore.domain import Domain
 from fmcore.encoder import Encoder
 from fmcore.engine.data import DomainDataset, collate
 from fmcore.errors import BadSample, ConfigError
+
+PIXELS = "pixels"
+
+
+class RawPixels(nn.Module):
+    """The normalised input itself, flattened, as features: ``checkpoint=pixels``, the baseline
+    that tells whether an encoder adds anything a nearest neighbour on the input cannot find."""
+
+    def features(self, x: Tensor, kind: str = PIXELS) -> Tensor:
+        return x.flatten(1)
 
 
 @dataclass
@@ -28,7 +38,7 @@ class Features:
 
 @torch.no_grad()
 def extract_features(
-    encoder: Encoder,
+    encoder: Encoder | RawPixels,
     domain: Domain,
     split: str,
     *,
@@ -36,8 +46,10 @@ def extract_features(
     device: torch.device | str = "cpu",
     l2_normalize: bool = False,
     num_workers: int = 0,
+    kind: str = "cls",
 ) -> Features:
-    """Class-token features of every sample of ``split``, in index order.
+    """Features of every sample of ``split``, in index order, pooled as ``kind``
+    (``Encoder.features``: cls, mean or cls+mean).
 
     The encoder runs in eval mode without gradients and on unaugmented samples passed through
     the domain's ``normalize`` (the same input mapping it was trained with). Unlabelled samples
@@ -62,7 +74,7 @@ def extract_features(
             if unreadable:  # features must cover the whole split, or the metric is of another one
                 raise BadSample(unreadable[0].split(":", 1)[0], f"cannot evaluate: {unreadable[0]}")
             images = domain.normalize(batch.data.to(device, non_blocking=True).float())
-            chunks.append(encoder.features(images).float().cpu())
+            chunks.append(encoder.features(images, kind).float().cpu())
             labels.append(batch.labels)
     finally:
         encoder.train(was_training)

@@ -3,7 +3,10 @@
 An exported encoder carries its encoder and data config as YAML in the safetensors metadata
 (``engine/trainer.py``), so ``checkpoint=<file>`` rebuilds exactly the trained architecture
 without the run's ``config.yaml``. ``checkpoint=random`` builds the configured ``encoder=`` size
-with the run seed: the baseline a pretraining run must beat.
+with the run seed: the baseline a pretraining run must beat; ``checkpoint=pixels`` scores the
+normalised input itself, the other baseline. Build the random one with the method's
+``method=`` option too, so its encoder keys (LayerScale, ...) give the init that method starts
+from.
 """
 
 from __future__ import annotations
@@ -17,24 +20,47 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from fmcore.config import parse_overrides
+from fmcore.config import as_dict, parse_overrides
 from fmcore.domain import Domain
-from fmcore.encoder import Encoder
+from fmcore.encoder import FEATURE_KINDS, FEATURES_KEY, Encoder
 from fmcore.engine.trainer import ENCODER_FILE
 from fmcore.errors import ConfigError, MissingPath
+from fmcore.eval.features import PIXELS, RawPixels
 from fmcore.factory import build_domain, build_encoder
 from fmcore.plugin_manager import Registry
 
 RANDOM = "random"
+BASELINES = (RANDOM, PIXELS)
 
 
 @dataclass
 class LoadedEncoder:
-    encoder: Encoder
+    encoder: Encoder | RawPixels
     domain: Domain
     config: DictConfig  # the config with the checkpoint's encoder (and data) sections
-    checkpoint: str  # "random" or the resolved encoder file
+    checkpoint: str  # "random", "pixels" or the resolved encoder file
     metadata: dict[str, str]
+
+    @property
+    def encoder_config(self) -> dict | None:
+        """The evaluated encoder's config section; None for the raw-pixel baseline."""
+        return None if self.checkpoint == PIXELS else as_dict(self.config.encoder)
+
+    def feature_kind(self, requested: str | None, key: str) -> str:
+        """The pooling of the features to evaluate: ``requested`` (the command's ``key``) when
+        set, else the one the trained method declared its own (``method.features``, kept in the
+        encoder's metadata), else the configured method's (a random encoder), else ``cls``."""
+        if self.checkpoint == PIXELS:
+            return PIXELS
+        if requested:
+            kind = str(requested)
+        elif self.checkpoint == RANDOM:
+            kind = str((self.config.get("method") or {}).get("features") or "cls")
+        else:
+            kind = self.metadata.get(FEATURES_KEY, "cls")
+        if kind not in FEATURE_KINDS:
+            raise ConfigError(f"{key}={kind} is not one of {', '.join(FEATURE_KINDS)}")
+        return kind
 
 
 def encoder_file(checkpoint: str | Path) -> Path:
@@ -45,7 +71,8 @@ def encoder_file(checkpoint: str | Path) -> Path:
     if not path.is_file():
         raise MissingPath(
             f"checkpoint={checkpoint}: no {ENCODER_FILE} there; give a run directory, an encoder"
-            f" file, or checkpoint={RANDOM} for a randomly initialised encoder"
+            f" file, checkpoint={RANDOM} for a randomly initialised encoder or checkpoint={PIXELS}"
+            " for the raw input"
         )
     return path
 
@@ -81,7 +108,12 @@ def load_encoder(
     """Build the domain and the encoder named by ``config.checkpoint``, in eval mode."""
     checkpoint = str(config.checkpoint) if config.get("checkpoint") is not None else None
     if not checkpoint:
-        raise ConfigError(f"set checkpoint=<run dir or {ENCODER_FILE}> or checkpoint={RANDOM}")
+        raise ConfigError(
+            f"set checkpoint=<run dir or {ENCODER_FILE}>, checkpoint={RANDOM} or"
+            f" checkpoint={PIXELS}"
+        )
+    if checkpoint == PIXELS:
+        return LoadedEncoder(RawPixels(), build_domain(config, registry), config, PIXELS, {})
     metadata: dict[str, str] = {}
     path: Path | None = None
     if checkpoint != RANDOM:

@@ -224,12 +224,12 @@ def evaluate_mil(
     from fmcore.eval.run import write_result  # run.py imports this module for its protocol table
 
     settings = config.eval
-    if not settings.get("features") or not settings.get("labels"):
+    if not settings.get("embeddings") or not settings.get("labels"):
         raise ConfigError(
-            "eval=mil needs eval.features=<embed.out of fmcore embed> and"
+            "eval=mil needs eval.embeddings=<embed.out of fmcore embed> and"
             " eval.labels=<CSV slide,label[,patient][,split]>"
         )
-    features_dir = Path(str(settings.features)).expanduser()
+    features_dir = Path(str(settings.embeddings)).expanduser()
     embedding = _read_embedding(features_dir)
     files = slide_files(features_dir)
     slides = read_slide_labels(Path(str(settings.labels)).expanduser())
@@ -292,7 +292,7 @@ def _read_embedding(directory: Path) -> dict[str, Any]:
     path = directory / EMBED_FILE
     if not path.is_file():
         raise MissingPath(
-            f"eval.features={directory} has no {EMBED_FILE}: run fmcore embed with"
+            f"eval.embeddings={directory} has no {EMBED_FILE}: run fmcore embed with"
             f" embed.out={directory} first"
         )
     return json.loads(path.read_text())

@@ -83,6 +83,7 @@ def evaluate_features(
         "device": pick_device(str(config.trainer.device), 0),
         "l2_normalize": bool(settings.l2_normalize),
         "num_workers": int(config.trainer.num_workers),
+        "kind": loaded.feature_kind(settings.get("features"), "eval.features"),
     }
     train = extract_features(loaded.encoder, loaded.domain, str(settings.train_split), **extract)
     test = extract_features(loaded.encoder, loaded.domain, str(settings.test_split), **extract)
@@ -95,12 +96,13 @@ def evaluate_features(
         "checkpoint": loaded.checkpoint,
         "checkpoint_step": loaded.metadata.get("step"),
         "domain": str(config.domain.name),
-        "encoder": as_dict(loaded.config.encoder),
+        "encoder": loaded.encoder_config,
         "splits": {
             str(settings.train_split): len(train),
             str(settings.test_split): len(test),
         },
         "num_classes": num_classes,
+        "features": extract["kind"],
         "feature_dim": int(train.features.shape[1]),
         "seed": seed,
     }

@@ -10,6 +10,8 @@ class tokens. The teacher follows the student by EMA after every optimizer step.
 from __future__ import annotations
 
 import copy
+import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -18,6 +20,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from fmcore.backbones.vit import DropPath
+from fmcore.collapse import FEATURE_STD, PREFIX, feature_spread
 from fmcore.encoder import Encoder
 from fmcore.errors import ConfigError
 from fmcore.method import Batch, Method, Scope, StepContext, StepOutput
@@ -27,6 +30,22 @@ from fmcore.plugins.dinov2.centering import SoftmaxCentering, sinkhorn_knopp
 from fmcore.plugins.dinov2.head import DINOHead
 from fmcore.plugins.dinov2.losses import dino_cross_entropy, ibot_patch_loss, koleo_loss
 from fmcore.plugins.dinov2.param_groups import layerwise_groups
+
+TEACHER_ENTROPY = PREFIX + "teacher_entropy"
+TEACHER_KL_UNIFORM = PREFIX + "teacher_kl_uniform"
+UNIFORM_SHARE = 0.95  # of ln K: an entropy (or KL) this close to its bound is a collapse
+
+
+@torch.no_grad()
+def teacher_spread(targets: Tensor) -> dict[str, float]:
+    """Collapse signals of teacher target distributions (N, K): the mean entropy of one sample's
+    distribution (ln K: uniform, nothing to learn) and the KL divergence of their mean from
+    uniform (ln K: one prototype takes every sample)."""
+    probabilities = targets.float().clamp(min=1e-12)
+    entropy = -(probabilities * probabilities.log()).sum(dim=1).mean()
+    mean = probabilities.mean(dim=0)
+    kl_uniform = (mean * (mean * mean.numel()).log()).sum()
+    return {TEACHER_ENTROPY: float(entropy), TEACHER_KL_UNIFORM: float(kl_uniform)}
 
 
 def _head(config: DictConfig, dim: int) -> DINOHead:
@@ -154,8 +173,29 @@ class DINOv2(Method):
                 "koleo_loss": float(koleo.detach()),
                 "teacher_temp": temperature,
                 "masked_fraction": float(mask.float().mean()),
+                FEATURE_STD: feature_spread(student_global.cls),
+                **teacher_spread(teacher_targets.flatten(0, 1)),
             },
         )
+
+    def collapse_warnings(self, metrics: Mapping[str, float], progress: float) -> dict[str, str]:
+        warnings = super().collapse_warnings(metrics, progress)
+        uniform = math.log(int(self.config.dino.prototypes))
+        if progress > float(self.config.teacher_temp_warmup):
+            if metrics[TEACHER_ENTROPY] > UNIFORM_SHARE * uniform:
+                warnings[TEACHER_ENTROPY] = (
+                    f"the teacher's targets are near uniform (entropy"
+                    f" {metrics[TEACHER_ENTROPY]:.2f} of ln K = {uniform:.2f}): DINO learns"
+                    " nothing from them, the small-batch failure of the reference recipe; try"
+                    " fewer method.dino.prototypes or method=dinov2_small"
+                )
+            if metrics[TEACHER_KL_UNIFORM] > UNIFORM_SHARE * uniform:
+                warnings[TEACHER_KL_UNIFORM] = (
+                    f"a few prototypes take every sample (KL of the mean teacher distribution"
+                    f" to uniform {metrics[TEACHER_KL_UNIFORM]:.2f} of at most {uniform:.2f}):"
+                    " the teacher is collapsing; centring keeps it off this"
+                )
+        return warnings
 
     def _ibot_loss(
         self, student_patches: Tensor, teacher_patches: Tensor, mask: Tensor, temperature: float

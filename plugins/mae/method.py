@@ -10,6 +10,7 @@ decoder size, crops) by ``method.by_modality`` in the config.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -17,8 +18,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import Tensor
 
+from fmcore.collapse import FEATURE_STD, PREFIX, feature_spread
 from fmcore.config import as_dict
-from fmcore.encoder import Encoder
+from fmcore.encoder import Encoder, EncoderOutput
 from fmcore.errors import ConfigError
 from fmcore.method import Batch, Method, StepContext, StepOutput
 from fmcore.modalities.base import Modality, Tokens
@@ -26,6 +28,8 @@ from fmcore.modalities.masking import split_indices
 from fmcore.plugins.mae.decoder import DecoderConfig, MAEDecoder
 
 BY_MODALITY = "by_modality"
+LOSS_VS_MEAN = PREFIX + "loss_vs_mean_predictor"  # < 1: the reconstruction uses what was visible
+MEAN_PREDICTOR_AFTER = 0.2  # share of training after which the loss must beat the mean
 
 
 def settings_for_modality(config: DictConfig, modality: str) -> DictConfig:
@@ -59,12 +63,14 @@ class Reconstruction:
     mask:    (B, N) bool, True where the token was hidden from the encoder.
     visible: (B, M) indices of the tokens the encoder saw, ascending.
     pred:    (B, N, P) the decoder's prediction of every token's target.
+    encoded: the encoder's output on the visible tokens.
     """
 
     tokens: Tokens
     mask: Tensor
     visible: Tensor
     pred: Tensor
+    encoded: EncoderOutput
 
     @property
     def masked_fraction(self) -> float:
@@ -102,7 +108,27 @@ class MAE(Method):
         out = self.reconstruct(view, ctx.generator)
         target = self.encoder.tokenizer.reconstruction_target(view, out.tokens)  # (B, N, P)
         loss = self.modality.reconstruction_loss(out.pred, target, out.mask)
-        return StepOutput(loss=loss, metrics={"mask_ratio": out.masked_fraction})
+        with torch.no_grad():  # a constant prediction: the mean target of the hidden tokens
+            mean_target = target[out.mask].float().mean(dim=0).expand_as(target)
+            baseline = self.modality.reconstruction_loss(mean_target, target, out.mask)
+        return StepOutput(
+            loss=loss,
+            metrics={
+                "mask_ratio": out.masked_fraction,
+                FEATURE_STD: feature_spread(out.encoded.patches.mean(dim=1)),
+                LOSS_VS_MEAN: float(loss.detach() / baseline.clamp(min=1e-12)),
+            },
+        )
+
+    def collapse_warnings(self, metrics: Mapping[str, float], progress: float) -> dict[str, str]:
+        warnings = super().collapse_warnings(metrics, progress)
+        if progress >= MEAN_PREDICTOR_AFTER and metrics[LOSS_VS_MEAN] >= 1.0:
+            warnings[LOSS_VS_MEAN] = (
+                f"the reconstruction is no better than predicting the mean target"
+                f" ({LOSS_VS_MEAN} {metrics[LOSS_VS_MEAN]:.3f}): the decoder ignores the"
+                " encoder; check trainer.lr and method.mask_ratio"
+            )
+        return warnings
 
     def reconstruct(self, view: Tensor, generator: torch.Generator) -> Reconstruction:
         """Mask ``view``'s tokens at ``mask_ratio``, encode the visible ones, decode all of them."""
@@ -112,4 +138,4 @@ class MAE(Method):
         visible, _ = split_indices(mask)  # (B, M) with M = N - masked
         encoded = self.encoder.encode_tokens(tokens, keep=visible)  # patches (B, M, D)
         pred = self.decoder(encoded.cls, encoded.patches, visible, tokens.pos)  # (B, N, P)
-        return Reconstruction(tokens=tokens, mask=mask, visible=visible, pred=pred)
+        return Reconstruction(tokens=tokens, mask=mask, visible=visible, pred=pred, encoded=encoded)

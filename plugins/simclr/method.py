@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
-from torch import nn
+from collections.abc import Mapping
 
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+from fmcore.collapse import FEATURE_STD, PREFIX, feature_spread
 from fmcore.encoder import Encoder
 from fmcore.errors import ConfigError
 from fmcore.method import Batch, Method, StepContext, StepOutput
@@ -30,7 +35,44 @@ class SimCLR(Method):
 
     def forward(self, batch: Batch, ctx: StepContext) -> StepOutput:
         first, second = ctx.views(batch.data, self.view_specs["global"], ctx.generator)
-        z1 = self.head(self.encoder(first).cls)
+        cls = self.encoder(first).cls
+        z1 = self.head(cls)
         z2 = self.head(self.encoder(second).cls)
         loss = nt_xent(z1, z2, self.config.temperature)
-        return StepOutput(loss=loss)
+        positive, negative = pair_similarities(z1, z2)
+        return StepOutput(
+            loss=loss,
+            metrics={
+                FEATURE_STD: feature_spread(cls),
+                POSITIVE: positive,
+                NEGATIVE: negative,
+            },
+        )
+
+    def collapse_warnings(self, metrics: Mapping[str, float], progress: float) -> dict[str, str]:
+        warnings = super().collapse_warnings(metrics, progress)
+        gap = metrics[POSITIVE] - metrics[NEGATIVE]
+        if progress >= SEPARATION_AFTER and gap < SEPARATION_WARNING:
+            warnings[POSITIVE] = (
+                f"two views of a sample are barely closer than two samples (cosine"
+                f" {metrics[POSITIVE]:.3f} vs {metrics[NEGATIVE]:.3f}):"
+                " the views may be too strong to match, or the encoder is not learning"
+            )
+        return warnings
+
+
+POSITIVE = PREFIX + "positive_similarity"  # mean cosine of the two views of a sample
+NEGATIVE = PREFIX + "negative_similarity"  # mean cosine of views of different samples
+SEPARATION_AFTER = 0.2  # share of training after which positives should stand out
+SEPARATION_WARNING = 0.05  # cosine gap between positive and negative pairs
+
+
+@torch.no_grad()
+def pair_similarities(z1: Tensor, z2: Tensor) -> tuple[float, float]:
+    """Mean cosine similarity of the positive pairs (z1[i], z2[i]) and of the other pairs."""
+    a, b = F.normalize(z1.float(), dim=1), F.normalize(z2.float(), dim=1)
+    similarity = a @ b.T  # (B, B)
+    batch = similarity.shape[0]
+    positive = similarity.diagonal().sum()
+    negative = (similarity.sum() - positive) / max(1, batch * (batch - 1))
+    return float(positive / batch), float(negative)
