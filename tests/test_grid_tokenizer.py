@@ -9,8 +9,15 @@ import numpy as np
 import pytest
 import torch
 
+from fmcore.errors import ConfigError
 from fmcore.modalities.base import TokenizerSettings
-from fmcore.modalities.grid import GridTokenizer, normalized_mse, normalized_patches, patchify
+from fmcore.modalities.grid import (
+    GridTokenizer,
+    normalized_mse,
+    normalized_patches,
+    patchify,
+    sincos_table,
+)
 from fmcore.modalities.image2d import Image2D
 from fmcore.modalities.video import Video
 from fmcore.modalities.volume3d import Volume3D
@@ -195,3 +202,34 @@ def test_normalized_mse_counts_masked_tokens_only():
     pred[0, 1] = 100.0  # visible: ignored
     mask = torch.tensor([[True, False, False], [False, False, True]])
     assert normalized_mse(pred, target, mask).item() == pytest.approx((4 + 1) / 2)
+
+
+def test_sincos_table_on_a_hand_example() -> None:
+    # grid (2, 3), 8 channels: 4 per axis, frequencies 1 and 1/100 (10000^(-1/2)), sin then cos.
+    table = sincos_table((2, 3), 8)
+    row, col = 1, 2
+    expected = [
+        math.sin(row),
+        math.sin(row / 100),
+        math.cos(row),
+        math.cos(row / 100),
+        math.sin(col),
+        math.sin(col / 100),
+        math.cos(col),
+        math.cos(col / 100),
+    ]
+    assert table.shape == (6, 8)
+    torch.testing.assert_close(table[row * 3 + col], torch.tensor(expected))
+    # An uneven split leaves the last channels at zero: 10 channels over 3 axes use 6.
+    uneven = sincos_table((2, 2, 2), 10)
+    assert torch.all(uneven[:, 6:] == 0) and torch.all(uneven[-1, :6] != 0)
+
+
+def test_sincos_positional_embedding_is_fixed_and_learned_is_small() -> None:
+    fixed = GridTokenizer(16, 1, (4, 4), (8, 12), positional="sincos")
+    assert not fixed.pos_embed.requires_grad
+    torch.testing.assert_close(fixed.pos_embed[0], sincos_table((2, 3), 16))
+    learned = GridTokenizer(16, 1, (4, 4), (8, 12))
+    assert learned.pos_embed.requires_grad and float(learned.pos_embed.std()) < 0.05
+    with pytest.raises(ConfigError, match="pos_embed=rope"):
+        GridTokenizer(16, 1, (4, 4), (8, 12), positional="rope")

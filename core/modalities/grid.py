@@ -1,8 +1,9 @@
 """Patch tokenizer and reconstruction target shared by the grid modalities.
 
 image2d uses 2D patches, volume3d 3D patches and video 3D tubelets (time x height x width): the
-same strided convolution, learned positional embedding (interpolated when a view's token grid
-differs from the sample's) and normalised-patch target serve all three.
+same strided convolution, positional embedding (learned, or MAE's fixed sine-cosine table;
+interpolated when a view's token grid differs from the sample's) and normalised-patch target
+serve all three.
 """
 
 from __future__ import annotations
@@ -43,15 +44,46 @@ def normalized_patches(x: Tensor, patch: Sequence[int], eps: float = 1e-6) -> Te
     return (patches - mean) / (var + eps).sqrt()
 
 
+POSITIONAL_EMBEDDINGS = ("learned", "sincos")
+
+
+def sincos_table(grid: Sequence[int], dim: int) -> Tensor:
+    """Fixed sine-cosine positional embedding (prod(grid), dim) of a token grid in raster order,
+    as MAE, MoCo v3 and I-JEPA use: each axis gets an equal even share of the channels, half
+    sines and half cosines of its coordinate at frequencies 1 / 10000^(i / half); channels left
+    over by an uneven split are zero."""
+    per_axis = dim // (2 * len(grid)) * 2
+    half = per_axis // 2
+    if half == 0:
+        raise ConfigError(f"embed_dim {dim} is too small for a sine-cosine table of a {grid} grid")
+    omega = 1.0 / 10000 ** (torch.arange(half, dtype=torch.float64) / half)
+    coords = torch.meshgrid(*[torch.arange(g, dtype=torch.float64) for g in grid], indexing="ij")
+    parts = []
+    for axis in coords:
+        angles = axis.reshape(-1, 1) * omega  # (N, half)
+        parts += [angles.sin(), angles.cos()]
+    table = torch.cat(parts, dim=1)
+    return F.pad(table, (0, dim - table.shape[1])).float()
+
+
 class GridTokenizer(Tokenizer):
     """Non-overlapping patches of a 2D or 3D grid embedded by one strided convolution.
 
-    The positional embedding is learned at the sample's native token grid and interpolated
+    The positional embedding lives at the sample's native token grid and is interpolated
     (bicubic in 2D, trilinear in 3D) for views with a different grid, as DINOv2 does for crops.
+    ``learned`` starts it at DINOv2's small random values (std 0.02), far below the patch
+    embeddings, so a short run barely tells positions apart; ``sincos`` fixes it to MAE's
+    sine-cosine table (not trained), whose unit amplitude gives every token its place from the
+    first step.
     """
 
     def __init__(
-        self, embed_dim: int, channels: int, patch: Sequence[int], sample_size: Sequence[int]
+        self,
+        embed_dim: int,
+        channels: int,
+        patch: Sequence[int],
+        sample_size: Sequence[int],
+        positional: str = "learned",
     ) -> None:
         super().__init__()
         if len(patch) != len(sample_size):
@@ -72,7 +104,16 @@ class GridTokenizer(Tokenizer):
         conv = nn.Conv2d if len(patch) == 2 else nn.Conv3d
         self.proj = conv(channels, embed_dim, kernel_size=self.patch, stride=self.patch)
         self.pos_embed = nn.Parameter(torch.zeros(1, math.prod(self.native_grid), embed_dim))
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if positional == "learned":
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        elif positional == "sincos":
+            self.pos_embed.data.copy_(sincos_table(self.native_grid, embed_dim).unsqueeze(0))
+            self.pos_embed.requires_grad_(False)
+        else:
+            raise ConfigError(
+                f"encoder.tokenizer.pos_embed={positional} is not one of"
+                f" {', '.join(POSITIONAL_EMBEDDINGS)}"
+            )
 
     @property
     def target_dim(self) -> int:
@@ -124,6 +165,7 @@ class GridModality(Modality):
             settings.channels,
             self.patch_shape(settings.options),
             settings.sample_size,
+            str(settings.options.get("pos_embed", "learned")),
         )
 
     def reconstruction_loss(self, pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
