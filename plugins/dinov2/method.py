@@ -186,8 +186,9 @@ class DINOv2(Method):
                 warnings[TEACHER_ENTROPY] = (
                     f"the teacher's targets are near uniform (entropy"
                     f" {metrics[TEACHER_ENTROPY]:.2f} of ln K = {uniform:.2f}): DINO learns"
-                    " nothing from them, the small-batch failure of the reference recipe; try"
-                    " fewer method.dino.prototypes or method=dinov2_small"
+                    " nothing from them, the small-batch failure of the reference recipe; a"
+                    " colder teacher helps (method.warmup_teacher_temp=0.02"
+                    " method.teacher_temp=0.04, as method=dinov2_small has)"
                 )
             if metrics[TEACHER_KL_UNIFORM] > UNIFORM_SHARE * uniform:
                 warnings[TEACHER_KL_UNIFORM] = (

@@ -1,4 +1,5 @@
-"""SimCLR wired to fmcore's contract: two views -> encoder CLS -> projection head -> NT-Xent."""
+"""SimCLR wired to fmcore's contract: two views -> encoder features (method.features: CLS,
+mean patch token or both) -> projection head -> NT-Xent."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from fmcore.collapse import FEATURE_STD, PREFIX, feature_spread
-from fmcore.encoder import Encoder
+from fmcore.encoder import FEATURE_KINDS, Encoder, pool
 from fmcore.errors import ConfigError
 from fmcore.method import Batch, Method, StepContext, StepOutput
 from fmcore.modalities.base import Modality
@@ -29,21 +30,28 @@ class SimCLR(Method):
         super().__init__(config, encoder, modality)
         if self.view_specs["global"].count != 2:
             raise ConfigError("method.views.global.count must be 2 for SimCLR (one positive pair)")
-        self.head = ProjectionHead(encoder.embed_dim, config.hidden_dim, config.projection_dim)
+        self.features = str(config.get("features") or "cls")
+        if self.features not in FEATURE_KINDS:
+            raise ConfigError(
+                f"method.features={self.features} is not one of {', '.join(FEATURE_KINDS)}"
+            )
+        width = encoder.embed_dim * (2 if self.features == "cls+mean" else 1)
+        self.head = ProjectionHead(width, config.hidden_dim, config.projection_dim)
         # SimCLR never masks tokens; a trainable but unused parameter would stall DDP's reducer.
         encoder.mask_token.requires_grad_(False)
 
     def forward(self, batch: Batch, ctx: StepContext) -> StepOutput:
         first, second = ctx.views(batch.data, self.view_specs["global"], ctx.generator)
-        cls = self.encoder(first).cls
-        z1 = self.head(cls)
-        z2 = self.head(self.encoder(second).cls)
+        # The head contrasts the features the method is evaluated on (method.features).
+        features = pool(self.encoder(first), self.features)
+        z1 = self.head(features)
+        z2 = self.head(pool(self.encoder(second), self.features))
         loss = nt_xent(z1, z2, self.config.temperature)
         positive, negative = pair_similarities(z1, z2)
         return StepOutput(
             loss=loss,
             metrics={
-                FEATURE_STD: feature_spread(cls),
+                FEATURE_STD: feature_spread(features),
                 POSITIVE: positive,
                 NEGATIVE: negative,
             },
