@@ -38,6 +38,7 @@ FIGURES = {
     "loss.png",
     "schedules.png",
     "throughput.png",
+    "collapse.png",
     "other_metrics.png",
     "periodic_eval.png",
     "eval.png",
