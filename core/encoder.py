@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from fmcore.backbones.vit import TrunkOutput, VisionTransformer
+from fmcore.errors import ConfigError
 from fmcore.modalities.base import Tokenizer, Tokens
 
 
@@ -78,6 +79,14 @@ class Encoder(nn.Module):
 
 FEATURE_KINDS = ("cls", "mean", "cls+mean")
 FEATURES_KEY = "features"  # encoder.safetensors metadata: the kind its method is evaluated on
+
+
+def feature_kind(value: object, key: str) -> str:
+    """``value`` of the config key ``key`` as a feature kind of :func:`pool`; unset: ``cls``."""
+    kind = str(value or "cls")
+    if kind not in FEATURE_KINDS:
+        raise ConfigError(f"{key}={kind} is not one of {', '.join(FEATURE_KINDS)}")
+    return kind
 
 
 def pool(output: EncoderOutput, kind: str) -> Tensor:

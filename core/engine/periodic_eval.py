@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from fmcore.domain import Domain
-from fmcore.encoder import FEATURE_KINDS, Encoder
+from fmcore.encoder import Encoder, feature_kind
 from fmcore.engine.progress import MetricsLog
 from fmcore.errors import BadSample, ConfigError, FmcoreError
 from fmcore.eval.features import extract_features
@@ -52,9 +52,12 @@ class KnnSettings:
             raise ConfigError(
                 f"eval.voting must be {' or '.join(get_args(Voting))}, not '{voting}'"
             )
-        features = str(section.get("features") or config.method.get("features") or "cls")
-        if features not in FEATURE_KINDS:
-            raise ConfigError(f"eval.features={features} is not one of {', '.join(FEATURE_KINDS)}")
+        requested = section.get("features")
+        features = (
+            feature_kind(requested, "eval.features")
+            if requested
+            else feature_kind(config.method.get("features"), "method.features")
+        )
         return cls(
             train_split=str(section.train_split),
             test_split=str(section.test_split),

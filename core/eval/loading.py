@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 
 from fmcore.config import as_dict, parse_overrides
 from fmcore.domain import Domain
-from fmcore.encoder import FEATURE_KINDS, FEATURES_KEY, Encoder
+from fmcore.encoder import FEATURES_KEY, Encoder, feature_kind
 from fmcore.engine.trainer import ENCODER_FILE
 from fmcore.errors import ConfigError, MissingPath
 from fmcore.eval.features import PIXELS, RawPixels
@@ -53,14 +53,12 @@ class LoadedEncoder:
         if self.checkpoint == PIXELS:
             return PIXELS
         if requested:
-            kind = str(requested)
-        elif self.checkpoint == RANDOM:
-            kind = str((self.config.get("method") or {}).get("features") or "cls")
-        else:
-            kind = self.metadata.get(FEATURES_KEY, "cls")
-        if kind not in FEATURE_KINDS:
-            raise ConfigError(f"{key}={kind} is not one of {', '.join(FEATURE_KINDS)}")
-        return kind
+            return feature_kind(requested, key)
+        if self.checkpoint == RANDOM:
+            return feature_kind(
+                (self.config.get("method") or {}).get("features"), "method.features"
+            )
+        return feature_kind(self.metadata.get(FEATURES_KEY), f"{FEATURES_KEY} in the encoder file")
 
 
 def encoder_file(checkpoint: str | Path) -> Path:

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from fmcore.collapse import FEATURE_STD, PREFIX, feature_spread
-from fmcore.encoder import FEATURE_KINDS, Encoder, pool
+from fmcore.encoder import Encoder, feature_kind, pool
 from fmcore.errors import ConfigError
 from fmcore.method import Batch, Method, StepContext, StepOutput
 from fmcore.modalities.base import Modality
@@ -30,11 +30,7 @@ class SimCLR(Method):
         super().__init__(config, encoder, modality)
         if self.view_specs["global"].count != 2:
             raise ConfigError("method.views.global.count must be 2 for SimCLR (one positive pair)")
-        self.features = str(config.get("features") or "cls")
-        if self.features not in FEATURE_KINDS:
-            raise ConfigError(
-                f"method.features={self.features} is not one of {', '.join(FEATURE_KINDS)}"
-            )
+        self.features = feature_kind(config.get("features"), "method.features")
         width = encoder.embed_dim * (2 if self.features == "cls+mean" else 1)
         self.head = ProjectionHead(width, config.hidden_dim, config.projection_dim)
         # SimCLR never masks tokens; a trainable but unused parameter would stall DDP's reducer.
