@@ -39,8 +39,7 @@ WORDS = [
 
 
 def federation(sites: int, rounds: int, dtype: str, directory: Path) -> dict:
-    from fmcore.cli import config_sources
-    from fmcore.config import compose
+    from fmcore.config import compose, config_sources
     from fmcore.federated.apps import federation_words
     from fmcore.federated.simulation import simulate
     from fmcore.plugin_manager import registry

@@ -29,7 +29,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from fmcore.cli import config_sources
+from fmcore.config import config_sources
 from fmcore.plugin_manager import registry
 
 BUDGET_S = 600.0  # 10 minutes per preset on the 2-core CPU the targets are set for

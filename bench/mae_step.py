@@ -24,8 +24,7 @@ import torch
 from omegaconf import DictConfig
 
 from fmcore.backbones.plugin import build_vit
-from fmcore.cli import config_sources
-from fmcore.config import compose
+from fmcore.config import compose, config_sources
 from fmcore.encoder import Encoder
 from fmcore.modalities.grid import GridTokenizer
 from fmcore.modalities.image2d import Image2D

@@ -27,8 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fmcore.cli import config_sources
-from fmcore.config import compose
+from fmcore.config import compose, config_sources
 from fmcore.domains.pathology.sample_slide import synthetic_section, write_pyramidal_tiff
 from fmcore.engine.data import DomainDataset, ResumableBatchSampler, make_loader
 from fmcore.factory import build_domain

@@ -18,8 +18,7 @@ import time
 import torch
 
 from fmcore.backbones.plugin import build_vit
-from fmcore.cli import config_sources
-from fmcore.config import compose
+from fmcore.config import compose, config_sources
 from fmcore.encoder import Encoder
 from fmcore.modalities.grid import GridTokenizer
 from fmcore.plugin_manager import registry

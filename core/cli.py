@@ -8,16 +8,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fmcore import __version__
-from fmcore.config import (
-    RUN_CONFIG_FILE,
-    ConfigSources,
-    compose,
-    core_config_dir,
-    resume_config,
-    to_yaml,
-)
+from fmcore.config import compose, config_sources, resume_config, to_yaml
 from fmcore.errors import ConfigError, FmcoreError
 from fmcore.plugin_manager import Registry, registry
+from fmcore.run_files import RUN_CONFIG_FILE
 
 OVERRIDE_HELP = """\
 overrides:
@@ -33,10 +27,6 @@ examples:
   fmcore train --config runs/demo/config.yaml trainer.max_steps=200
   torchrun --nproc-per-node 8 -m fmcore train domain=pathology method=dinov2 data.root=/slides
 """
-
-
-def config_sources(plugins: Registry) -> ConfigSources:
-    return ConfigSources((core_config_dir(), *plugins.config_dirs))
 
 
 def _resolve(args: argparse.Namespace, plugins: Registry):  # -> DictConfig

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
@@ -22,7 +22,6 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 from fmcore.errors import ConfigError, UnknownChoice
 
 BASE_FILE = "train.yaml"
-RUN_CONFIG_FILE = "config.yaml"  # the resolved config every run directory holds
 GROUP_ORDER = ("encoder", "domain", "method")
 
 
@@ -52,6 +51,18 @@ class ConfigSources:
 
     def base(self) -> Path:
         return self.dirs[0] / BASE_FILE
+
+
+class ProvidesConfigDirs(Protocol):
+    """What :func:`config_sources` needs of the plugin registry."""
+
+    @property
+    def config_dirs(self) -> Sequence[Path]: ...
+
+
+def config_sources(plugins: ProvidesConfigDirs) -> ConfigSources:
+    """fmcore's config directory, then every plugin's (``fmcore_config_dirs``)."""
+    return ConfigSources((core_config_dir(), *plugins.config_dirs))
 
 
 def _group_rank(group: str) -> tuple[int, str]:

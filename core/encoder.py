@@ -78,7 +78,6 @@ class Encoder(nn.Module):
 
 
 FEATURE_KINDS = ("cls", "mean", "cls+mean")
-FEATURES_KEY = "features"  # encoder.safetensors metadata: the kind its method is evaluated on
 
 
 def feature_kind(value: object, key: str) -> str:

@@ -100,8 +100,15 @@ def fmcore_step_end(step: int, metrics: dict[str, float], run_dir: Path) -> None
 
 
 @hookspec
-def fmcore_checkpoint_saved(step: int, path: Path, run_dir: Path) -> None:
-    """Called on rank 0 after a checkpoint directory is complete and renamed into place."""
+def fmcore_checkpoint_saved(
+    step: int, path: Path, run_dir: Path, method: Method, domain: Domain, config: Any
+) -> None:
+    """Called on rank 0 after a checkpoint directory is complete and renamed into place.
+
+    ``method`` is the live method on its device (not a copy: leave its weights, its training
+    mode and the global random state as they were), ``domain`` the run's domain, ``config``
+    the resolved config. A hook draws or measures with them; it never rebuilds the run.
+    """
 
 
 @hookspec

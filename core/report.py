@@ -24,13 +24,10 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from fmcore.collapse import PREFIX as COLLAPSE_PREFIX
-from fmcore.config import RUN_CONFIG_FILE
-from fmcore.engine.trainer import METRICS_FILE
 from fmcore.errors import ConfigError, MissingPath
-from fmcore.eval.run import EVAL_FILE
+from fmcore.run_files import CHECKPOINTS_DIR, EVAL_FILE, METRICS_FILE, REPORT_DIR, RUN_CONFIG_FILE
 
-REPORT_DIR = "report"
-NOT_PICTURES = (REPORT_DIR, "checkpoints")  # run-directory folders whose PNGs are not linked
+NOT_PICTURES = (REPORT_DIR, CHECKPOINTS_DIR)  # run-directory folders whose PNGs are not linked
 INDEX_FILE = "index.md"
 EVAL_PREFIX = "eval/"
 SCHEDULE_KEYS = ("lr", "weight_decay")

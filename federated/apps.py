@@ -23,8 +23,7 @@ from flwr.serverapp import Grid, ServerApp
 from omegaconf import DictConfig
 from torch import Tensor
 
-from fmcore.cli import config_sources
-from fmcore.config import compose
+from fmcore.config import compose, config_sources
 from fmcore.errors import ConfigError
 from fmcore.factory import cache_dir
 from fmcore.federated.audit import append_audit

@@ -15,11 +15,10 @@ from pathlib import Path
 import tomli_w
 
 from fmcore import __version__
-from fmcore.cli import config_sources
-from fmcore.config import compose
-from fmcore.engine.checkpoint import atomic_write_text
+from fmcore.config import compose, config_sources
 from fmcore.errors import ConfigError
 from fmcore.federated.apps import federation_words
+from fmcore.io import atomic_write_text
 from fmcore.plugin_manager import registry
 
 APP_FILE = "pyproject.toml"

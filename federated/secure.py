@@ -44,8 +44,7 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.serverapp import Grid
 from omegaconf import DictConfig
 
-from fmcore.config import RUN_CONFIG_FILE, to_yaml
-from fmcore.engine.checkpoint import atomic_write_text
+from fmcore.config import to_yaml
 from fmcore.errors import ConfigError, FmcoreError
 from fmcore.federated.server import (
     CONFIG_RECORD,
@@ -61,7 +60,9 @@ from fmcore.federated.server import (
 from fmcore.federated.store import GlobalState, RoundStore
 from fmcore.federated.updates import update_problem
 from fmcore.federated.wire import to_numpy
+from fmcore.io import atomic_write_text
 from fmcore.plugin_manager import Registry
+from fmcore.run_files import RUN_CONFIG_FILE
 
 log = logging.getLogger("fmcore.federated")
 Layout = list[tuple[str, str]]  # (group, entry) in the order of the flat vector

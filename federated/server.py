@@ -30,15 +30,16 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from omegaconf import DictConfig
 
-from fmcore.config import RUN_CONFIG_FILE, to_yaml
-from fmcore.engine.checkpoint import atomic_write_text
+from fmcore.config import to_yaml
 from fmcore.errors import ConfigError, FmcoreError
 from fmcore.federated.scopes import SHARED_GROUP
 from fmcore.federated.store import ROUNDS_LOG, GlobalState, RoundStore
 from fmcore.federated.strategies import make_strategy
 from fmcore.federated.updates import update_problem
 from fmcore.federated.wire import check_wire_dtype, record_bytes, to_numpy
+from fmcore.io import atomic_write_text
 from fmcore.plugin_manager import Registry
+from fmcore.run_files import RUN_CONFIG_FILE
 
 log = logging.getLogger("fmcore.federated")
 SITE_RECORD = "site"

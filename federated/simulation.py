@@ -6,7 +6,6 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 from flwr.clientapp.typing import Mod
@@ -14,6 +13,7 @@ from omegaconf import DictConfig
 
 from fmcore.errors import ConfigError, FmcoreError
 from fmcore.federated.store import RoundStore
+from fmcore.run_files import timestamped_run_dir
 
 
 @dataclass
@@ -25,8 +25,7 @@ class FederationResult:
 def federation_dir(config: DictConfig) -> Path:
     if config.run.dir:
         return Path(str(config.run.dir))
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"federated-{config.domain.name}-{config.method.name}-{stamp}"
+    return timestamped_run_dir("federated", str(config.domain.name), str(config.method.name))
 
 
 def simulate(

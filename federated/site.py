@@ -16,11 +16,10 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from fmcore.cli import config_sources
-from fmcore.config import compose
+from fmcore.config import compose, config_sources
+from fmcore.distributed import pick_device
 from fmcore.domain import Domain
 from fmcore.engine.checkpoint import CheckpointStore, load_partial_state
-from fmcore.engine.distributed import pick_device
 from fmcore.engine.periodic_eval import KnnSettings, knn_metrics
 from fmcore.engine.trainer import LocalRound, TrainResult, train
 from fmcore.factory import build_parts

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import SMALL_RUN
 
-from fmcore.cli import config_sources
-from fmcore.config import compose
+from fmcore.config import compose, config_sources
 from fmcore.domain import Domain, Sample
 from fmcore.domains.digits.data import Digits
 from fmcore.engine.trainer import train

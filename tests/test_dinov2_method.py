@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fmcore.cli import config_sources
-from fmcore.config import compose
+from fmcore.config import compose, config_sources
 from fmcore.factory import build_parts
 from fmcore.method import Batch, Scope, StepContext
 from fmcore.plugin_manager import registry

@@ -15,14 +15,14 @@ from conftest import fmcore
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from fmcore.cli import config_sources
-from fmcore.config import compose
+from fmcore.config import compose, config_sources
 from fmcore.domain import Sample
 from fmcore.domains.digits.data import Digits
 from fmcore.errors import BadSample, ConfigError
 from fmcore.eval.embed import embed, with_embed_defaults
-from fmcore.eval.feature_files import read_metadata, slide_files, write_atomically
+from fmcore.eval.feature_files import slide_files
 from fmcore.eval.loading import load_encoder
+from fmcore.io import atomic_save_tensors, read_metadata
 from fmcore.plugin_manager import Registry, load_registry
 
 TINY = ["encoder.depth=2", "encoder.embed_dim=64", "encoder.num_heads=2"]
@@ -211,8 +211,8 @@ def test_an_interrupted_embed_resumes_and_skips_the_slides_already_written(
 
 def test_feature_files_are_replaced_atomically(tmp_path: Path) -> None:
     path = tmp_path / "slides" / "site_a" / "case.safetensors"
-    write_atomically(path, {"features": torch.zeros(2, 3)}, {"slide": "site_a/case"})
-    write_atomically(path, {"features": torch.ones(5, 3)}, {"slide": "site_a/case"})
+    atomic_save_tensors({"features": torch.zeros(2, 3)}, path, {"slide": "site_a/case"})
+    atomic_save_tensors({"features": torch.ones(5, 3)}, path, {"slide": "site_a/case"})
     assert sorted(p.name for p in path.parent.iterdir()) == ["case.safetensors"]
     with safe_open(str(path), framework="pt") as handle:
         assert handle.get_tensor("features").shape == (5, 3)

@@ -15,8 +15,7 @@ import torch
 from conftest import SMALL_RUN
 from safetensors.torch import load_file
 
-from fmcore.cli import config_sources
-from fmcore.config import compose
+from fmcore.config import compose, config_sources
 from fmcore.domain import Domain, Sample
 from fmcore.engine.trainer import train
 from fmcore.plugin_manager import load_registry

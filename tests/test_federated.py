@@ -175,8 +175,7 @@ def test_a_failing_site_and_a_poisoned_update_do_not_stop_the_rounds(tmp_path: P
     aggregates site-0 alone, logs both with their names, and the federation finishes."""
     import ray.cloudpickle
 
-    from fmcore.cli import config_sources
-    from fmcore.config import compose
+    from fmcore.config import compose, config_sources
     from fmcore.federated.apps import federation_words
     from fmcore.federated.simulation import simulate
     from fmcore.plugin_manager import registry

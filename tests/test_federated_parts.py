@@ -10,8 +10,7 @@ import pytest
 import torch
 from conftest import SMALL_RUN
 
-from fmcore.cli import config_sources
-from fmcore.config import compose
+from fmcore.config import compose, config_sources
 from fmcore.errors import ConfigError
 from fmcore.factory import build_domain, build_parts
 from fmcore.federated.partition import site_share

@@ -116,8 +116,7 @@ def test_a_site_that_drops_out_is_unmasked_from_its_shares(tmp_path: Path) -> No
 
 
 def test_a_mixed_domain_federation_is_refused_before_it_starts(tmp_path: Path) -> None:
-    from fmcore.cli import config_sources
-    from fmcore.config import compose
+    from fmcore.config import compose, config_sources
     from fmcore.federated.apps import federation_words
     from fmcore.federated.simulation import simulate
     from fmcore.plugin_manager import registry
@@ -157,8 +156,7 @@ def test_sites_of_two_domains_are_refused_when_they_answer() -> None:
     ],
 )
 def test_settings_secure_aggregation_cannot_honour_are_refused(word: str, reason: str) -> None:
-    from fmcore.cli import config_sources
-    from fmcore.config import compose
+    from fmcore.config import compose, config_sources
     from fmcore.federated.apps import federation_words
     from fmcore.federated.secure import check_secure_config
     from fmcore.plugin_manager import registry

@@ -167,8 +167,7 @@ def sample_slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def pathology(tmp_path: Path, *words: str):
-    from fmcore.cli import config_sources
-    from fmcore.config import compose
+    from fmcore.config import compose, config_sources
     from fmcore.factory import build_domain
     from fmcore.plugin_manager import registry
 

@@ -3,9 +3,9 @@ decoder's positions, federated scopes, per-modality settings and the reconstruct
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +17,7 @@ from fmcore.backbones.vit import VisionTransformer, ViTConfig
 from fmcore.config import core_config_dir
 from fmcore.encoder import Encoder
 from fmcore.errors import ConfigError
+from fmcore.io import write_png
 from fmcore.method import Batch, Scope, StepContext
 from fmcore.modalities.base import Modality, TokenizerSettings, Tokens
 from fmcore.modalities.grid import normalized_patches, patchify
@@ -27,7 +28,6 @@ from fmcore.modalities.video import Video
 from fmcore.modalities.volume3d import Volume3D
 from fmcore.plugins.mae.method import MAE, settings_for_modality
 from fmcore.plugins.mae.recon_grid import (
-    png_bytes,
     reconstruction_grid,
     reconstruction_panels,
     unpatchify,
@@ -338,12 +338,14 @@ def test_a_perfect_prediction_reconstructs_the_input_and_masked_patches_are_grey
     assert torch.equal(masked[0, :, :4, :4], original[0, :, :4, :4])
 
 
-def test_the_grid_is_a_valid_png_of_three_panels_per_sample() -> None:
+def test_the_grid_is_a_valid_png_of_three_panels_per_sample(tmp_path: Path) -> None:
     view = torch.rand(3, 1, 16, 16, generator=gen())
     mask = torch.rand(3, 16, generator=gen(1)) < 0.5
     image = reconstruction_grid(view, torch.randn(3, 16, 16), mask, (4, 4))
     assert image.dtype == torch.uint8
-    decoded = Image.open(io.BytesIO(png_bytes(image)))
+    write_png(tmp_path / "grid.png", image)
+    assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]  # no temporary file left
+    decoded = Image.open(tmp_path / "grid.png")
     assert decoded.mode == "RGB"
     assert decoded.size == (3 * 96 + 4 * 2, 3 * 96 + 4 * 2)  # 16 px zoomed 6x, 2 px gutters
     assert torch.equal(torch.from_numpy(np.asarray(decoded).copy()), image)

@@ -10,17 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import fmcore
-from omegaconf import OmegaConf
 from PIL import Image
 from safetensors.torch import load_file
 from test_every_modality_trains import CASES, make_domain
 
-from fmcore.cli import config_sources
-from fmcore.config import compose
+from fmcore.config import compose, config_sources
 from fmcore.engine.trainer import train
+from fmcore.factory import build_domain
 from fmcore.modalities.masking import masked_count
 from fmcore.plugin_manager import load_registry
-from fmcore.plugins.mae.recon_grid import render_checkpoint
+from fmcore.plugins.mae.recon_grid import draw_reconstructions
 
 SMALL_MAE = [
     "method=mae",
@@ -89,14 +88,15 @@ def test_mae_trains_on_every_modality(modality: str, tmp_path: Path) -> None:
     checkpoint = next((run / "checkpoints").iterdir())
     assert "decoder.mask_token" in load_file(str(checkpoint / "model.safetensors"))
 
-    # The picture: grids draw (volumes and video by their middle slice), point clouds do not.
-    picture = render_checkpoint(run, checkpoint, registry)
+    # The picture of the trained method: grids draw (volumes and video by their middle slice),
+    # point clouds do not; drawing leaves the method in training mode and the RNG untouched.
+    rng = torch.get_rng_state()
+    picture = draw_reconstructions(result.method, build_domain(config, registry), seed=0)
+    assert torch.equal(torch.get_rng_state(), rng) and result.method.training
     if modality == "points":
         assert picture is None
     else:
-        assert picture == run / "reconstructions" / f"{checkpoint.name}.png"
-        with Image.open(picture) as image:
-            assert image.mode == "RGB" and image.size[0] == 3 * 96 + 4 * 2
+        assert picture.dtype == torch.uint8 and picture.shape[1:] == (3 * 96 + 4 * 2, 3)
 
 
 def test_fmcore_train_mae_on_digits_writes_reconstruction_pictures(
@@ -129,10 +129,18 @@ def test_fmcore_train_mae_on_digits_writes_reconstruction_pictures(
 
 def test_other_methods_get_no_picture(tmp_path: Path) -> None:
     """The plugin's checkpoint hook ignores runs of other methods."""
+    from fmcore.factory import build_parts
     from fmcore.plugins.mae.plugin import fmcore_checkpoint_saved
 
-    config = compose(["method=simclr"], config_sources(load_registry()))
-    OmegaConf.save(config, tmp_path / "config.yaml")
-    fmcore_checkpoint_saved(step=1, path=tmp_path, run_dir=tmp_path)
-    assert not (tmp_path / "reconstructions").exists()
-    assert os.listdir(tmp_path) == ["config.yaml"]
+    registry = load_registry()
+    config = compose(["method=simclr", "encoder.depth=1"], config_sources(registry))
+    parts = build_parts(config, registry)
+    fmcore_checkpoint_saved(
+        step=1,
+        path=tmp_path / "step_00000001",
+        run_dir=tmp_path,
+        method=parts.method,
+        domain=parts.domain,
+        config=config,
+    )
+    assert os.listdir(tmp_path) == []

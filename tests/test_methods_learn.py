@@ -16,8 +16,7 @@ import pytest
 import torch
 from conftest import fmcore
 
-from fmcore.cli import config_sources
-from fmcore.config import compose
+from fmcore.config import compose, config_sources
 from fmcore.eval.features import extract_features
 from fmcore.eval.knn import knn_predict
 from fmcore.eval.loading import load_encoder

@@ -12,8 +12,7 @@ import torch
 from conftest import fmcore
 from safetensors.torch import load_file
 
-from fmcore.cli import config_sources
-from fmcore.config import compose
+from fmcore.config import compose, config_sources
 from fmcore.errors import ConfigError
 from fmcore.eval.feature_files import slide_files
 from fmcore.eval.mil import (

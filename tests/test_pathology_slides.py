@@ -17,8 +17,7 @@ pytest.importorskip(
     "openslide", reason="needs the pathology extra: pip install 'fmcore[pathology]'"
 )
 
-from fmcore.cli import config_sources
-from fmcore.config import compose
+from fmcore.config import compose, config_sources
 from fmcore.domains.pathology.data import Pathology
 from fmcore.domains.pathology.refs import TileRef
 from fmcore.domains.pathology.sample_slide import write_pyramidal_tiff

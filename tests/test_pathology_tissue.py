@@ -11,8 +11,7 @@ pytest.importorskip(
     "openslide", reason="needs the pathology extra: pip install 'fmcore[pathology]'"
 )
 
-from fmcore.cli import config_sources
-from fmcore.config import compose
+from fmcore.config import compose, config_sources
 from fmcore.domains.pathology.sample_slide import pyramid, write_pyramidal_tiff
 from fmcore.domains.pathology.tiling import box_coverage
 from fmcore.domains.pathology.tissue import TissueOptions, otsu_threshold, tissue_mask

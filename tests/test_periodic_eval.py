@@ -14,8 +14,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from safetensors.torch import load_file
 from sklearn.neighbors import KNeighborsClassifier
 
-from fmcore.cli import config_sources
-from fmcore.config import compose
+from fmcore.config import compose, config_sources
 from fmcore.domain import Domain, Sample
 from fmcore.domains.digits.data import Digits
 from fmcore.encoder import Encoder

@@ -341,8 +341,7 @@ def fmcore_config_dirs():
         "config_dirs": [str(configs)],
     }
 
-    from fmcore.cli import config_sources
-    from fmcore.config import compose
+    from fmcore.config import compose, config_sources
 
     assert compose(["domain=mine"], config_sources(registry)).domain.name == "mine"
 
@@ -407,7 +406,9 @@ def test_lifecycle_hooks_reach_every_plugin(make_plugin: MakePlugin, tmp_path: P
         calls = sys.modules[entry.value].CALLS
         assert calls == expected
     # Hooks nobody implements can be called too.
-    registry.hook.fmcore_checkpoint_saved(step=3, path=tmp_path, run_dir=tmp_path)
+    registry.hook.fmcore_checkpoint_saved(
+        step=3, path=tmp_path, run_dir=tmp_path, method=None, domain=None, config={}
+    )
 
 
 def test_trace_hooks_prints_hook_calls_to_stderr(

@@ -246,8 +246,7 @@ def test_ct_windows_are_channels_by_formula(tmp_path: Path) -> None:
 
 
 def test_the_encoder_takes_one_input_channel_per_window(tmp_path: Path) -> None:
-    from fmcore.cli import config_sources
-    from fmcore.config import compose
+    from fmcore.config import compose, config_sources
     from fmcore.factory import build_domain, build_encoder
     from fmcore.plugin_manager import registry
 

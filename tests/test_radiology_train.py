@@ -16,8 +16,7 @@ pytest.importorskip("pydicom")
 from pydicom.data import get_testdata_file
 from safetensors import safe_open
 
-from fmcore.cli import config_sources
-from fmcore.config import compose
+from fmcore.config import compose, config_sources
 from fmcore.domains.radiology.sample_data import write_sample
 from fmcore.domains.radiology.sample_radiographs import write_radiographs
 from fmcore.engine.trainer import train

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fmcore.cli import config_sources, main
-from fmcore.config import compose
+from fmcore.cli import main
+from fmcore.config import compose, config_sources
 from fmcore.engine.trainer import train
 from fmcore.errors import ConfigError, MissingPath
 from fmcore.eval.run import evaluate

@@ -16,15 +16,15 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, safe_open
 from torch import Tensor
 
-from fmcore.backbones.timm_layout import (
+from fmcore.backbones.vit import VisionTransformer, ViTConfig
+from fmcore.encoder import Encoder
+from fmcore.modalities.grid import GridTokenizer
+from fmcore.timm_layout import (
     export_timm,
     import_timm,
     load_timm_state_dict,
     to_timm_state_dict,
 )
-from fmcore.backbones.vit import VisionTransformer, ViTConfig
-from fmcore.encoder import Encoder
-from fmcore.modalities.grid import GridTokenizer
 
 D, DEPTH, HEADS, C, P = 48, 2, 3, 3, 8
 

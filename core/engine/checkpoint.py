@@ -16,42 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
 from fmcore.errors import ConfigError
+from fmcore.io import PARTIAL_PREFIX, fsync_path, save_tensors
 
 CHECKPOINT_PREFIX = "step_"
-PARTIAL_PREFIX = ".partial-"
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_TENSORS = "optimizer.safetensors"
 OPTIMIZER_JSON = "optimizer.json"
 TRAINER_JSON = "trainer.json"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    temporary = path.with_name(f"{PARTIAL_PREFIX}{path.name}")
-    with open(temporary, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-
-
-def save_tensors(
-    tensors: dict[str, Tensor], path: Path, metadata: dict[str, str] | None = None
-) -> None:
-    """safetensors refuses tensors that share storage; such views are copied, the rest not."""
-    seen: set[int] = set()
-    prepared: dict[str, Tensor] = {}
-    for key, tensor in tensors.items():
-        tensor = tensor.detach().cpu().contiguous()
-        pointer = tensor.untyped_storage().data_ptr()
-        if pointer in seen and tensor.numel():
-            tensor = tensor.clone()
-        seen.add(pointer)
-        prepared[key] = tensor
-    save_file(prepared, str(path), metadata=metadata)
 
 
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -98,7 +73,7 @@ class Checkpoint:
 
 
 class CheckpointStore:
-    """The ``checkpoints/`` directory of a run."""
+    """The ``checkpoints/`` directory of a run (``run_files.CHECKPOINTS_DIR``)."""
 
     def __init__(self, directory: Path, keep: int = 2) -> None:
         self.directory = directory
@@ -123,12 +98,12 @@ class CheckpointStore:
         (partial / OPTIMIZER_JSON).write_text(json.dumps(optimizer_meta))
         (partial / TRAINER_JSON).write_text(json.dumps({**trainer, "step": step}, indent=2))
         for file in partial.iterdir():  # data on disk before the rename makes the step visible
-            _fsync(file)
-        _fsync(partial)
+            fsync_path(file)
+        fsync_path(partial)
         if final.exists():  # a re-run of the same step after a crash past the rename
             shutil.rmtree(final)
         os.replace(partial, final)
-        _fsync(self.directory)
+        fsync_path(self.directory)
         self._prune()
         return Checkpoint(final)
 
@@ -153,21 +128,6 @@ class CheckpointStore:
         for partial in self.directory.glob(f"{PARTIAL_PREFIX}*"):
             if partial.is_dir():
                 shutil.rmtree(partial, ignore_errors=True)
-
-
-def _fsync(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def export_encoder(state: dict[str, Tensor], path: Path, metadata: dict[str, str]) -> None:
-    """Write the encoder users keep as one safetensors file, atomically."""
-    temporary = path.with_name(f"{PARTIAL_PREFIX}{path.name}")
-    save_tensors(state, temporary, metadata=metadata)
-    os.replace(temporary, path)
 
 
 def load_method_state(module: torch.nn.Module, checkpoint: Checkpoint) -> None:

@@ -13,7 +13,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,30 +23,36 @@ from torch.nn.parallel import DistributedDataParallel
 
 from fmcore.backbones.vit import VisionTransformer
 from fmcore.collapse import CollapseWatch
-from fmcore.config import RUN_CONFIG_FILE, to_yaml
+from fmcore.config import to_yaml
+from fmcore.distributed import World, init_world, shutdown_world
 from fmcore.domain import Domain
-from fmcore.encoder import FEATURES_KEY
 from fmcore.engine.checkpoint import (
+    Checkpoint,
     CheckpointStore,
-    atomic_write_text,
-    export_encoder,
     load_method_state,
     load_partial_state,
 )
 from fmcore.engine.data import DomainDataset, ResumableBatchSampler, make_loader
-from fmcore.engine.distributed import World, init_world, shutdown_world
 from fmcore.engine.periodic_eval import periodic_evaluation
 from fmcore.engine.progress import MetricsLog, Progress
 from fmcore.engine.schedules import warmup_cosine
 from fmcore.errors import ConfigError, NoUsableSamples
 from fmcore.factory import Parts, build_parts
+from fmcore.io import atomic_write_text
 from fmcore.method import Batch, Method, StepContext
 from fmcore.plugin_manager import Registry
 from fmcore.plugin_manager import registry as default_registry
+from fmcore.run_files import (
+    CHECKPOINTS_DIR,
+    ENCODER_FILE,
+    METRICS_FILE,
+    RUN_CONFIG_FILE,
+    SUMMARY_FILE,
+    encoder_metadata,
+    timestamped_run_dir,
+    write_encoder,
+)
 
-METRICS_FILE = "metrics.jsonl"
-SUMMARY_FILE = "summary.json"
-ENCODER_FILE = "encoder.safetensors"
 SKIP_MESSAGES_SHOWN = 10
 
 
@@ -91,10 +96,10 @@ def step_seed(seed: int, step: int, rank: int) -> int:
 def default_run_dir(config: DictConfig, world: World) -> Path:
     if config.run.dir:
         return Path(str(config.run.dir))
-    stamp = [datetime.now().strftime("%Y%m%d-%H%M%S")]
+    run_dir = [timestamped_run_dir(str(config.domain.name), str(config.method.name))]
     if world.distributed:  # every rank must agree on the directory
-        dist.broadcast_object_list(stamp, src=0)
-    return Path("runs") / f"{config.domain.name}-{config.method.name}-{stamp[0]}"
+        dist.broadcast_object_list(run_dir, src=0)
+    return run_dir[0]
 
 
 def precision_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
@@ -214,15 +219,14 @@ def _compile_trunks(method: Method) -> None:
 
 
 def _encoder_metadata(config: DictConfig, parts: Parts, step: int) -> dict[str, str]:
-    return {
-        "format": "fmcore.encoder/1",
-        "step": str(step),
-        "modality": parts.modality.name,
-        "domain": str(config.domain.name),
-        "encoder": OmegaConf.to_yaml(config.encoder),
-        "data": OmegaConf.to_yaml(config.data),
-        FEATURES_KEY: str(config.method.get("features") or "cls"),
-    }
+    return encoder_metadata(
+        step=step,
+        modality=parts.modality.name,
+        domain=str(config.domain.name),
+        encoder_yaml=OmegaConf.to_yaml(config.encoder),
+        data_yaml=OmegaConf.to_yaml(config.data),
+        features=str(config.method.get("features") or "cls"),
+    )
 
 
 def train(
@@ -249,7 +253,7 @@ def _train(
     # --- set-up ------------------------------------------------------------------------------
     run_dir = default_run_dir(config, world)
     config.run.dir = str(run_dir)
-    store = CheckpointStore(run_dir / "checkpoints", keep=int(trainer.keep_checkpoints))
+    store = CheckpointStore(run_dir / CHECKPOINTS_DIR, keep=int(trainer.keep_checkpoints))
     checkpoint = store.latest()
     if config.resume and checkpoint is None:
         raise ConfigError(f"resume=true but {run_dir} holds no complete checkpoint to resume from")
@@ -419,7 +423,17 @@ def _train(
             if evaluation is not None and evaluation.due(done, max_steps):
                 evaluation.run(method.export_encoder(), done, metrics_log)
         if done % int(trainer.checkpoint_every) == 0 or done == stop:
-            _save(store, method, optimizer, done, stream, world, registry, run_dir)
+            saved = _save(store, method, optimizer, done, stream, world)
+            if saved is not None:
+                registry.hook.fmcore_checkpoint_saved(
+                    step=done,
+                    path=saved.path,
+                    run_dir=run_dir,
+                    method=method,
+                    domain=parts.domain,
+                    config=config,
+                )
+            world.barrier()
 
     # --- end ---------------------------------------------------------------------------------
     progress.close()
@@ -434,7 +448,7 @@ def _train(
     }
     if world.is_main:
         encoder = method.export_encoder()
-        export_encoder(
+        write_encoder(
             encoder.state_dict(),
             run_dir / ENCODER_FILE,
             _encoder_metadata(config, parts, stop),
@@ -459,15 +473,13 @@ def _save(
     step: int,
     stream: BatchStream,
     world: World,
-    registry: Registry,
-    run_dir: Path,
-) -> None:
+) -> Checkpoint | None:
+    """Rank 0 writes the checkpoint (returned; None on the other ranks)."""
     # Every rank has its own data position and skip count; rank 0 writes them all.
     ranks = world.gather({"batches_consumed": stream.batches_consumed, "skipped": stream.skipped})
-    if world.is_main:
-        saved = store.save(step, method.state_dict(), optimizer.state_dict(), {"ranks": ranks})
-        registry.hook.fmcore_checkpoint_saved(step=step, path=saved.path, run_dir=run_dir)
-    world.barrier()
+    if not world.is_main:
+        return None
+    return store.save(step, method.state_dict(), optimizer.state_dict(), {"ranks": ranks})
 
 
 def _json(value: Any) -> str:

@@ -24,19 +24,13 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from fmcore.config import as_dict
+from fmcore.distributed import pick_device
 from fmcore.domain import Domain, Sample
-from fmcore.engine.checkpoint import atomic_write_text
 from fmcore.engine.data import DomainDataset, Skipped, collate
-from fmcore.engine.distributed import pick_device
 from fmcore.errors import ConfigError
-from fmcore.eval.feature_files import (
-    EMBED_FILE,
-    read_metadata,
-    shard_path,
-    slide_path,
-    write_atomically,
-)
+from fmcore.eval.feature_files import EMBED_FILE, shard_path, slide_path
 from fmcore.eval.loading import BASELINES, LoadedEncoder, load_encoder
+from fmcore.io import atomic_save_tensors, atomic_write_text, read_metadata
 from fmcore.plugin_manager import Registry
 
 FORMAT = "fmcore.embed/1"
@@ -249,7 +243,7 @@ def _write_file(
         labels = torch.cat(filling.labels)
         if (labels >= 0).any():
             tensors["labels"] = labels
-    write_atomically(file.path, tensors, metadata)
+    atomic_save_tensors(tensors, file.path, metadata)
     skipped = f", {len(filling.skipped)} bad sample(s) skipped" if filling.skipped else ""
     print(f"embed: {name}: {len(features)} sample(s){skipped}", file=sys.stderr, flush=True)
 

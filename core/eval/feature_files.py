@@ -16,16 +16,14 @@ name is always complete: a re-run skips it.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import Tensor
 
-from fmcore.engine.checkpoint import PARTIAL_PREFIX, save_tensors
 from fmcore.errors import ConfigError
+from fmcore.io import PARTIAL_PREFIX
 
 EMBED_FILE = "embed.json"
 SLIDES_DIR = "slides"
@@ -44,25 +42,6 @@ def slide_path(out: Path, slide_id: str) -> Path:
             f"slide id '{slide_id}' cannot name a feature file: use a relative name without '..'"
         )
     return out / SLIDES_DIR / f"{slide_id}{SUFFIX}"
-
-
-def write_atomically(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:
-    """Write a safetensors file that appears under its name only once complete and on disk."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f"{PARTIAL_PREFIX}{path.name}")
-    save_tensors(tensors, temporary, metadata=metadata)
-    descriptor = os.open(temporary, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)  # before the rename: a crash must not leave an empty final file
-    finally:
-        os.close(descriptor)
-    os.replace(temporary, path)
-
-
-def read_metadata(path: Path) -> dict[str, str]:
-    """A feature file's string metadata, without reading its tensors."""
-    with safe_open(str(path), framework="pt") as handle:
-        return dict(handle.metadata() or {})
 
 
 @dataclass

@@ -1,12 +1,12 @@
 """The encoder to evaluate: a trained ``encoder.safetensors`` (or run directory), or a random one.
 
 An exported encoder carries its encoder and data config as YAML in the safetensors metadata
-(``engine/trainer.py``), so ``checkpoint=<file>`` rebuilds exactly the trained architecture
-without the run's ``config.yaml``. ``checkpoint=random`` builds the configured ``encoder=`` size
-with the run seed: the baseline a pretraining run must beat; ``checkpoint=pixels`` scores the
-normalised input itself, the other baseline. Build the random one with the method's
-``method=`` option too, so its encoder keys (LayerScale, ...) give the init that method starts
-from.
+(``fmcore.run_files.encoder_metadata``), so ``checkpoint=<file>`` rebuilds exactly the trained
+architecture without the run's ``config.yaml``. ``checkpoint=random`` builds the configured
+``encoder=`` size with the run seed: the baseline a pretraining run must beat;
+``checkpoint=pixels`` scores the normalised input itself, the other baseline. Build the random
+one with the method's ``method=`` option too, so its encoder keys (LayerScale, ...) give the init
+that method starts from.
 """
 
 from __future__ import annotations
@@ -17,17 +17,23 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
-from safetensors import safe_open
 from safetensors.torch import load_file
 
 from fmcore.config import as_dict, parse_overrides
 from fmcore.domain import Domain
-from fmcore.encoder import FEATURES_KEY, Encoder, feature_kind
-from fmcore.engine.trainer import ENCODER_FILE
+from fmcore.encoder import Encoder, feature_kind
 from fmcore.errors import ConfigError, MissingPath
 from fmcore.eval.features import PIXELS, RawPixels
 from fmcore.factory import build_domain, build_encoder
+from fmcore.io import read_metadata
 from fmcore.plugin_manager import Registry
+from fmcore.run_files import (
+    DATA_CONFIG_KEY,
+    DOMAIN_KEY,
+    ENCODER_CONFIG_KEY,
+    ENCODER_FILE,
+    FEATURES_KEY,
+)
 
 RANDOM = "random"
 BASELINES = (RANDOM, PIXELS)
@@ -75,24 +81,19 @@ def encoder_file(checkpoint: str | Path) -> Path:
     return path
 
 
-def read_metadata(path: Path) -> dict[str, str]:
-    with safe_open(str(path), framework="pt") as handle:
-        return dict(handle.metadata() or {})
-
-
 def checkpoint_config(
     config: DictConfig, metadata: dict[str, str], words: Sequence[str] = ()
 ) -> DictConfig:
     """``config`` with the encoder section of the checkpoint, and its data section when the
     evaluated domain is the trained one; ``data.*`` words of the command line still apply on top
     (another ``data.root`` with the same preprocessing)."""
-    if "encoder" not in metadata:
+    if ENCODER_CONFIG_KEY not in metadata:
         raise ConfigError("the checkpoint's metadata has no encoder config: not an fmcore encoder")
     config = config.copy()
     with open_dict(config):
-        config.encoder = OmegaConf.create(metadata["encoder"])
-        if "data" in metadata and metadata.get("domain") == str(config.domain.name):
-            config.data = OmegaConf.create(metadata["data"])
+        config.encoder = OmegaConf.create(metadata[ENCODER_CONFIG_KEY])
+        if DATA_CONFIG_KEY in metadata and metadata.get(DOMAIN_KEY) == str(config.domain.name):
+            config.data = OmegaConf.create(metadata[DATA_CONFIG_KEY])
             groups = ("encoder", "domain", "method", "eval")
             for key, value, _ in parse_overrides(words, groups).values:
                 if key.startswith("data."):

@@ -31,6 +31,7 @@ from fmcore.errors import ConfigError, MissingPath
 from fmcore.eval.bootstrap import metrics_with_intervals
 from fmcore.eval.feature_files import EMBED_FILE, read_slide, slide_files
 from fmcore.eval.linear import stratified_split
+from fmcore.eval.results import write_result
 from fmcore.plugin_manager import Registry
 
 
@@ -221,8 +222,6 @@ def evaluate_mil(
     """``fmcore eval eval=mil``: train ABMIL on the train slides, score the test slides, write
     ``eval.json`` into ``run.dir``; returns its content (``registry`` and ``words`` are unused:
     the features exist already)."""
-    from fmcore.eval.run import write_result  # run.py imports this module for its protocol table
-
     settings = config.eval
     if not settings.get("embeddings") or not settings.get("labels"):
         raise ConfigError(

@@ -1,24 +1,21 @@
 """``fmcore eval``: the protocol ``eval.name`` picks from :data:`PROTOCOLS`, into ``eval.json``.
 
 A protocol is a function ``(config, registry, words) -> result`` that writes its result with
-:func:`write_result` and returns it. knn, linear and fewshot share :func:`evaluate_features`:
-frozen features of two labelled splits, then the protocol's own scoring of them.
+:func:`fmcore.eval.results.write_result` and returns it. knn, linear and fewshot share
+:func:`evaluate_features`: frozen features of two labelled splits, then the protocol's own
+scoring of them.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
 from fmcore.config import as_dict
-from fmcore.engine.checkpoint import atomic_write_text
-from fmcore.engine.distributed import pick_device
+from fmcore.distributed import pick_device
 from fmcore.errors import ConfigError
 from fmcore.eval.bootstrap import metrics_with_intervals
 from fmcore.eval.features import Features, extract_features
@@ -27,9 +24,8 @@ from fmcore.eval.knn import knn_scores
 from fmcore.eval.linear import linear_probe
 from fmcore.eval.loading import load_encoder
 from fmcore.eval.mil import evaluate_mil
+from fmcore.eval.results import write_result
 from fmcore.plugin_manager import Registry
-
-EVAL_FILE = "eval.json"
 
 Protocol = Callable[[DictConfig, Registry, Sequence[str]], dict[str, Any]]
 # (eval settings, train features, test features, number of classes, seed) -> the protocol's
@@ -46,21 +42,6 @@ def require_protocol(words: Sequence[str]) -> None:
 
 def _choose() -> str:
     return f"choose an evaluation: eval={' or eval='.join(PROTOCOLS)}"
-
-
-def eval_run_dir(config: DictConfig) -> Path:
-    if config.run.dir:
-        return Path(str(config.run.dir))
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"eval-{config.domain.name}-{config.eval.name}-{stamp}"
-
-
-def write_result(config: DictConfig, result: dict[str, Any]) -> dict[str, Any]:
-    """Write ``result`` as ``eval.json`` into the run directory; returns it with its ``path``."""
-    run_dir = eval_run_dir(config)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / EVAL_FILE, json.dumps(result, indent=2) + "\n")
-    return {**result, "path": str(run_dir / EVAL_FILE)}
 
 
 def evaluate(config: DictConfig, registry: Registry, words: Sequence[str] = ()) -> dict[str, Any]:

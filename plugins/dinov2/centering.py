@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fmcore.engine.distributed import all_reduce_, world_size
+from fmcore.distributed import all_reduce_, world_size
 
 
 @torch.no_grad()

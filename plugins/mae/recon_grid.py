@@ -1,33 +1,24 @@
 """The picture people judge MAE by: input / masked input / reconstruction, one row per sample.
 
-``reconstruction_grid`` is pure (tensors in, an RGB image out); ``render_checkpoint`` rebuilds a
-run's method from its saved config and a checkpoint and writes the picture as a PNG beside the
-checkpoints, so the method itself never touches the file system (the plugin's
-``fmcore_checkpoint_saved`` hook calls it). Grid modalities only: 2D images as they are, volumes
+``reconstruction_grid`` is pure (tensors in, an RGB image out); ``draw_reconstructions`` runs
+the live method of a run on a few validation samples, and the plugin's ``fmcore_checkpoint_saved``
+hook writes that picture as a PNG beside the checkpoints, so the method itself never touches the
+file system. Grid modalities only: 2D images as they are, volumes
 and video by their middle slice / frame; point clouds have no picture.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import struct
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from fmcore.domain import Domain
-from fmcore.engine.checkpoint import PARTIAL_PREFIX, Checkpoint, load_method_state
 from fmcore.errors import BadSample, FmcoreError
-from fmcore.factory import build_parts
 from fmcore.modalities.grid import GridTokenizer, patchify
-from fmcore.plugin_manager import Registry
-from fmcore.plugin_manager import registry as default_registry
 from fmcore.plugins.mae.method import MAE
 
 PICTURE_DIR = "reconstructions"
@@ -121,32 +112,6 @@ def reconstruction_grid(view: Tensor, pred: Tensor, mask: Tensor, patch: Sequenc
     return (image * 255).round().to(torch.uint8)
 
 
-def png_bytes(image: Tensor) -> bytes:
-    """A uint8 RGB image (H, W, 3) as PNG, written without an imaging library."""
-    pixels = np.ascontiguousarray(image.numpy())
-    height, width, _ = pixels.shape
-    rows = b"".join(b"\x00" + pixels[row].tobytes() for row in range(height))  # filter 0
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(rows, 6))
-        + chunk(b"IEND", b"")
-    )
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f"{PARTIAL_PREFIX}{path.name}")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
-
-
 def _picture_samples(domain: Domain, count: int) -> Tensor | None:
     """``count`` usable samples spread evenly over the validation split (else the training one).
 
@@ -171,49 +136,35 @@ def _picture_samples(domain: Domain, count: int) -> Tensor | None:
     return None
 
 
-def _device(config: DictConfig) -> torch.device:
-    name = str(config.trainer.device)
-    if name in ("auto", "cuda"):
-        if torch.cuda.is_available():
-            return torch.device("cuda", torch.cuda.current_device())
-        return torch.device("cpu")
-    return torch.device(name)
+def draw_reconstructions(
+    method: MAE, domain: Domain, seed: int, samples: int = SAMPLES
+) -> Tensor | None:
+    """The picture of the live ``method`` on ``samples`` of ``domain`` (uint8 RGB, (H, W, 3)).
 
-
-def render_checkpoint(
-    run_dir: Path,
-    checkpoint: Path,
-    registry: Registry | None = None,
-    samples: int = SAMPLES,
-) -> Path | None:
-    """Write ``run_dir/reconstructions/step_<N>.png`` for one checkpoint of an MAE run.
-
-    Returns the picture's path, or None when the run is not an MAE run on a grid modality, or
-    its domain is not in ``registry`` (by default the installed plugins: a run trained with a
-    hand-made registry gets no picture from the hook). The masks are seeded by ``run.seed``, so
-    every checkpoint is shown the same samples and masks.
+    None for a modality without a grid (point clouds) or a domain without usable samples. The
+    masks are seeded by ``seed``, so pictures of successive checkpoints show the same samples and
+    masks; the method's training mode and the global random state are left as they were.
     """
-    config = OmegaConf.load(run_dir / "config.yaml")
-    registry = registry or default_registry()
-    if config.method.name != MAE.name or config.domain.name not in registry.domains:
-        return None
-    with torch.random.fork_rng(devices=[]):  # building the model must not move the run's RNG
-        parts = build_parts(config, registry)
-    method = parts.method
     tokenizer = method.encoder.tokenizer
-    if not isinstance(method, MAE) or not isinstance(tokenizer, GridTokenizer):
+    if not isinstance(tokenizer, GridTokenizer):
         return None
-    data = _picture_samples(parts.domain, samples)
+    data = _picture_samples(domain, samples)
     if data is None:
         return None
-    load_method_state(method, Checkpoint(checkpoint))
-    device = _device(config)
-    method.to(device).eval()
-    generator = torch.Generator(device=device).manual_seed(int(config.run.seed))
-    with torch.no_grad():
-        view = parts.domain.normalize(data.to(device))  # (B, C, *S), as evaluation sees it
-        out = method.reconstruct(view, generator)
-    image = reconstruction_grid(view, out.pred, out.mask, tokenizer.patch)
-    path = run_dir / PICTURE_DIR / f"{Checkpoint(checkpoint).path.name}.png"
-    _write_atomic(path, png_bytes(image))
-    return path
+    device = next(method.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    was_training = method.training
+    cuda = [device.index or 0] if device.type == "cuda" else []
+    method.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=cuda):
+            view = domain.normalize(data.to(device))  # (B, C, *S), as evaluation sees it
+            out = method.reconstruct(view, generator)
+    finally:
+        method.train(was_training)
+    return reconstruction_grid(view, out.pred, out.mask, tokenizer.patch)
+
+
+def picture_path(run_dir: Path, checkpoint: Path) -> Path:
+    """``run_dir/reconstructions/step_<N>.png`` for the checkpoint folder ``step_<N>``."""
+    return run_dir / PICTURE_DIR / f"{checkpoint.name}.png"

@@ -1,0 +1,68 @@
+"""What a run directory holds, by name, and the format of the encoder file users keep.
+
+``fmcore train`` writes a run directory; ``fmcore eval``, ``fmcore report``, the federated server
+and plugins read it. They all take the names from here::
+
+    runs/<domain>-<method>-<date>-<time>/
+        config.yaml             the resolved config the run used
+        metrics.jsonl           one JSON line per logged step
+        summary.json            steps, skipped samples and bad inputs, time
+        encoder.safetensors     the exported encoder (ENCODER_FORMAT)
+        checkpoints/step_<N>/   complete checkpoints (fmcore.engine.checkpoint)
+        eval.json               an evaluation's result (fmcore eval)
+        report/                 fmcore report's figures
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+from torch import Tensor
+
+from fmcore.io import atomic_save_tensors
+
+RUNS_DIR = "runs"  # where a run without run.dir goes, below the working directory
+RUN_CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+ENCODER_FILE = "encoder.safetensors"
+CHECKPOINTS_DIR = "checkpoints"
+EVAL_FILE = "eval.json"
+REPORT_DIR = "report"
+
+ENCODER_FORMAT = "fmcore.encoder/1"
+# Keys of the encoder file's metadata (all strings; the encoder and data configs as YAML).
+FORMAT_KEY = "format"
+STEP_KEY = "step"
+MODALITY_KEY = "modality"
+DOMAIN_KEY = "domain"
+ENCODER_CONFIG_KEY = "encoder"
+DATA_CONFIG_KEY = "data"
+FEATURES_KEY = "features"  # the features evaluation scores by default (cls, mean, cls+mean)
+
+
+def timestamped_run_dir(*name_parts: str, stamp: str | None = None) -> Path:
+    """``runs/<part>-<part>-<YYYYmmdd-HHMMSS>``: a run directory named after what it ran."""
+    stamp = stamp or datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(RUNS_DIR) / "-".join([*name_parts, stamp])
+
+
+def encoder_metadata(
+    *, step: int, modality: str, domain: str, encoder_yaml: str, data_yaml: str, features: str
+) -> dict[str, str]:
+    """The metadata that lets ``fmcore eval checkpoint=<file>`` rebuild the trained encoder."""
+    return {
+        FORMAT_KEY: ENCODER_FORMAT,
+        STEP_KEY: str(step),
+        MODALITY_KEY: modality,
+        DOMAIN_KEY: domain,
+        ENCODER_CONFIG_KEY: encoder_yaml,
+        DATA_CONFIG_KEY: data_yaml,
+        FEATURES_KEY: features,
+    }
+
+
+def write_encoder(state: dict[str, Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """Write the encoder users keep as one safetensors file (``encoder_metadata``), atomically."""
+    atomic_save_tensors(state, path, metadata)
