@@ -51,6 +51,7 @@ def _warn_problems(plugins: Registry) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from fmcore.engine.trainer import train
+    from fmcore.eval.periodic import periodic_evaluation
 
     plugins = registry()
     _warn_problems(plugins)
@@ -60,7 +61,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     if saved is not None and saved.exists() and args.config is None:
         config = resume_config(args.overrides, config_sources(plugins), saved)
-    result = train(config, plugins)
+    result = train(config, plugins, evaluation=periodic_evaluation)
     print(f"finished {result.steps} steps; run directory {result.run_dir}")
     return 0
 

@@ -20,8 +20,8 @@ from fmcore.config import compose, config_sources
 from fmcore.distributed import pick_device
 from fmcore.domain import Domain
 from fmcore.engine.checkpoint import CheckpointStore, load_partial_state
-from fmcore.engine.periodic_eval import KnnSettings, knn_metrics
 from fmcore.engine.trainer import LocalRound, TrainResult, train
+from fmcore.eval.periodic import KnnSettings, knn_metrics, periodic_evaluation
 from fmcore.factory import build_parts
 from fmcore.federated.partition import site_share
 from fmcore.federated.scopes import split_by_group
@@ -89,7 +89,10 @@ def train_round(
     first_step = (server_round - 1) * steps
     started = time.perf_counter()
     result: TrainResult = train(
-        config, registry, LocalRound(first_step, steps, global_state, select, regularizer)
+        config,
+        registry,
+        LocalRound(first_step, steps, global_state, select, regularizer),
+        evaluation=periodic_evaluation,
     )
     seconds = time.perf_counter() - started
     assert result.method is not None  # always set by train()

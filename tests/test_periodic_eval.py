@@ -18,11 +18,11 @@ from fmcore.config import compose, config_sources
 from fmcore.domain import Domain, Sample
 from fmcore.domains.digits.data import Digits
 from fmcore.encoder import Encoder
-from fmcore.engine.periodic_eval import periodic_evaluation
 from fmcore.engine.progress import MetricsLog
 from fmcore.engine.trainer import train
 from fmcore.errors import ConfigError
 from fmcore.eval.loading import load_encoder
+from fmcore.eval.periodic import periodic_evaluation
 from fmcore.factory import build_encoder
 from fmcore.plugin_manager import Registry, load_registry
 
@@ -76,7 +76,8 @@ def test_periodic_knn_is_the_final_encoders_and_changes_no_weight(
 ) -> None:
     # Both runs in this process, as `fmcore train` runs them, without two interpreter start-ups.
     evaluated, plain = tmp_path / "evaluated", tmp_path / "plain"
-    train(_config(registry, *RUN, *KNN_EVERY_2, f"run.dir={evaluated}"), registry)
+    config = _config(registry, *RUN, *KNN_EVERY_2, f"run.dir={evaluated}")
+    train(config, registry, evaluation=periodic_evaluation)
     train(_config(registry, *RUN, f"run.dir={plain}"), registry)
 
     lines = _lines(evaluated)
@@ -167,3 +168,11 @@ def test_off_by_default_and_clear_errors_for_what_cannot_be_evaluated(
     assert "eval.every_steps=5" in missing and "unknown split 'test'" in missing
     unlabelled = error("eval=knn", "eval.every_steps=5", domain_class=UnlabelledDigits)
     assert "split 'train' of domain 'digits' has no labels" in unlabelled
+
+
+def test_train_refuses_periodic_evaluation_it_was_not_given(registry: Registry) -> None:
+    """The engine does not import evaluation: a caller of train() that asks for it in config
+    without passing the factory is told, instead of training silently unevaluated."""
+    config = _config(registry, "eval=knn", "eval.every_steps=2")
+    with pytest.raises(ConfigError, match=r"evaluation=fmcore\.eval\.periodic\."):
+        train(config, registry)

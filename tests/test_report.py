@@ -14,6 +14,7 @@ from fmcore.cli import main
 from fmcore.config import compose, config_sources
 from fmcore.engine.trainer import train
 from fmcore.errors import ConfigError, MissingPath
+from fmcore.eval.periodic import periodic_evaluation
 from fmcore.eval.run import evaluate
 from fmcore.plugin_manager import load_registry
 from fmcore.report import write_report
@@ -57,7 +58,8 @@ def test_report_of_an_mae_run_with_evaluations(
     sources = config_sources(plugins)
     steps = ["trainer.max_steps=4", "trainer.log_every=1", "trainer.checkpoint_every=2"]
     periodic = ["eval=knn", "eval.every_steps=2"]
-    train(compose([*SMALL_MAE, *steps, *periodic, f"run.dir={run}"], sources), plugins)
+    config = compose([*SMALL_MAE, *steps, *periodic, f"run.dir={run}"], sources)
+    train(config, plugins, evaluation=periodic_evaluation)
     words = [f"checkpoint={run}", "eval=knn", *CPU, f"run.dir={run}"]
     evaluate(compose(words, sources), plugins, words)
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
@@ -26,6 +26,7 @@ from fmcore.collapse import CollapseWatch
 from fmcore.config import to_yaml
 from fmcore.distributed import World, init_world, shutdown_world
 from fmcore.domain import Domain
+from fmcore.encoder import Encoder
 from fmcore.engine.checkpoint import (
     Checkpoint,
     CheckpointStore,
@@ -33,7 +34,6 @@ from fmcore.engine.checkpoint import (
     load_partial_state,
 )
 from fmcore.engine.data import DomainDataset, ResumableBatchSampler, make_loader
-from fmcore.engine.periodic_eval import periodic_evaluation
 from fmcore.engine.progress import MetricsLog, Progress
 from fmcore.engine.schedules import warmup_cosine
 from fmcore.errors import ConfigError, NoUsableSamples
@@ -54,6 +54,20 @@ from fmcore.run_files import (
 )
 
 SKIP_MESSAGES_SHOWN = 10
+
+
+class StepEvaluation(Protocol):
+    """What the engine calls on rank 0 after each step (``fmcore.eval.periodic``)."""
+
+    def due(self, step: int, max_steps: int) -> bool: ...
+
+    def run(self, encoder: Encoder, step: int, log: MetricsLog) -> None: ...
+
+
+# (config, domain, device, message) -> the run's evaluation, or None when it is off
+EvaluationFactory = Callable[
+    [DictConfig, Domain, torch.device, Callable[[str], None]], StepEvaluation | None
+]
 
 
 @dataclass
@@ -230,15 +244,24 @@ def _encoder_metadata(config: DictConfig, parts: Parts, step: int) -> dict[str, 
 
 
 def train(
-    config: DictConfig, registry: Registry | None = None, local_round: LocalRound | None = None
+    config: DictConfig,
+    registry: Registry | None = None,
+    local_round: LocalRound | None = None,
+    evaluation: EvaluationFactory | None = None,
 ) -> TrainResult:
     """Run (or resume) one training run described by a resolved config; with ``local_round``,
-    only a federated site's next round of it."""
+    only a federated site's next round of it. ``evaluation`` builds what scores the encoder
+    during training (``fmcore.eval.periodic.periodic_evaluation`` reads ``eval.every_steps``)."""
     registry = registry or default_registry()
+    if evaluation is None and OmegaConf.select(config, "eval.every_steps", default=0):
+        raise ConfigError(
+            "eval.every_steps is set but train() was given no evaluation: pass"
+            " evaluation=fmcore.eval.periodic.periodic_evaluation (fmcore train does)"
+        )
     trainer = config.trainer
     world = init_world(str(trainer.device))
     try:
-        return _train(config, registry, trainer, world, local_round)
+        return _train(config, registry, trainer, world, local_round, evaluation)
     finally:
         shutdown_world(world)
 
@@ -249,6 +272,7 @@ def _train(
     trainer: DictConfig,
     world: World,
     local_round: LocalRound | None,
+    make_evaluation: EvaluationFactory | None,
 ) -> TrainResult:
     # --- set-up ------------------------------------------------------------------------------
     run_dir = default_run_dir(config, world)
@@ -343,8 +367,8 @@ def _train(
         else None
     )
     evaluation = (
-        periodic_evaluation(config, parts.domain, world.device, progress.message)
-        if world.is_main
+        make_evaluation(config, parts.domain, world.device, progress.message)
+        if world.is_main and make_evaluation is not None
         else None
     )
     stream = BatchStream(

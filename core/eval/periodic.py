@@ -6,6 +6,9 @@ every N steps and at the last step, and log the metrics as their own ``metrics.j
 ``{"step": N, "eval/knn_accuracy": ...}``. Evaluating leaves training as it was: the random
 number generators, the encoder's train mode and its token count are restored, so a run with
 periodic evaluation trains exactly the weights of the same run without it.
+
+The engine knows nothing of evaluation: ``fmcore train`` (and a federated site) hand
+:func:`periodic_evaluation` to :func:`fmcore.engine.trainer.train` as its ``evaluation`` factory.
 """
 
 from __future__ import annotations
