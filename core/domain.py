@@ -63,9 +63,12 @@ class Domain(ABC):
     def report_bad_input(self, path: str | Path, reason: str) -> None:
         """Record a whole input (a corrupt slide, an empty series) that ``index`` leaves out.
 
-        The engine prints these and counts them in the run summary; the run goes on.
+        The engine prints these and counts them in the run summary; the run goes on. An input is
+        recorded once however often ``index`` meets it (another split, a plugin's picture hook).
         """
-        self.bad_inputs.append(f"{path}: {reason}")
+        message = f"{path}: {reason}"
+        if message not in self.bad_inputs:
+            self.bad_inputs.append(message)
 
     @classmethod
     def check_requirements(cls) -> None:
