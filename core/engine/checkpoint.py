@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from fmcore.errors import ConfigError
-from fmcore.io import PARTIAL_PREFIX, fsync_path, save_tensors
+from fmcore.io import PARTIAL_PREFIX, fsync_path, partial_path, save_tensors
 
 CHECKPOINT_PREFIX = "step_"
 MODEL_FILE = "model.safetensors"
@@ -89,7 +89,7 @@ class CheckpointStore:
         self.directory.mkdir(parents=True, exist_ok=True)
         name = f"{CHECKPOINT_PREFIX}{step:08d}"
         final = self.directory / name
-        partial = self.directory / f"{PARTIAL_PREFIX}{name}"
+        partial = partial_path(final)
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir()
         save_tensors(model, partial / MODEL_FILE, metadata={"step": str(step)})
