@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
+from fmcore.distributed import World
 from fmcore.errors import ConfigError
 from fmcore.io import PARTIAL_PREFIX, fsync_path, partial_path, save_tensors
 
@@ -155,3 +156,45 @@ def load_partial_state(module: torch.nn.Module, state: dict[str, torch.Tensor]) 
             f" wrong shape {misshapen[:5]} (do all sites run the same method and encoder?)"
         )
     module.load_state_dict(state, strict=False)
+
+
+@dataclass
+class Position:
+    """Where a run stands: the next step, and this rank's data position and skip count."""
+
+    step: int = 0
+    batches_consumed: int = 0
+    skipped: int = 0
+
+
+def restore(
+    checkpoint: Checkpoint, module: torch.nn.Module, optimizer: torch.optim.Optimizer, world: World
+) -> Position:
+    """Load a checkpoint's weights and optimizer state; this rank's position in the run."""
+    load_method_state(module, checkpoint)
+    optimizer.load_state_dict(checkpoint.optimizer_state())
+    state = checkpoint.trainer_state()
+    if len(state["ranks"]) != world.size:
+        raise ConfigError(
+            f"{checkpoint.path} was written by {len(state['ranks'])} process(es); resume it"
+            f" with the same number (now {world.size}), so every rank continues its own data"
+        )
+    rank_state = state["ranks"][world.rank]
+    return Position(state["step"], rank_state["batches_consumed"], rank_state["skipped"])
+
+
+def save_checkpoint(
+    store: CheckpointStore,
+    module: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    batches_consumed: int,
+    skipped: int,
+    world: World,
+) -> Checkpoint | None:
+    """Rank 0 writes the checkpoint (returned; None on the other ranks). Every rank has its own
+    data position (batches consumed, samples skipped): rank 0 writes them all."""
+    ranks = world.gather({"batches_consumed": batches_consumed, "skipped": skipped})
+    if not world.is_main:
+        return None
+    return store.save(step, module.state_dict(), optimizer.state_dict(), {"ranks": ranks})

@@ -7,7 +7,7 @@ uninterrupted run would have seen.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fmcore.domain import Domain, Sample
-from fmcore.errors import BadSample
+from fmcore.errors import BadSample, NoUsableSamples
 from fmcore.method import Batch
 
 
@@ -113,6 +113,51 @@ class ResumableBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:  # endless; DataLoader only needs a length for progress estimates
         return 2**62
+
+
+class BatchStream:
+    """Pulls collated batches, dropping bad samples; counts what it dropped and reports the first.
+
+    ``batches_consumed`` and ``skipped`` are the data position a checkpoint stores; ``report``
+    (None on ranks that stay quiet) receives the first ``messages_shown`` problems.
+    """
+
+    def __init__(
+        self,
+        loader: DataLoader,
+        batches_consumed: int,
+        skipped: int,
+        max_empty_batches: int,
+        report: Callable[[str], None] | None,
+        messages_shown: int = 10,
+    ) -> None:
+        self.iterator: Iterator = iter(loader)
+        self.batches_consumed = batches_consumed
+        self.skipped = skipped
+        self.max_empty_batches = max_empty_batches
+        self.report = report
+        self.messages_shown = messages_shown
+        self.first_messages: list[str] = []
+
+    def next(self) -> Batch:
+        for _ in range(self.max_empty_batches):
+            batch, messages = next(self.iterator)
+            self.batches_consumed += 1
+            self._count(messages)
+            if batch is not None:
+                return batch
+        raise NoUsableSamples(
+            f"no usable sample in {self.max_empty_batches} consecutive batches; first problems:\n  "
+            + "\n  ".join(self.first_messages or ["(none reported)"])
+        )
+
+    def _count(self, messages: list[str]) -> None:
+        for message in messages:
+            self.skipped += 1
+            if len(self.first_messages) < self.messages_shown:
+                self.first_messages.append(message)
+                if self.report is not None:
+                    self.report(f"skipped bad sample: {message}")
 
 
 def make_loader(

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+
+from omegaconf import DictConfig
+
+from fmcore.errors import ConfigError
 
 
 def warmup_cosine(
@@ -20,3 +25,45 @@ def warmup_cosine(
     decay_steps = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / decay_steps)
     return end + 0.5 * (start - end) * (1 + math.cos(math.pi * progress))
+
+
+@dataclass(frozen=True)
+class StepSchedules:
+    """The scheduled values of one step: learning rate, weight decay and EMA momentum."""
+
+    lr: float
+    weight_decay: float
+    momentum: float
+
+
+def peak_lr(trainer: DictConfig, world_size: int) -> float:
+    """``trainer.lr``, scaled to the global batch by ``trainer.lr_scaling`` (linear or sqrt)."""
+    rule = trainer.lr_scaling
+    if rule is None:
+        return float(trainer.lr)
+    global_batch = int(trainer.batch_size) * int(trainer.grad_accum_steps) * world_size
+    ratio = global_batch / float(trainer.lr_reference_batch)
+    if rule == "linear":
+        return float(trainer.lr) * ratio
+    if rule == "sqrt":
+        return float(trainer.lr) * math.sqrt(ratio)
+    raise ConfigError(f"trainer.lr_scaling must be null, linear or sqrt, not '{rule}'")
+
+
+def warmup_steps(trainer: DictConfig) -> int:
+    if trainer.warmup_fraction is not None:
+        return round(float(trainer.warmup_fraction) * int(trainer.max_steps))
+    return int(trainer.warmup_steps)
+
+
+def schedules_at(trainer: DictConfig, step: int, world_size: int) -> StepSchedules:
+    """The trainer section's schedules at ``step`` of ``trainer.max_steps``."""
+    total = int(trainer.max_steps)
+    lr = warmup_cosine(
+        step, total, peak_lr(trainer, world_size), float(trainer.min_lr), warmup_steps(trainer)
+    )
+    weight_decay = warmup_cosine(
+        step, total, float(trainer.weight_decay), float(trainer.weight_decay_end)
+    )
+    momentum_start, momentum_end = (float(m) for m in trainer.ema_momentum)
+    return StepSchedules(lr, weight_decay, warmup_cosine(step, total, momentum_start, momentum_end))

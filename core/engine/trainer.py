@@ -7,14 +7,13 @@ checkpoint, and all per-step randomness is re-seeded from (seed, step, rank).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -22,24 +21,26 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
 from fmcore.backbones.vit import VisionTransformer
-from fmcore.collapse import CollapseWatch
 from fmcore.config import to_yaml
 from fmcore.distributed import World, init_world, shutdown_world
 from fmcore.domain import Domain
-from fmcore.encoder import Encoder
 from fmcore.engine.checkpoint import (
     Checkpoint,
     CheckpointStore,
-    load_method_state,
+    Position,
     load_partial_state,
+    restore,
+    save_checkpoint,
 )
-from fmcore.engine.data import DomainDataset, ResumableBatchSampler, make_loader
+from fmcore.engine.data import BatchStream, DomainDataset, ResumableBatchSampler, make_loader
+from fmcore.engine.optimizer import make_optimizer
 from fmcore.engine.progress import MetricsLog, Progress
-from fmcore.engine.schedules import warmup_cosine
+from fmcore.engine.recorder import EvaluationFactory, StepRecorder
+from fmcore.engine.step import OptimizerStep
 from fmcore.errors import ConfigError, NoUsableSamples
 from fmcore.factory import Parts, build_parts
 from fmcore.io import atomic_write_text
-from fmcore.method import Batch, Method, StepContext
+from fmcore.method import Method
 from fmcore.plugin_manager import Registry
 from fmcore.plugin_manager import registry as default_registry
 from fmcore.run_files import (
@@ -52,22 +53,6 @@ from fmcore.run_files import (
     timestamped_run_dir,
     write_encoder,
 )
-
-SKIP_MESSAGES_SHOWN = 10
-
-
-class StepEvaluation(Protocol):
-    """What the engine calls on rank 0 after each step (``fmcore.eval.periodic``)."""
-
-    def due(self, step: int, max_steps: int) -> bool: ...
-
-    def run(self, encoder: Encoder, step: int, log: MetricsLog) -> None: ...
-
-
-# (config, domain, device, message) -> the run's evaluation, or None when it is off
-EvaluationFactory = Callable[
-    [DictConfig, Domain, torch.device, Callable[[str], None]], StepEvaluation | None
-]
 
 
 @dataclass
@@ -103,10 +88,6 @@ class TrainResult:
         return self.run_dir / ENCODER_FILE
 
 
-def step_seed(seed: int, step: int, rank: int) -> int:
-    return (seed * 1_000_003 + step * 7_919 + rank) % (2**63)
-
-
 def default_run_dir(config: DictConfig, world: World) -> Path:
     if config.run.dir:
         return Path(str(config.run.dir))
@@ -114,116 +95,6 @@ def default_run_dir(config: DictConfig, world: World) -> Path:
     if world.distributed:  # every rank must agree on the directory
         dist.broadcast_object_list(run_dir, src=0)
     return run_dir[0]
-
-
-def precision_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    raise ConfigError(f"trainer.precision must be auto, bf16 or fp32, not '{precision}'")
-
-
-class BatchStream:
-    """Pulls collated batches, dropping bad samples; counts and reports what it dropped."""
-
-    def __init__(
-        self,
-        loader: Any,
-        start_batch: int,
-        skipped: int,
-        progress: Progress,
-        world: World,
-        max_empty_batches: int,
-    ) -> None:
-        self.iterator: Iterator = iter(loader)
-        self.batches_consumed = start_batch
-        self.skipped = skipped
-        self.progress = progress
-        self.world = world
-        self.max_empty_batches = max_empty_batches
-        self.first_messages: list[str] = []
-
-    def next(self) -> Batch:
-        for _ in range(self.max_empty_batches):
-            batch, messages = next(self.iterator)
-            self.batches_consumed += 1
-            self._count(messages)
-            if batch is not None:
-                return batch
-        raise NoUsableSamples(
-            f"no usable sample in {self.max_empty_batches} consecutive batches; first problems:\n  "
-            + "\n  ".join(self.first_messages or ["(none reported)"])
-        )
-
-    def _count(self, messages: list[str]) -> None:
-        for message in messages:
-            self.skipped += 1
-            if len(self.first_messages) < SKIP_MESSAGES_SHOWN:
-                self.first_messages.append(message)
-                if self.world.is_main:
-                    self.progress.message(f"skipped bad sample: {message}")
-
-
-def _set_schedules(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)
-        group["weight_decay"] = weight_decay * group["weight_decay_scale"]
-
-
-def peak_lr(trainer: DictConfig, world_size: int) -> float:
-    """``trainer.lr``, scaled to the global batch by ``trainer.lr_scaling`` (linear or sqrt)."""
-    rule = trainer.lr_scaling
-    if rule is None:
-        return float(trainer.lr)
-    global_batch = int(trainer.batch_size) * int(trainer.grad_accum_steps) * world_size
-    ratio = global_batch / float(trainer.lr_reference_batch)
-    if rule == "linear":
-        return float(trainer.lr) * ratio
-    if rule == "sqrt":
-        return float(trainer.lr) * math.sqrt(ratio)
-    raise ConfigError(f"trainer.lr_scaling must be null, linear or sqrt, not '{rule}'")
-
-
-def _schedules(trainer: DictConfig, step: int, world_size: int) -> tuple[float, float, float]:
-    total = int(trainer.max_steps)
-    lr = warmup_cosine(
-        step, total, peak_lr(trainer, world_size), float(trainer.min_lr), _warmup_steps(trainer)
-    )
-    weight_decay = warmup_cosine(
-        step, total, float(trainer.weight_decay), float(trainer.weight_decay_end)
-    )
-    momentum_start, momentum_end = (float(m) for m in trainer.ema_momentum)
-    return lr, weight_decay, warmup_cosine(step, total, momentum_start, momentum_end)
-
-
-def _clip(method: Method, max_norm: float | None) -> float:
-    """Clip each of the method's clip groups to ``max_norm``; the largest norm before clipping."""
-    if max_norm is None:
-        return float("nan")
-    norms = [
-        torch.nn.utils.clip_grad_norm_(group, float(max_norm)) for group in method.clip_groups()
-    ]
-    return float(torch.stack(norms).max())
-
-
-def _warmup_steps(trainer: DictConfig) -> int:
-    if trainer.warmup_fraction is not None:
-        return round(float(trainer.warmup_fraction) * int(trainer.max_steps))
-    return int(trainer.warmup_steps)
-
-
-def _make_optimizer(
-    method: Method, trainer: DictConfig, device: torch.device
-) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(
-        method.parameter_groups(),
-        lr=float(trainer.lr),
-        betas=tuple(float(b) for b in trainer.betas),
-        fused=device.type == "cuda",
-    )
 
 
 def _compile_trunks(method: Method) -> None:
@@ -266,15 +137,10 @@ def train(
         shutdown_world(world)
 
 
-def _train(
-    config: DictConfig,
-    registry: Registry,
-    trainer: DictConfig,
-    world: World,
-    local_round: LocalRound | None,
-    make_evaluation: EvaluationFactory | None,
-) -> TrainResult:
-    # --- set-up ------------------------------------------------------------------------------
+def _open_run(
+    config: DictConfig, trainer: DictConfig, world: World
+) -> tuple[Path, CheckpointStore, Checkpoint | None]:
+    """The run directory, its checkpoint store, and the checkpoint to resume (``resume=true``)."""
     run_dir = default_run_dir(config, world)
     config.run.dir = str(run_dir)
     store = CheckpointStore(run_dir / CHECKPOINTS_DIR, keep=int(trainer.keep_checkpoints))
@@ -286,13 +152,15 @@ def _train(
             f"{run_dir} already holds checkpoints: add resume=true to continue that run,"
             " or choose another run.dir"
         )
+    return run_dir, store, checkpoint
 
-    # Subnormal floats (from blur kernel tails, tiny Adam moments) slow CPU math by 10-30x.
-    torch.set_flush_denormal(True)
-    torch.manual_seed(int(config.run.seed))  # identical initial weights on every rank
-    parts = build_parts(config, registry)
+
+def _training_refs(
+    parts: Parts, config: DictConfig, world: World, local_round: LocalRound | None
+) -> list[Any]:
+    """The train split's references (rank 0 indexes first: it writes embedded sample data)."""
     if world.is_main:
-        refs = parts.domain.index("train")  # writes the embedded sample data once
+        refs = parts.domain.index("train")
     world.barrier()
     if not world.is_main:
         refs = parts.domain.index("train")
@@ -307,41 +175,36 @@ def _train(
             f"domain '{parts.domain.name}' found no usable samples"
             f" (data.root={config.data.root}){problems}"
         )
+    return refs
 
-    method = parts.method.to(world.device)
-    optimizer = _make_optimizer(method, trainer, world.device)
-    start_step, start_batch, skipped = 0, 0, 0
-    if checkpoint is not None:
-        load_method_state(method, checkpoint)
-        optimizer.load_state_dict(checkpoint.optimizer_state())
-        state = checkpoint.trainer_state()
-        if len(state["ranks"]) != world.size:
-            raise ConfigError(
-                f"{checkpoint.path} was written by {len(state['ranks'])} process(es); resume it"
-                f" with the same number (now {world.size}), so every rank continues its own data"
-            )
-        start_step = state["step"]
-        start_batch = state["ranks"][world.rank]["batches_consumed"]
-        skipped = state["ranks"][world.rank]["skipped"]
-    if local_round is not None:
-        load_partial_state(method, local_round.global_state)
-        start_step = local_round.first_step
-    if world.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / RUN_CONFIG_FILE, to_yaml(config))
-    if trainer.compile:
-        _compile_trunks(method)
-    model: torch.nn.Module = (
-        DistributedDataParallel(
-            method, device_ids=[world.local_rank] if world.device.type == "cuda" else None
+
+def _stop_step(max_steps: int, start_step: int, local_round: LocalRound | None) -> int:
+    stop = max_steps if local_round is None else min(max_steps, start_step + local_round.steps)
+    if stop <= start_step:
+        raise ConfigError(
+            f"nothing to train: step {start_step} is at trainer.max_steps={max_steps}"
         )
-        if world.distributed
-        else method
-    )
+    return stop
 
+
+def _batch_stream(
+    parts: Parts,
+    refs: list[Any],
+    config: DictConfig,
+    world: World,
+    position: Position,
+    report: Callable[[str], None] | None,
+) -> BatchStream:
+    """This rank's batches from ``position`` on, in the order an uninterrupted run sees them."""
+    trainer = config.trainer
     batch_size = int(trainer.batch_size)
     sampler = ResumableBatchSampler(
-        len(refs), batch_size, int(config.run.seed), world.rank, world.size, start_batch
+        len(refs),
+        batch_size,
+        int(config.run.seed),
+        world.rank,
+        world.size,
+        position.batches_consumed,
     )
     loader = make_loader(
         DomainDataset(parts.domain, refs),
@@ -349,161 +212,178 @@ def _train(
         int(trainer.num_workers),
         world.device.type == "cuda",
     )
-    max_steps = int(trainer.max_steps)
-    stop = max_steps if local_round is None else min(max_steps, start_step + local_round.steps)
-    if stop <= start_step:
-        raise ConfigError(
-            f"nothing to train: step {start_step} is at trainer.max_steps={max_steps}"
-        )
+    return BatchStream(
+        loader,
+        position.batches_consumed,
+        position.skipped,
+        max_empty_batches=max(10, 2 * math.ceil(len(refs) / batch_size)),
+        report=report,
+    )
+
+
+def _distributed_model(method: Method, world: World) -> torch.nn.Module:
+    if not world.distributed:
+        return method
+    device_ids = [world.local_rank] if world.device.type == "cuda" else None
+    return DistributedDataParallel(method, device_ids=device_ids)
+
+
+@dataclass
+class _Run:
+    """The parts of one run that every stage of :func:`_train` works on."""
+
+    config: DictConfig
+    registry: Registry
+    world: World
+    parts: Parts
+    method: Method
+    optimizer: torch.optim.Optimizer
+    run_dir: Path
+    store: CheckpointStore
+
+
+def _train(
+    config: DictConfig,
+    registry: Registry,
+    trainer: DictConfig,
+    world: World,
+    local_round: LocalRound | None,
+    make_evaluation: EvaluationFactory | None,
+) -> TrainResult:
+    run_dir, store, checkpoint = _open_run(config, trainer, world)
+    # Subnormal floats (from blur kernel tails, tiny Adam moments) slow CPU math by 10-30x.
+    torch.set_flush_denormal(True)
+    torch.manual_seed(int(config.run.seed))  # identical initial weights on every rank
+    parts = build_parts(config, registry)
+    refs = _training_refs(parts, config, world, local_round)
+    method = parts.method.to(world.device)
+    optimizer = make_optimizer(method, trainer, world.device)
+    run = _Run(config, registry, world, parts, method, optimizer, run_dir, store)
+    position = restore(checkpoint, method, optimizer, world) if checkpoint else Position()
+    if local_round is not None:
+        load_partial_state(method, local_round.global_state)
+        position.step = local_round.first_step
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / RUN_CONFIG_FILE, to_yaml(config))
+    if trainer.compile:
+        _compile_trunks(method)
+
+    stop = _stop_step(int(trainer.max_steps), position.step, local_round)
     progress = Progress(
-        max_steps,
-        start_step,
+        int(trainer.max_steps),
+        position.step,
         str(trainer.progress) if world.is_main else "none",
         int(trainer.log_every),
     )
-    metrics_log = (
-        MetricsLog(run_dir / METRICS_FILE, checkpoint.step if checkpoint else None)
-        if world.is_main
-        else None
+    stream = _batch_stream(
+        parts, refs, config, world, position, progress.message if world.is_main else None
     )
-    evaluation = (
-        make_evaluation(config, parts.domain, world.device, progress.message)
-        if world.is_main and make_evaluation is not None
-        else None
-    )
-    stream = BatchStream(
-        loader,
-        start_batch,
-        skipped,
-        progress,
+    optimizer_step = OptimizerStep(
+        config,
         world,
-        max_empty_batches=max(10, 2 * math.ceil(len(refs) / batch_size)),
+        method,
+        _distributed_model(method, world),
+        optimizer,
+        parts.views,
+        stream,
+        store,
+        local_round.regularizer if local_round is not None else None,
     )
-    generator = torch.Generator(device=world.device)
-    accumulation = int(trainer.grad_accum_steps)
+    recorder = _recorder(run, progress, checkpoint, stop, make_evaluation)
     registry.hook.fmcore_train_start(config=config, run_dir=run_dir, world_size=world.size)
-    collapse = CollapseWatch()
 
-    # --- loop --------------------------------------------------------------------------------
     started = time.perf_counter()
     metrics: dict[str, float] = {}
-    for step in range(start_step, stop):
-        step_started = time.perf_counter()
-        lr, weight_decay, momentum = _schedules(trainer, step, world.size)
-        _set_schedules(optimizer, lr, weight_decay)
-        seed = step_seed(int(config.run.seed), step, world.rank)
-        torch.manual_seed(seed)
-        generator.manual_seed(seed)
-        ctx = StepContext(step, max_steps, lr, weight_decay, momentum, parts.views, generator)
-
-        samples, loss_sum, step_metrics = 0, 0.0, {}
-        for micro in range(accumulation):
-            batch = stream.next().to(world.device)
-            sync = micro == accumulation - 1 or not world.distributed
-            with (
-                contextlib.nullcontext() if sync else model.no_sync(),
-                precision_context(str(trainer.precision), world.device),
-            ):
-                out = model(batch, ctx)
-            objective = out.loss
-            if local_round is not None and local_round.regularizer is not None:
-                objective = objective + local_round.regularizer(method)
-            (objective / accumulation).backward()
-            samples += len(batch)
-            loss_sum += float(out.loss.detach())
-            step_metrics.update(out.metrics)
-        loss = loss_sum / accumulation
-        if not math.isfinite(loss):
-            raise FloatingPointError(
-                f"loss is {loss} at step {step}: lower trainer.lr or check the data;"
-                f" the last complete checkpoint in {store.directory} is kept"
-            )
-        grad_norm = _clip(method, trainer.clip_grad)
-        method.before_optimizer_step(ctx)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        method.after_optimizer_step(ctx)
-
-        elapsed = time.perf_counter() - step_started
-        tokens = method.encoder.take_token_count()
-        metrics = {
-            "step": step + 1,
-            "loss": loss,
-            "lr": lr,
-            "weight_decay": weight_decay,
-            "grad_norm": grad_norm,
-            "samples_per_s": samples * world.size / elapsed,
-            "tokens_per_s": tokens * world.size / elapsed,
-            "skipped": stream.skipped,
-            **{k: float(v) for k, v in step_metrics.items()},
-        }
+    for step in range(position.step, stop):
+        metrics = optimizer_step.run(step)
         done = step + 1
-        if world.is_main:
-            progress.update(step, metrics)
-            if done % int(trainer.log_every) == 0 or done == stop:
-                metrics_log.write(metrics)
-                collapse.check(done, method.collapse_warnings(metrics, done / max_steps))
-            registry.hook.fmcore_step_end(step=done, metrics=metrics, run_dir=run_dir)
-            if evaluation is not None and evaluation.due(done, max_steps):
-                evaluation.run(method.export_encoder(), done, metrics_log)
+        if recorder is not None:
+            recorder.record(done, metrics)
         if done % int(trainer.checkpoint_every) == 0 or done == stop:
-            saved = _save(store, method, optimizer, done, stream, world)
-            if saved is not None:
-                registry.hook.fmcore_checkpoint_saved(
-                    step=done,
-                    path=saved.path,
-                    run_dir=run_dir,
-                    method=method,
-                    domain=parts.domain,
-                    config=config,
-                )
-            world.barrier()
-
-    # --- end ---------------------------------------------------------------------------------
+            _checkpoint(run, done, stream)
     progress.close()
-    total_skipped = int(world.all_reduce_sum(stream.skipped))
     summary = {
         "steps": stop,
-        "skipped_samples": total_skipped,
+        "skipped_samples": int(world.all_reduce_sum(stream.skipped)),
         "skipped_examples": stream.first_messages,
         "skipped_inputs": parts.domain.bad_inputs,
         "seconds": time.perf_counter() - started,
         "last_metrics": metrics,
     }
-    if world.is_main:
-        encoder = method.export_encoder()
-        write_encoder(
-            encoder.state_dict(),
-            run_dir / ENCODER_FILE,
-            _encoder_metadata(config, parts, stop),
-        )
-        atomic_write_text(run_dir / SUMMARY_FILE, _json(summary))
-        if total_skipped or parts.domain.bad_inputs:
-            progress.message(
-                f"{len(parts.domain.bad_inputs)} bad input(s) and {total_skipped} bad sample(s)"
-                f" skipped; see {run_dir / SUMMARY_FILE}"
-            )
-    registry.hook.fmcore_train_end(summary=summary, run_dir=run_dir)
-    world.barrier()  # no rank tears down the process group while another still writes or talks
+    _finish(run, summary)
     return TrainResult(
-        run_dir, stop, total_skipped, metrics, method, len(refs), parts.modality.name
+        run_dir, stop, summary["skipped_samples"], metrics, method, len(refs), parts.modality.name
     )
 
 
-def _save(
-    store: CheckpointStore,
-    method: Method,
-    optimizer: torch.optim.Optimizer,
-    step: int,
-    stream: BatchStream,
-    world: World,
-) -> Checkpoint | None:
-    """Rank 0 writes the checkpoint (returned; None on the other ranks)."""
-    # Every rank has its own data position and skip count; rank 0 writes them all.
-    ranks = world.gather({"batches_consumed": stream.batches_consumed, "skipped": stream.skipped})
-    if not world.is_main:
+def _recorder(
+    run: _Run,
+    progress: Progress,
+    checkpoint: Checkpoint | None,
+    stop: int,
+    make_evaluation: EvaluationFactory | None,
+) -> StepRecorder | None:
+    """Rank 0's step recorder (None on the other ranks); metrics.jsonl resumes at the checkpoint."""
+    if not run.world.is_main:
         return None
-    return store.save(step, method.state_dict(), optimizer.state_dict(), {"ranks": ranks})
+    evaluation = (
+        make_evaluation(run.config, run.parts.domain, run.world.device, progress.message)
+        if make_evaluation is not None
+        else None
+    )
+    return StepRecorder(
+        progress,
+        MetricsLog(run.run_dir / METRICS_FILE, checkpoint.step if checkpoint else None),
+        evaluation,
+        run.registry,
+        run.method,
+        run.run_dir,
+        stop,
+        int(run.config.trainer.log_every),
+    )
+
+
+def _checkpoint(run: _Run, step: int, stream: BatchStream) -> None:
+    """Save the run's state at ``step`` and tell the plugins; every rank waits for the save."""
+    saved = save_checkpoint(
+        run.store,
+        run.method,
+        run.optimizer,
+        step,
+        stream.batches_consumed,
+        stream.skipped,
+        run.world,
+    )
+    if saved is not None:
+        run.registry.hook.fmcore_checkpoint_saved(
+            step=step,
+            path=saved.path,
+            run_dir=run.run_dir,
+            method=run.method,
+            domain=run.parts.domain,
+            config=run.config,
+        )
+    run.world.barrier()
+
+
+def _finish(run: _Run, summary: dict[str, Any]) -> None:
+    """Write the encoder and the run's summary; tell the plugins; every rank leaves together."""
+    run_dir, domain = run.run_dir, run.parts.domain
+    if run.world.is_main:
+        encoder = run.method.export_encoder()
+        metadata = _encoder_metadata(run.config, run.parts, int(summary["steps"]))
+        write_encoder(encoder.state_dict(), run_dir / ENCODER_FILE, metadata)
+        atomic_write_text(run_dir / SUMMARY_FILE, _json(summary))
+        if summary["skipped_samples"] or domain.bad_inputs:
+            print(
+                f"{len(domain.bad_inputs)} bad input(s) and {summary['skipped_samples']} bad"
+                f" sample(s) skipped; see {run_dir / SUMMARY_FILE}",
+                file=sys.stderr,
+                flush=True,
+            )
+    run.registry.hook.fmcore_train_end(summary=summary, run_dir=run_dir)
+    run.world.barrier()  # no rank tears down the process group while another still writes
 
 
 def _json(value: Any) -> str:

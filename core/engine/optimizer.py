@@ -1,0 +1,38 @@
+"""The optimizer a method trains with: AdamW over the method's parameter groups, and clipping."""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig
+
+from fmcore.engine.schedules import StepSchedules
+from fmcore.method import Method
+
+
+def make_optimizer(
+    method: Method, trainer: DictConfig, device: torch.device
+) -> torch.optim.Optimizer:
+    """AdamW (fused on CUDA) over ``method.parameter_groups()``; lr and decay are set per step."""
+    return torch.optim.AdamW(
+        method.parameter_groups(),
+        lr=float(trainer.lr),
+        betas=tuple(float(b) for b in trainer.betas),
+        fused=device.type == "cuda",
+    )
+
+
+def apply_schedules(optimizer: torch.optim.Optimizer, schedules: StepSchedules) -> None:
+    """Set every group's lr and weight decay, scaled by the group's own factors."""
+    for group in optimizer.param_groups:
+        group["lr"] = schedules.lr * group.get("lr_scale", 1.0)
+        group["weight_decay"] = schedules.weight_decay * group["weight_decay_scale"]
+
+
+def clip_gradients(method: Method, max_norm: float | None) -> float:
+    """Clip each of the method's clip groups to ``max_norm``; the largest norm before clipping."""
+    if max_norm is None:
+        return float("nan")
+    norms = [
+        torch.nn.utils.clip_grad_norm_(group, float(max_norm)) for group in method.clip_groups()
+    ]
+    return float(torch.stack(norms).max())
