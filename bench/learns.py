@@ -40,7 +40,7 @@ STEPS = {  # steps that fit the budget on 2 cores at batch 64 (vit_tiny)
     "dinov2": 300,
     "dinov2_small": 350,
     "mae": 800,
-    "mae_small": 1600,
+    "mae_small": 1800,
 }
 FEATURES = ("cls", "mean", "cls+mean")
 PROTOCOLS = ("knn", "linear")
