@@ -5,11 +5,17 @@ key (``trainer.max_steps=10``), or a new key (``+data.slide_mpp=0.25``). Group f
 the order encoder, domain, method, then plugin groups, so a domain may adjust its encoder's
 tokenizer (patch size) and a method may adjust anything. Unknown keys and choices fail with the
 valid ones listed.
+
+A section may hold ``by_modality: {<modality>: {...}}`` (MAE's per-modality recipes): it is
+merged over its section for the chosen domain's modality when the config is composed, and
+dropped, so the composed (and saved) config is exactly what runs. A command-line override of the
+section's own key (``method.mask_ratio=0.8``) wins over the modality's value;
+``method.by_modality.video.mask_ratio=0.8`` changes the recipe itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -23,6 +29,7 @@ from fmcore.errors import ConfigError, UnknownChoice
 
 BASE_FILE = "train.yaml"
 GROUP_ORDER = ("encoder", "domain", "method")
+BY_MODALITY = "by_modality"
 
 
 def core_config_dir() -> Path:
@@ -31,11 +38,17 @@ def core_config_dir() -> Path:
     return Path(str(files("fmcore.configs")))
 
 
+# (domain name, data section) -> the modality of that domain's samples
+ModalityOf = Callable[[str, DictConfig], str]
+
+
 @dataclass(frozen=True)
 class ConfigSources:
-    """The directories searched for config groups, fmcore's own first."""
+    """The directories searched for config groups, fmcore's own first, and how to tell a
+    domain's modality from its data section (``by_modality`` sections are resolved with it)."""
 
     dirs: tuple[Path, ...]
+    modality_of: ModalityOf | None = None
 
     def groups(self) -> list[str]:
         found = {p.name for d in self.dirs if d.is_dir() for p in d.iterdir() if p.is_dir()}
@@ -59,10 +72,12 @@ class ProvidesConfigDirs(Protocol):
     @property
     def config_dirs(self) -> Sequence[Path]: ...
 
+    def modality_of(self, domain: str, data: DictConfig) -> str: ...
+
 
 def config_sources(plugins: ProvidesConfigDirs) -> ConfigSources:
     """fmcore's config directory, then every plugin's (``fmcore_config_dirs``)."""
-    return ConfigSources((core_config_dir(), *plugins.config_dirs))
+    return ConfigSources((core_config_dir(), *plugins.config_dirs), plugins.modality_of)
 
 
 def _group_rank(group: str) -> tuple[int, str]:
@@ -187,11 +202,61 @@ def compose(words: Sequence[str], sources: ConfigSources, saved: Path | None = N
     OmegaConf.set_struct(config, True)
     for key, value, may_add in overrides.values:
         _set(config, key, value, may_add)
+    if _resolve_by_modality(config, sources.modality_of):
+        for key, value, may_add in overrides.values:  # the command line wins over a recipe
+            if f".{BY_MODALITY}." not in f".{key}":
+                _set(config, key, value, may_add)
     try:
         OmegaConf.resolve(config)
     except OmegaConfBaseException as error:  # ${...} naming a missing key, and the like
         raise ConfigError(f"cannot resolve the config: {error}") from error
     return config
+
+
+def unresolved_by_modality(config: DictConfig) -> list[str]:
+    """Sections that still hold a ``by_modality`` table (composed without a known domain)."""
+    return [
+        str(name)
+        for name, section in config.items()
+        if isinstance(section, DictConfig) and BY_MODALITY in section
+    ]
+
+
+def _resolve_by_modality(config: DictConfig, modality_of: ModalityOf | None) -> bool:
+    """Merge each section's ``by_modality.<modality>`` over it and drop the table; False when
+    there is nothing to resolve, or no domain chosen yet to resolve it for."""
+    sections = unresolved_by_modality(config)
+    domain = OmegaConf.select(config, "domain.name")
+    if not sections or domain is None:
+        return False
+    if modality_of is None:
+        raise ConfigError(
+            f"cannot resolve {', '.join(f'{s}.{BY_MODALITY}' for s in sections)} without the"
+            " installed domains: compose with config_sources(registry)"
+        )
+    modality = modality_of(str(domain), config.get("data") or OmegaConf.create({}))
+    with open_dict(config):
+        for name in sections:
+            config[name] = for_modality(config[name], modality, name)
+    return True
+
+
+def for_modality(section: DictConfig, modality: str, name: str) -> DictConfig:
+    """Section ``name`` as it runs on ``modality``: its ``by_modality.<modality>`` merged over it
+    (only keys the section has), the table dropped."""
+    keys = [str(key) for key in section if key != BY_MODALITY]
+    base = OmegaConf.masked_copy(section, keys)
+    recipe = (section.get(BY_MODALITY) or {}).get(modality)
+    if not recipe:
+        return base
+    OmegaConf.set_struct(base, True)
+    try:
+        return OmegaConf.merge(base, recipe)
+    except OmegaConfBaseException as error:
+        raise ConfigError(
+            f"{name}.{BY_MODALITY}.{modality} overrides an unknown key: {error};"
+            f" valid keys: {', '.join(keys)}"
+        ) from error
 
 
 def _compose_groups(sources: ConfigSources, choices: dict[str, str]) -> DictConfig:

@@ -38,10 +38,10 @@ class Domain(ABC):
     """Base class of every domain plugin.
 
     Subclasses set ``name`` (selected by ``domain=<name>``), ``modality`` (``image2d``,
-    ``volume3d``, ``video``, ``points`` or a plugin's; a class attribute, or set in ``__init__``
-    when the layout depends on the config), and, when they need optional packages,
-    ``requires`` (their import names) with ``extra`` (the fmcore extra that installs them) or,
-    for a third-party plugin, ``install`` (the exact command), so a missing package fails with
+    ``volume3d``, ``video``, ``points`` or a plugin's; a class attribute, or :meth:`modality_for`
+    when the layout depends on the config), and, when they need optional packages, ``requires``
+    (their import names) with ``extra`` (the fmcore extra that installs them) or, for a
+    third-party plugin, ``install`` (the exact command), so a missing package fails with
     the command to run instead of an ImportError. Import those packages inside methods, never at
     module top: a plugin whose module cannot import is reported as broken as a whole.
 
@@ -59,6 +59,14 @@ class Domain(ABC):
         self.data = data
         self.cache_dir = cache_dir
         self.bad_inputs: list[str] = []  # files index() skipped, each "path: reason"
+        self.modality = self.modality_for(data)
+
+    @classmethod
+    def modality_for(cls, data: DictConfig) -> str:
+        """The modality of this domain's samples under ``data``, known before any file is read
+        (the config is composed with it). The class's ``modality`` unless a subclass's layout
+        depends on the config (radiology: ``data.mode``)."""
+        return cls.modality
 
     def report_bad_input(self, path: str | Path, reason: str) -> None:
         """Record a whole input (a corrupt slide, an empty series) that ``index`` leaves out.

@@ -8,9 +8,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from fmcore.config import as_dict
+from fmcore.config import as_dict, unresolved_by_modality
 from fmcore.domain import Domain
 from fmcore.encoder import Encoder
+from fmcore.errors import ConfigError
 from fmcore.method import Method
 from fmcore.modalities.base import Modality, TokenizerSettings
 from fmcore.plugin_manager import Registry
@@ -50,6 +51,12 @@ class Parts:
 
 
 def build_parts(config: DictConfig, registry: Registry) -> Parts:
+    unresolved = unresolved_by_modality(config)
+    if unresolved:  # composed before the domain was known: the recipes would silently not apply
+        raise ConfigError(
+            f"{', '.join(unresolved)}.by_modality is unresolved: compose the config with its"
+            " domain (domain=<name> or domain.name=<name>) so the modality's recipe applies"
+        )
     domain = build_domain(config, registry)
     modality = registry.modality(domain.modality)
     encoder = build_encoder(config, registry, domain)

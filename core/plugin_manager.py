@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pluggy
+from omegaconf import DictConfig
 
 from fmcore import hookspecs
 from fmcore.domain import Domain
@@ -71,6 +72,10 @@ class Registry:
     modalities: dict[str, Modality] = field(default_factory=dict)
     trunks: dict[str, TrunkFactory] = field(default_factory=dict)
     config_dirs: list[Path] = field(default_factory=list)
+
+    def modality_of(self, domain: str, data: DictConfig) -> str:
+        """The modality of domain ``domain``'s samples under the ``data`` section."""
+        return self.domain(domain).modality_for(data)
 
     @property
     def hook(self) -> Any:

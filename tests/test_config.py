@@ -315,3 +315,53 @@ def test_help_explains_the_override_syntax(
     text = capsys.readouterr().out
     for syntax in ("group=option", "key=value", "+key=value", "domain=pathology"):
         assert syntax in text
+
+
+# --- per-modality recipes (method.by_modality) -------------------------------------------------
+
+# The composer asks the installed domains for a modality; here every domain is a video domain.
+VIDEO = ConfigSources((core_config_dir(),), lambda domain, data: "video")
+
+
+def test_a_modality_recipe_is_merged_when_composed_and_its_table_dropped() -> None:
+    config = compose(["method=mae"], VIDEO)
+    assert config.method.mask_ratio == 0.9  # VideoMAE's, from mae.yaml's by_modality.video
+    assert config.method.decoder.embed_dim == 384 and config.method.decoder.mlp_ratio == 4.0
+    assert "by_modality" not in to_yaml(config)
+    image = compose(["method=mae"], ConfigSources((core_config_dir(),), lambda d, data: "image2d"))
+    assert image.method.mask_ratio == 0.75 and image.method.decoder.embed_dim == 512
+
+
+def test_a_command_line_key_wins_over_the_modality_recipe() -> None:
+    config = compose(["method=mae", "method.mask_ratio=0.8"], VIDEO)
+    assert config.method.mask_ratio == 0.8
+    assert config.method.decoder.embed_dim == 384  # the rest of the recipe still applies
+    recipe = compose(["method=mae", "method.by_modality.video.mask_ratio=0.85"], VIDEO)
+    assert recipe.method.mask_ratio == 0.85
+
+
+def test_a_saved_config_runs_as_saved(tmp_path: Path) -> None:
+    saved = tmp_path / "config.yaml"
+    saved.write_text(to_yaml(compose(["method=mae", "method.mask_ratio=0.8"], VIDEO)))
+    again = compose(["trainer.max_steps=3"], VIDEO, saved=saved)
+    assert again.method.mask_ratio == 0.8 and again.method.decoder.embed_dim == 384
+
+
+def test_a_misspelt_recipe_key_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"method\.by_modality\.video overrides an unknown key"):
+        compose(["method=mae", "+method.by_modality.video.mask_ratoi=0.8"], VIDEO)
+
+
+def test_a_recipe_needs_the_installed_domains_to_resolve() -> None:
+    with pytest.raises(ConfigError, match="by_modality without the installed domains"):
+        compose(["method=mae"], CORE)
+    assert "by_modality" not in compose(["method=simclr"], CORE).method  # nothing to resolve
+
+
+def test_the_modality_of_a_domain_can_follow_its_data_section() -> None:
+    from fmcore.plugin_manager import registry
+
+    plugins = registry()
+    assert plugins.modality_of("radiology", OmegaConf.create({"mode": "xray"})) == "image2d"
+    assert plugins.modality_of("radiology", OmegaConf.create({"mode": "ct"})) == "volume3d"
+    assert plugins.modality_of("digits", OmegaConf.create({})) == "image2d"

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from fmcore.backbones.vit import VisionTransformer, ViTConfig
-from fmcore.config import core_config_dir
+from fmcore.config import core_config_dir, for_modality
 from fmcore.encoder import Encoder
 from fmcore.errors import ConfigError
 from fmcore.io import write_png
@@ -26,7 +26,7 @@ from fmcore.modalities.masking import masked_count
 from fmcore.modalities.points import Points
 from fmcore.modalities.video import Video
 from fmcore.modalities.volume3d import Volume3D
-from fmcore.plugins.mae.method import MAE, settings_for_modality
+from fmcore.plugins.mae.method import MAE
 from fmcore.plugins.mae.recon_grid import (
     reconstruction_grid,
     reconstruction_panels,
@@ -41,12 +41,12 @@ SMALL_DECODER = {"embed_dim": 24, "depth": 1, "num_heads": 2, "mlp_ratio": 2.0}
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def mae_config(**overrides: object) -> DictConfig:
-    """The shipped method config (configs/method/mae.yaml) with a small decoder everywhere."""
-    config = OmegaConf.load(core_config_dir() / "method" / "mae.yaml").method
+def mae_config(modality: str, **overrides: object) -> DictConfig:
+    """The shipped method config (configs/method/mae.yaml) as it runs on ``modality``, with a
+    small decoder."""
+    raw = OmegaConf.load(core_config_dir() / "method" / "mae.yaml").method
+    config = for_modality(raw, modality, "method")
     config.decoder = dict(SMALL_DECODER)
-    for settings in config.by_modality.values():
-        settings.decoder = dict(SMALL_DECODER)
     for key, value in overrides.items():
         OmegaConf.update(config, key, value)
     return config
@@ -63,7 +63,7 @@ def build_mae(
     settings = TokenizerSettings(WIDTH, tuple(sample_size), channels, options or {})
     trunk = VisionTransformer(ViTConfig(embed_dim=WIDTH, depth=2, num_heads=2))
     encoder = Encoder(modality.build_tokenizer(settings), trunk)
-    return MAE(mae_config(**overrides), encoder, modality)
+    return MAE(mae_config(modality.name, **overrides), encoder, modality)
 
 
 def image_mae(**overrides: object) -> MAE:
@@ -288,12 +288,12 @@ def test_decoder_positions_come_from_the_tokenizer() -> None:
 
 def test_modality_settings_come_from_config() -> None:
     config = OmegaConf.load(core_config_dir() / "method" / "mae.yaml").method
-    assert settings_for_modality(config, "image2d").mask_ratio == 0.75
-    assert settings_for_modality(config, "volume3d").decoder.depth == 8
-    video = settings_for_modality(config, "video")
+    assert for_modality(config, "image2d", "method").mask_ratio == 0.75
+    assert for_modality(config, "volume3d", "method").decoder.depth == 8
+    video = for_modality(config, "video", "method")
     assert video.mask_ratio == 0.9 and video.decoder.embed_dim == 384
     assert video.decoder.mlp_ratio == 4.0  # untouched keys keep the method's value
-    points = settings_for_modality(config, "points")
+    points = for_modality(config, "points", "method")
     assert points.mask_ratio == 0.6 and list(points.views["global"].scale) == [1.0, 1.0]
     assert points.views["global"].jitter == 0.0
     assert "by_modality" not in points
@@ -302,8 +302,8 @@ def test_modality_settings_come_from_config() -> None:
 def test_a_misspelt_modality_override_fails_clearly() -> None:
     config = OmegaConf.load(core_config_dir() / "method" / "mae.yaml").method
     config.by_modality.video.mask_ratoi = 0.8
-    with pytest.raises(ConfigError, match=r"by_modality\.video.*mask_ratoi"):
-        settings_for_modality(config, "video")
+    with pytest.raises(ConfigError, match=r"method\.by_modality\.video.*mask_ratoi"):
+        for_modality(config, "video", "method")
 
 
 def test_mae_wants_one_view_and_a_ratio_below_one() -> None:

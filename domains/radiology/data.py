@@ -37,7 +37,10 @@ class Radiology(Domain):
     def __init__(self, data: DictConfig, cache_dir: Path) -> None:
         super().__init__(data, cache_dir)
         self.mode = read_mode(data)
-        self.modality = self.mode.modality
+
+    @classmethod
+    def modality_for(cls, data: DictConfig) -> str:
+        return read_mode(data).modality
 
     @property
     def sample_size(self) -> tuple[int, ...]:

@@ -5,7 +5,7 @@ Everything that differs between images (MAE), video (VideoMAE) and point clouds 
 owned elsewhere: the mask shape by ``Modality.token_mask`` (tubes for video), the target by
 ``Tokenizer.reconstruction_target`` (normalised patches, tubelets, or group coordinates), the loss
 by ``Modality.reconstruction_loss`` (MSE or Chamfer-L2), and the recipe numbers (mask ratio,
-decoder size, crops) by ``method.by_modality`` in the config.
+decoder size, crops) by ``method.by_modality`` in the config, resolved when it is composed.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import DictConfig
 from torch import Tensor
 
 from fmcore.collapse import FEATURE_STD, PREFIX, feature_spread
@@ -27,32 +26,8 @@ from fmcore.modalities.base import Modality, Tokens
 from fmcore.modalities.masking import split_indices
 from fmcore.plugins.mae.decoder import DecoderConfig, MAEDecoder
 
-BY_MODALITY = "by_modality"
 LOSS_VS_MEAN = PREFIX + "loss_vs_mean_predictor"  # < 1: the reconstruction uses what was visible
 MEAN_PREDICTOR_AFTER = 0.2  # share of training after which the loss must beat the mean
-
-
-def settings_for_modality(config: DictConfig, modality: str) -> DictConfig:
-    """The method config with ``by_modality.<modality>`` merged over it, ``by_modality`` dropped.
-
-    Published recipes differ per modality (VideoMAE masks 90% of tubes, Point-MAE 60% of point
-    groups with a smaller decoder); keeping those numbers in config keeps the method code free of
-    any branch on the modality. An override may only replace keys the method config has, so a
-    misspelt key fails here instead of being ignored.
-    """
-    keys = [str(key) for key in config if key != BY_MODALITY]
-    base = OmegaConf.masked_copy(config, keys)
-    overrides = (config.get(BY_MODALITY) or {}).get(modality)
-    if not overrides:
-        return base
-    OmegaConf.set_struct(base, True)
-    try:
-        return OmegaConf.merge(base, overrides)
-    except OmegaConfBaseException as error:
-        raise ConfigError(
-            f"method.{BY_MODALITY}.{modality} overrides an unknown key: {error};"
-            f" valid keys: {', '.join(keys)}"
-        ) from error
 
 
 @dataclass
@@ -81,13 +56,13 @@ class Reconstruction:
 class MAE(Method):
     """Masked autoencoder: the encoder sees the visible tokens only, the decoder fills in the rest.
 
-    ``mask_ratio`` and the decoder come from ``method`` merged with ``method.by_modality.<name>``.
+    ``mask_ratio`` and the decoder come from ``method``, into which the config composer has
+    merged ``method.by_modality.<modality>`` (VideoMAE's and Point-MAE's numbers).
     """
 
     name = "mae"
 
     def __init__(self, config: DictConfig, encoder: Encoder, modality: Modality) -> None:
-        config = settings_for_modality(config, modality.name)
         super().__init__(config, encoder, modality)
         if self.view_specs["global"].count != 1:
             raise ConfigError("method.views.global.count must be 1 for MAE (one view per sample)")
