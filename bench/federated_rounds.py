@@ -39,8 +39,7 @@ WORDS = [
 
 
 def federation(sites: int, rounds: int, dtype: str, directory: Path) -> dict:
-    from fmcore.config import compose, config_sources
-    from fmcore.federated.apps import federation_words
+    from fmcore.federated.federation_config import compose_federation, federation_words
     from fmcore.federated.simulation import simulate
     from fmcore.plugin_manager import registry
 
@@ -56,7 +55,7 @@ def federation(sites: int, rounds: int, dtype: str, directory: Path) -> dict:
         ]
     )
     started = time.perf_counter()
-    simulate(compose(words, config_sources(registry())), words)
+    simulate(compose_federation(words, registry()), words)
     total = time.perf_counter() - started
     records = [json.loads(line) for line in (run / "rounds.jsonl").read_text().splitlines()]
     later = records[1:] or records

@@ -95,7 +95,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_federate(args: argparse.Namespace) -> int:
-    from fmcore.federated.apps import federation_words
+    from fmcore.federated.federation_config import compose_federation, federation_words
     from fmcore.federated.simulation import simulate
 
     if args.config is not None:
@@ -107,7 +107,7 @@ def cmd_federate(args: argparse.Namespace) -> int:
     plugins = registry()
     _warn_problems(plugins)
     words = federation_words(args.overrides)
-    result = simulate(compose(words, config_sources(plugins)), words)
+    result = simulate(compose_federation(words, plugins), words)
     print(f"finished {result.rounds} rounds; global weights in {result.run_dir / 'rounds'}")
     return 0
 

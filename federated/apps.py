@@ -23,10 +23,10 @@ from flwr.serverapp import Grid, ServerApp
 from omegaconf import DictConfig
 from torch import Tensor
 
-from fmcore.config import compose, config_sources
 from fmcore.errors import ConfigError
 from fmcore.factory import cache_dir
 from fmcore.federated.audit import append_audit
+from fmcore.federated.federation_config import compose_federation, federation_words
 from fmcore.federated.secure import (
     SecureFederation,
     check_secure_config,
@@ -44,15 +44,6 @@ from fmcore.federated.site import (
 from fmcore.federated.wire import to_record, to_state
 from fmcore.plugin_manager import registry
 
-DEFAULT_STRATEGY = "federated=fedavg"
-
-
-def federation_words(words: Sequence[str]) -> list[str]:
-    """The command's words, with the default strategy unless one is chosen."""
-    if any(word.split("=", 1)[0] == "federated" for word in words):
-        return list(words)
-    return [DEFAULT_STRATEGY, *words]
-
 
 def _run_words(context: Context) -> list[str]:
     return federation_words(shlex.split(str(context.run_config.get("overrides", ""))))
@@ -61,7 +52,7 @@ def _run_words(context: Context) -> list[str]:
 def simulated_site(words: Sequence[str], index: int, site_root: Path) -> Site:
     """Site ``index`` of a simulation: its domain, data root and extra words from the federated
     lists (null entries keep the defaults); sites with the same domain and data split that data."""
-    settings = compose(words, config_sources(registry())).federated
+    settings = compose_federation(words, registry()).federated
     count = int(settings.sites)
     domains = _per_site(settings, "site_domains", count)
     roots = _per_site(settings, "site_data", count)
@@ -148,7 +139,7 @@ def make_client_app(
                 run_words, int(context.node_config["partition-id"]), site_root
             )
         federation = str(message.content[CONFIG_RECORD]["federation"])
-        base = compose(run_words, config_sources(registry()))
+        base = compose_federation(run_words, registry())
         return run_words, deployed_site(context, federation, base)
 
     @app.query()
@@ -228,7 +219,7 @@ def make_server_app(
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         plugins = registry()
-        resolved = config or compose(_run_words(context), config_sources(plugins))
+        resolved = config or compose_federation(_run_words(context), plugins)
         directory = run_dir or Path(str(resolved.run.dir or "runs/federation"))
         try:
             if secure_aggregation_on(resolved):

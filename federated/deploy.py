@@ -15,9 +15,8 @@ from pathlib import Path
 import tomli_w
 
 from fmcore import __version__
-from fmcore.config import compose, config_sources
 from fmcore.errors import ConfigError
-from fmcore.federated.apps import federation_words
+from fmcore.federated.federation_config import compose_federation, federation_words
 from fmcore.io import atomic_write_text
 from fmcore.plugin_manager import registry
 
@@ -50,7 +49,7 @@ def app_pyproject(words: Sequence[str]) -> str:
 def write_app(directory: Path, words: Sequence[str]) -> Path:
     """Check the words, then write ``directory/pyproject.toml``; returns that file."""
     words = federation_words(words)
-    compose(words, config_sources(registry()))
+    compose_federation(words, registry())
     target = directory / APP_FILE
     if target.exists() and SERVER_APP not in target.read_text(encoding="utf-8"):
         raise ConfigError(

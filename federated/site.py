@@ -16,13 +16,13 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from fmcore.config import compose, config_sources
 from fmcore.distributed import pick_device
 from fmcore.domain import Domain
 from fmcore.engine.checkpoint import CheckpointStore, load_partial_state
 from fmcore.engine.trainer import LocalRound, TrainResult, train
 from fmcore.eval.periodic import KnnSettings, knn_metrics, periodic_evaluation
 from fmcore.factory import build_parts
+from fmcore.federated.federation_config import compose_federation
 from fmcore.federated.partition import site_share
 from fmcore.federated.scopes import split_by_group
 from fmcore.method import Method
@@ -41,9 +41,7 @@ class Site:
 
 def site_config(words: Sequence[str], site: Site, registry: Registry) -> DictConfig:
     """The federation's config words plus the site's own, and the site's engine run settings."""
-    config = compose([*words, *site.overrides], config_sources(registry))
-    federated = config.federated
-    config.trainer.max_steps = int(federated.rounds) * int(federated.local_steps)
+    config = compose_federation([*words, *site.overrides], registry)
     config.run.dir = str(site.state_dir)
     return config
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import SMALL_RUN, fmcore
+from omegaconf import OmegaConf
 from safetensors.numpy import load_file
 
 from fmcore.engine.checkpoint import CheckpointStore
@@ -84,7 +85,10 @@ def test_two_digit_sites_average_their_updates_and_send_only_weights(tmp_path: P
         timeout=300,
     )
     assert "finished 2 rounds" in result.stdout
-    assert (run / "config.yaml").is_file()
+    saved = OmegaConf.load(run / "config.yaml")  # the engine schedule the sites really ran
+    assert saved.trainer.max_steps == 4 and saved.federated.rounds == 2
+    site_saved = OmegaConf.load(run / "sites" / "site-0" / "config.yaml")
+    assert site_saved.trainer.max_steps == 4
     assert sorted(p.name for p in (run / "rounds").iterdir()) == [
         "round_0001.safetensors",
         "round_0002.safetensors",
@@ -175,8 +179,7 @@ def test_a_failing_site_and_a_poisoned_update_do_not_stop_the_rounds(tmp_path: P
     aggregates site-0 alone, logs both with their names, and the federation finishes."""
     import ray.cloudpickle
 
-    from fmcore.config import compose, config_sources
-    from fmcore.federated.apps import federation_words
+    from fmcore.federated.federation_config import compose_federation, federation_words
     from fmcore.federated.simulation import simulate
     from fmcore.plugin_manager import registry
 
@@ -192,7 +195,7 @@ def test_a_failing_site_and_a_poisoned_update_do_not_stop_the_rounds(tmp_path: P
     )
     sent = tmp_path / "sent.jsonl"
     mods = [functools.partial(record_outgoing, sent), poison_site_1]
-    result = simulate(compose(words, config_sources(registry())), words, mods)
+    result = simulate(compose_federation(words, registry()), words, mods)
     assert result.rounds == 2
 
     log = rounds_log(run)

@@ -174,3 +174,14 @@ def test_resuming_a_federation_that_never_finished_a_round_is_refused(
 
     assert main(["federate", *SMALL_RUN, f"run.dir={tmp_path / 'none'}", "resume=true"]) == 2
     assert "holds no complete federated round" in capsys.readouterr().err
+
+
+def test_a_federations_engine_schedule_is_derived_and_cannot_be_set() -> None:
+    from fmcore.federated.federation_config import compose_federation
+
+    config = compose_federation(
+        [*SMALL_RUN, "federated.rounds=3", "federated.local_steps=5"], registry()
+    )
+    assert config.trainer.max_steps == 15 and config.federated.strategy == "FedAvg"
+    with pytest.raises(ConfigError, match=r"trainer\.max_steps is derived"):
+        compose_federation([*SMALL_RUN, "trainer.max_steps=7"], registry())

@@ -116,8 +116,7 @@ def test_a_site_that_drops_out_is_unmasked_from_its_shares(tmp_path: Path) -> No
 
 
 def test_a_mixed_domain_federation_is_refused_before_it_starts(tmp_path: Path) -> None:
-    from fmcore.config import compose, config_sources
-    from fmcore.federated.apps import federation_words
+    from fmcore.federated.federation_config import compose_federation, federation_words
     from fmcore.federated.simulation import simulate
     from fmcore.plugin_manager import registry
 
@@ -129,7 +128,7 @@ def test_a_mixed_domain_federation_is_refused_before_it_starts(tmp_path: Path) -
         ]
     )
     with pytest.raises(ConfigError, match="one flat vector") as refused:
-        simulate(compose(words, config_sources(registry())), words)
+        simulate(compose_federation(words, registry()), words)
     assert "digits, radiology" in str(refused.value)
     assert not (tmp_path / "federation").exists()
 
@@ -156,14 +155,13 @@ def test_sites_of_two_domains_are_refused_when_they_answer() -> None:
     ],
 )
 def test_settings_secure_aggregation_cannot_honour_are_refused(word: str, reason: str) -> None:
-    from fmcore.config import compose, config_sources
-    from fmcore.federated.apps import federation_words
+    from fmcore.federated.federation_config import compose_federation, federation_words
     from fmcore.federated.secure import check_secure_config
     from fmcore.plugin_manager import registry
 
     words = federation_words([*SECURE, word])
     with pytest.raises(ConfigError, match=reason):
-        check_secure_config(compose(words, config_sources(registry())))
+        check_secure_config(compose_federation(words, registry()))
 
 
 def test_a_site_refuses_to_send_what_the_secure_sum_would_corrupt() -> None:
