@@ -20,7 +20,8 @@ from fmcore.distributed import pick_device
 from fmcore.domain import Domain
 from fmcore.engine.checkpoint import CheckpointStore, load_partial_state
 from fmcore.engine.trainer import LocalRound, TrainResult, train
-from fmcore.eval.periodic import KnnSettings, knn_metrics, periodic_evaluation
+from fmcore.eval.knn import KnnProtocol
+from fmcore.eval.periodic import periodic_evaluation
 from fmcore.factory import build_parts
 from fmcore.federated.federation_config import compose_federation
 from fmcore.federated.partition import site_share
@@ -127,8 +128,8 @@ def evaluate_global(
     torch.manual_seed(int(config.run.seed))
     parts = build_parts(config, registry)
     load_partial_state(parts.method, global_state)
-    settings = KnnSettings.from_config(config)
+    protocol = KnnProtocol.for_run(config)
     device = pick_device(str(config.trainer.device), 0)
     encoder = parts.method.export_encoder().to(device)
-    metrics = knn_metrics(encoder, parts.domain, settings, device, int(config.trainer.num_workers))
-    return metrics, len(parts.domain.index(settings.test_split))
+    metrics = protocol.metrics(encoder, parts.domain, device, int(config.trainer.num_workers))
+    return metrics, len(parts.domain.index(protocol.features.test_split))

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
@@ -88,3 +89,46 @@ def extract_features(
     if l2_normalize:
         features = F.normalize(features, dim=1)
     return Features(features, targets)
+
+
+@dataclass(frozen=True)
+class SplitFeatures:
+    """How an evaluation gets its features: the two labelled splits, the pooling, the batch and
+    whether to L2-normalise (the ``eval`` section's ``train_split``, ``test_split``,
+    ``batch_size``, ``l2_normalize``; ``kind`` is resolved by the caller: eval.features or the
+    method's own)."""
+
+    train_split: str
+    test_split: str
+    batch_size: int
+    l2_normalize: bool
+    kind: str
+
+    @classmethod
+    def from_section(cls, section: DictConfig, kind: str) -> SplitFeatures:
+        return cls(
+            train_split=str(section.train_split),
+            test_split=str(section.test_split),
+            batch_size=int(section.batch_size),
+            l2_normalize=bool(section.l2_normalize),
+            kind=kind,
+        )
+
+    def extract(
+        self,
+        encoder: Encoder | RawPixels,
+        domain: Domain,
+        device: torch.device | str,
+        num_workers: int,
+    ) -> tuple[Features, Features]:
+        """Features of the train split and of the test split."""
+        options = {
+            "batch_size": self.batch_size,
+            "device": device,
+            "l2_normalize": self.l2_normalize,
+            "num_workers": num_workers,
+            "kind": self.kind,
+        }
+        train = extract_features(encoder, domain, self.train_split, **options)
+        test = extract_features(encoder, domain, self.test_split, **options)
+        return train, test

@@ -7,11 +7,18 @@ implementation can be checked against scikit-learn's ``KNeighborsClassifier``.
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 from torch import Tensor
+
+from fmcore.domain import Domain
+from fmcore.encoder import Encoder, feature_kind
+from fmcore.errors import ConfigError
+from fmcore.eval.features import Features, SplitFeatures
 
 Voting = Literal["weighted", "uniform"]
 
@@ -62,3 +69,71 @@ def knn_predict(
     """Predicted classes (M,) of the test features; ``options`` as for :func:`knn_scores`."""
     scores = knn_scores(train_features, train_labels, test_features, num_classes, **options)
     return scores.argmax(dim=1)
+
+
+@dataclass(frozen=True)
+class KnnVote:
+    """The kNN vote the ``eval`` section sets (``configs/eval/knn.yaml``): k, T and voting."""
+
+    k: int
+    temperature: float
+    voting: Voting
+
+    @classmethod
+    def from_section(cls, section: DictConfig) -> KnnVote:
+        voting = str(section.voting)
+        if voting not in get_args(Voting):
+            raise ConfigError(
+                f"eval.voting must be {' or '.join(get_args(Voting))}, not '{voting}'"
+            )
+        return cls(int(section.k), float(section.temperature), voting)  # type: ignore[arg-type]
+
+    def scores(self, train: Features, test: Features, num_classes: int) -> Tensor:
+        """Class scores (M, C) of the test features (see :func:`knn_scores`)."""
+        return knn_scores(
+            train.features,
+            train.labels,
+            test.features,
+            num_classes,
+            k=self.k,
+            temperature=self.temperature,
+            voting=self.voting,
+        )
+
+
+@dataclass(frozen=True)
+class KnnProtocol:
+    """``eval=knn`` as one object: which features, and how they vote. ``fmcore eval``, periodic
+    evaluation during training and a federated site's score of the global model all use it."""
+
+    features: SplitFeatures
+    vote: KnnVote
+
+    @classmethod
+    def for_run(cls, config: DictConfig) -> KnnProtocol:
+        """From a run's config: the ``eval`` section, features defaulting to the method's own."""
+        section = config.eval
+        requested = section.get("features")
+        kind = (
+            feature_kind(requested, "eval.features")
+            if requested
+            else feature_kind(config.method.get("features"), "method.features")
+        )
+        return cls(SplitFeatures.from_section(section, kind), KnnVote.from_section(section))
+
+    def metrics(
+        self,
+        encoder: Encoder,
+        domain: Domain,
+        device: torch.device | str,
+        num_workers: int,
+    ) -> dict[str, float]:
+        """Classification metrics of ``encoder``'s frozen features on the two splits."""
+        # Imported here: torchmetrics takes seconds to import, and every training run imports
+        # this module whether or not it evaluates.
+        from fmcore.eval.metrics import classification_metrics
+
+        train, test = self.features.extract(encoder, domain, device, num_workers)
+        num_classes = int(max(train.labels.max(), test.labels.max())) + 1
+        scores = self.vote.scores(train, test, num_classes)
+        return classification_metrics(scores, test.labels, num_classes)

@@ -16,61 +16,19 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any, get_args
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from fmcore.domain import Domain
-from fmcore.encoder import Encoder, feature_kind
+from fmcore.encoder import Encoder
 from fmcore.engine.progress import MetricsLog
 from fmcore.errors import BadSample, ConfigError, FmcoreError
-from fmcore.eval.features import extract_features
-from fmcore.eval.knn import Voting, knn_scores
+from fmcore.eval.knn import KnnProtocol
 
 PROTOCOL = "knn"
 METRIC_PREFIX = f"eval/{PROTOCOL}_"
-
-
-@dataclass(frozen=True)
-class KnnSettings:
-    """The ``eval`` section that ``eval=knn`` selects (``configs/eval/knn.yaml``)."""
-
-    train_split: str
-    test_split: str
-    batch_size: int
-    l2_normalize: bool
-    k: int
-    temperature: float
-    voting: Voting
-    features: str  # cls, mean or cls+mean (Encoder.features)
-
-    @classmethod
-    def from_config(cls, config: DictConfig) -> KnnSettings:
-        """From the run's ``eval`` section; features default to the method's own kind."""
-        section = config.eval
-        voting = str(section.voting)
-        if voting not in get_args(Voting):  # checked now, not at the first evaluation
-            raise ConfigError(
-                f"eval.voting must be {' or '.join(get_args(Voting))}, not '{voting}'"
-            )
-        requested = section.get("features")
-        features = (
-            feature_kind(requested, "eval.features")
-            if requested
-            else feature_kind(config.method.get("features"), "method.features")
-        )
-        return cls(
-            train_split=str(section.train_split),
-            test_split=str(section.test_split),
-            batch_size=int(section.batch_size),
-            l2_normalize=bool(section.l2_normalize),
-            k=int(section.k),
-            temperature=float(section.temperature),
-            voting=voting,  # type: ignore[arg-type]  # one of get_args(Voting), checked above
-            features=features,
-        )
 
 
 @contextlib.contextmanager
@@ -93,14 +51,14 @@ class PeriodicEvaluation:
     def __init__(
         self,
         every_steps: int,
-        settings: KnnSettings,
+        protocol: KnnProtocol,
         domain: Domain,
         device: torch.device,
         num_workers: int,
         message: Callable[[str], None],
     ) -> None:
         self.every_steps = every_steps
-        self.settings = settings
+        self.protocol = protocol
         self.domain = domain
         self.device = device
         self.num_workers = num_workers
@@ -110,7 +68,8 @@ class PeriodicEvaluation:
     def check_splits(self) -> None:
         """Fail before training when a split to evaluate is missing, empty or unlabelled."""
         context = f"eval.every_steps={self.every_steps} (0 trains without periodic evaluation)"
-        for split in (self.settings.train_split, self.settings.test_split):
+        splits = self.protocol.features
+        for split in (splits.train_split, splits.test_split):
             try:
                 refs = self.domain.index(split)
             except FmcoreError as error:
@@ -145,48 +104,13 @@ class PeriodicEvaluation:
         log.write({"step": step, **{METRIC_PREFIX + name: v for name, v in metrics.items()}})
         self.message(
             f"step {step}: kNN accuracy {metrics['accuracy']:.4f}"
-            f" on {self.settings.test_split} of {self.domain.name}"
+            f" on {self.protocol.features.test_split} of {self.domain.name}"
         )
 
     def evaluate(self, encoder: Encoder) -> dict[str, float]:
         """kNN metrics of ``encoder``'s frozen features, training state left as it was."""
-        return knn_metrics(encoder, self.domain, self.settings, self.device, self.num_workers)
-
-
-def knn_metrics(
-    encoder: Encoder,
-    domain: Domain,
-    settings: KnnSettings,
-    device: torch.device,
-    num_workers: int,
-) -> dict[str, float]:
-    """kNN metrics of ``encoder``'s frozen features on the domain's two labelled splits, the
-    caller's random number generators and token count left as they were."""
-    # Imported here: torchmetrics takes seconds to import, and every training run imports
-    # this module whether or not it evaluates.
-    from fmcore.eval.metrics import classification_metrics
-
-    extract: dict[str, Any] = {
-        "batch_size": settings.batch_size,
-        "device": device,
-        "l2_normalize": settings.l2_normalize,
-        "num_workers": num_workers,
-        "kind": settings.features,
-    }
-    with training_state_kept(encoder, device):
-        train = extract_features(encoder, domain, settings.train_split, **extract)
-        test = extract_features(encoder, domain, settings.test_split, **extract)
-    num_classes = int(max(train.labels.max(), test.labels.max())) + 1
-    scores = knn_scores(
-        train.features,
-        train.labels,
-        test.features,
-        num_classes,
-        k=settings.k,
-        temperature=settings.temperature,
-        voting=settings.voting,
-    )
-    return classification_metrics(scores, test.labels, num_classes)
+        with training_state_kept(encoder, self.device):
+            return self.protocol.metrics(encoder, self.domain, self.device, self.num_workers)
 
 
 def periodic_evaluation(
@@ -214,7 +138,7 @@ def periodic_evaluation(
         )
     evaluation = PeriodicEvaluation(
         every_steps,
-        KnnSettings.from_config(config),
+        KnnProtocol.for_run(config),
         domain,
         device,
         int(config.trainer.num_workers),

@@ -18,9 +18,9 @@ from fmcore.config import as_dict
 from fmcore.distributed import pick_device
 from fmcore.errors import ConfigError
 from fmcore.eval.bootstrap import metrics_with_intervals
-from fmcore.eval.features import Features, extract_features
+from fmcore.eval.features import Features, SplitFeatures
 from fmcore.eval.fewshot import fewshot_metrics, summarize
-from fmcore.eval.knn import knn_scores
+from fmcore.eval.knn import KnnVote
 from fmcore.eval.linear import linear_probe
 from fmcore.eval.loading import load_encoder
 from fmcore.eval.mil import evaluate_mil
@@ -59,15 +59,15 @@ def evaluate_features(
     """Frozen features of ``eval.train_split`` and ``eval.test_split``, scored by ``scoring``."""
     settings = config.eval
     loaded = load_encoder(config, registry, words)
-    extract = {
-        "batch_size": int(settings.batch_size),
-        "device": pick_device(str(config.trainer.device), 0),
-        "l2_normalize": bool(settings.l2_normalize),
-        "num_workers": int(config.trainer.num_workers),
-        "kind": loaded.feature_kind(settings.get("features"), "eval.features"),
-    }
-    train = extract_features(loaded.encoder, loaded.domain, str(settings.train_split), **extract)
-    test = extract_features(loaded.encoder, loaded.domain, str(settings.test_split), **extract)
+    splits = SplitFeatures.from_section(
+        settings, loaded.feature_kind(settings.get("features"), "eval.features")
+    )
+    train, test = splits.extract(
+        loaded.encoder,
+        loaded.domain,
+        pick_device(str(config.trainer.device), 0),
+        int(config.trainer.num_workers),
+    )
     num_classes = int(max(train.labels.max(), test.labels.max())) + 1
     seed = int(config.run.seed)
     result = {
@@ -78,12 +78,9 @@ def evaluate_features(
         "checkpoint_step": loaded.metadata.get("step"),
         "domain": str(config.domain.name),
         "encoder": loaded.encoder_config,
-        "splits": {
-            str(settings.train_split): len(train),
-            str(settings.test_split): len(test),
-        },
+        "splits": {splits.train_split: len(train), splits.test_split: len(test)},
         "num_classes": num_classes,
-        "features": extract["kind"],
+        "features": splits.kind,
         "feature_dim": int(train.features.shape[1]),
         "seed": seed,
     }
@@ -93,15 +90,7 @@ def evaluate_features(
 def score_knn(
     settings: DictConfig, train: Features, test: Features, num_classes: int, seed: int
 ) -> dict[str, Any]:
-    scores = knn_scores(
-        train.features,
-        train.labels,
-        test.features,
-        num_classes,
-        k=int(settings.k),
-        temperature=float(settings.temperature),
-        voting=str(settings.voting),
-    )
+    scores = KnnVote.from_section(settings).scores(train, test, num_classes)
     return metrics_with_intervals(
         scores, test.labels, num_classes, resamples=int(settings.bootstrap), seed=seed
     )
