@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 from omegaconf import DictConfig
 from torch import Tensor
 
-from fmcore.errors import BadSample, MissingExtra, MissingPath
+from fmcore.errors import BadSample, ConfigError, MissingExtra, MissingPath
 from fmcore.labels import LabelTable, load_labels
 from fmcore.modalities.base import ViewStep
 
@@ -37,7 +37,8 @@ class Sample:
 class Domain(ABC):
     """Base class of every domain plugin.
 
-    Subclasses set ``name`` (selected by ``domain=<name>``), ``modality`` (``image2d``,
+    Subclasses set ``name`` (selected by ``domain=<name>``), ``splits`` (what ``index`` accepts),
+    ``modality`` (``image2d``,
     ``volume3d``, ``video``, ``points`` or a plugin's; a class attribute, or :meth:`modality_for`
     when the layout depends on the config), and, when they need optional packages, ``requires``
     (their import names) with ``extra`` (the fmcore extra that installs them) or, for a
@@ -54,6 +55,7 @@ class Domain(ABC):
     install: ClassVar[str | None] = None
     requires: ClassVar[tuple[str, ...]] = ()
     partition_keys: ClassVar[tuple[str, ...]] = ()  # see partition_key
+    splits: ClassVar[tuple[str, ...]] = ("train", "all")  # what index() accepts
 
     def __init__(self, data: DictConfig, cache_dir: Path) -> None:
         self.data = data
@@ -136,13 +138,33 @@ class Domain(ABC):
         source = self.data.get("labels")
         return load_labels(source) if source else None
 
-    @abstractmethod
     def index(self, split: str = "train") -> Sequence[Any]:
-        """Find the samples of ``split`` and return lightweight references (paths, coordinates).
+        """The samples of ``split`` as lightweight references (paths, coordinates).
 
-        Called once per process before training; the references are pickled into workers.
-        Unusable inputs are left out and reported with :meth:`report_bad_input`.
+        Called once per process before training; the references are pickled into workers. A
+        split the domain does not know (``splits``) fails here, with one message for every
+        domain; the rest is :meth:`find_samples`.
         """
+        if split not in self.splits:
+            raise ConfigError(
+                f"unknown split '{split}' for domain={self.name}; valid: {', '.join(self.splits)}"
+            )
+        return self.find_samples(split)
+
+    @abstractmethod
+    def find_samples(self, split: str) -> Sequence[Any]:
+        """Find the samples of ``split`` (one of ``splits``) and return their references.
+
+        Unusable inputs are left out and reported with :meth:`report_bad_input`; a split the
+        data at hand cannot provide (``val`` without labels) raises :class:`ConfigError`
+        saying what would provide it.
+        """
+
+    def index_groups(self, split: str) -> tuple[Sequence[Any], dict[str, Sequence[int]]] | None:
+        """Samples that belong together (a slide's tiles): the split's whole index and each
+        group's positions in it, or None for a domain without groups. ``fmcore embed`` writes
+        one feature file per group, the bags MIL reads; other domains get shards."""
+        return None
 
     @abstractmethod
     def load(self, ref: Any) -> Sample:

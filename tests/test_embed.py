@@ -140,7 +140,7 @@ def test_the_sample_slides_give_one_file_per_slide_with_the_domains_tiles(
     registry = load_registry()
     words = with_embed_defaults(pathology_words(out, sample_cache))
     loaded = load_encoder(compose(words, config_sources(registry)), registry)
-    table, slides = loaded.domain.index_by_slide("all")
+    table, slides = loaded.domain.index_groups("all")
     for slide_id, positions in slides.items():
         tensors = load_file(str(files[slide_id]))
         tiles = [table[p] for p in positions]

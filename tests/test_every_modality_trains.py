@@ -24,7 +24,7 @@ from fmcore.plugin_manager import load_registry
 class GeneratedDomain(Domain):
     """Samples are smooth random fields (or clouds on a sphere), seeded by their index."""
 
-    def index(self, split: str = "train") -> Sequence[int]:
+    def find_samples(self, split: str) -> Sequence[int]:
         return list(range(24))
 
     def load(self, ref: int) -> Sample:

@@ -35,7 +35,7 @@ class {cls}(Domain):
     name = "{name}"
     modality = "image2d"
 
-    def index(self, split="train"):
+    def find_samples(self, split):
         return []
 
     def load(self, ref):
@@ -450,3 +450,21 @@ def test_cli_plugins_lists_builtins_with_distribution_and_provides(tmp_path: Pat
     assert "    trunks: vit" in out
     assert "    modalities: image2d, volume3d, video, points" in out
     assert "BROKEN" not in out
+
+
+def test_every_domain_refuses_an_unknown_split_with_one_message(tmp_path: Path) -> None:
+    """The base class checks the split name against the domain's ``splits`` before the plugin's
+    own ``find_samples`` runs, for the built-in domains and a third-party one alike."""
+    from fmcore.config import compose, config_sources
+    from fmcore.errors import ConfigError
+    from fmcore.factory import build_domain
+    from fmcore.plugin_manager import registry
+
+    plugins = registry()
+    for name in ("digits", "pathology", "radiology"):
+        words = [f"domain={name}", f"run.cache_dir={tmp_path}"]
+        domain = build_domain(compose(words, config_sources(plugins)), plugins)
+        with pytest.raises(ConfigError, match=rf"unknown split 'dev' for domain={name}; valid: "):
+            domain.index("dev")
+        assert {"train", "all"} <= set(domain.splits)
+        assert not (tmp_path / "sample-data").exists()  # refused before any file is touched

@@ -1,7 +1,7 @@
 """``fmcore embed``: frozen features of every sample of a domain split, streamed into files.
 
-A slide domain (one that can group its index by slide, :class:`SlideDomain`) gets one file per
-slide; any other domain gets shards of ``embed.shard_size`` samples (layout in
+A domain that groups its index (``Domain.index_groups``: a slide's tiles) gets one file per
+group; any other domain gets shards of ``embed.shard_size`` samples (layout in
 :mod:`.feature_files`). Samples go through the engine's ``DomainDataset`` and ``collate`` in
 batches that never mix two files, so only the file being filled is held in memory, and each file
 is written atomically as soon as its last batch is done. Files already present are skipped, so an
@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -38,15 +38,6 @@ DEFAULT_OPTION = "embed=default"  # configs/embed/default.yaml
 POSITION = "embed_position"  # meta key carrying a sample's position in the split's index
 TILE_COORDS = ("x", "y")  # per-tile meta of a slide domain; its other meta values are the slide's
 SKIPPED_LISTED = 100  # bad samples named in embed.json (every file lists its own)
-
-
-@runtime_checkable
-class SlideDomain(Protocol):
-    """A domain whose samples are tiles of slides, each tile's ``meta`` holding its level-0
-    ``x`` and ``y``. ``index_by_slide`` returns the split's whole index (every tile, no
-    per-slide sampling) and each slide's positions in it."""
-
-    def index_by_slide(self, split: str) -> tuple[Sequence[Any], dict[str, Sequence[int]]]: ...
 
 
 @dataclass
@@ -94,9 +85,10 @@ def with_embed_defaults(words: Sequence[str]) -> list[str]:
 
 def plan_files(domain: Domain, split: str, out: Path, shard_size: int) -> tuple[Any, list]:
     """The split's index and the files covering it: one per slide, or shards."""
-    if isinstance(domain, SlideDomain):
-        refs, slides = domain.index_by_slide(split)
-        return refs, [FeatureFile(slide_path(out, sid), pos, sid) for sid, pos in slides.items()]
+    grouped = domain.index_groups(split)
+    if grouped is not None:
+        refs, groups = grouped
+        return refs, [FeatureFile(slide_path(out, sid), pos, sid) for sid, pos in groups.items()]
     refs = domain.index(split)
     starts = range(0, len(refs), shard_size)
     shards = [

@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from fmcore.domain import Domain, Sample
 from fmcore.errors import ConfigError
 
-SPLITS = ("train", "val", "all")
 VALIDATION_EVERY = 5  # every 5th digit is held out: a fixed 80/20 split with all classes in both
 
 
@@ -20,6 +19,7 @@ class Digits(Domain):
     name = "digits"
     modality = "image2d"
     partition_keys = ("label",)
+    splits = ("train", "val", "all")
     requires = ("sklearn",)
 
     @cached_property
@@ -33,9 +33,7 @@ class Digits(Domain):
         bunch = load_digits()
         return bunch.images.astype(np.float32) / 16.0, bunch.target.astype(np.int64)
 
-    def index(self, split: str = "train") -> Sequence[int]:
-        if split not in SPLITS:
-            raise ConfigError(f"unknown split '{split}' for digits; valid: {', '.join(SPLITS)}")
+    def find_samples(self, split: str) -> Sequence[int]:
         count = len(self._digits[1])
         if split == "all":
             return list(range(count))

@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 
 from fmcore.config import as_dict
 from fmcore.domain import Domain, Sample
-from fmcore.domains.pathology.inputs import IMAGE_EXTENSIONS, Input, find_inputs
+from fmcore.domains.pathology.inputs import IMAGE_EXTENSIONS, SPLITS, Input, find_inputs
 from fmcore.domains.pathology.orientation import RandomDihedral
 from fmcore.domains.pathology.refs import ImageTileRef, SlideRecord, TileRef, TileTable
 from fmcore.domains.pathology.sample_slide import write_sample_slides
@@ -55,6 +55,7 @@ class Pathology(Domain):
     requires = ("openslide", "tifffile")
     partition_keys = ("slide", "label", "patient")
     extra = "pathology"
+    splits = SPLITS
 
     def __init__(self, data: DictConfig, cache_dir: Path) -> None:
         super().__init__(data, cache_dir)
@@ -78,7 +79,7 @@ class Pathology(Domain):
 
     # --- index -------------------------------------------------------------------------------
 
-    def index(self, split: str = "train") -> Sequence[TileReference]:
+    def find_samples(self, split: str) -> Sequence[TileReference]:
         root = self.resolve_root()  # writes the embedded sample slides once
         found = find_inputs(root)
         labels = self.label_table()
@@ -119,7 +120,7 @@ class Pathology(Domain):
         self._log(table, len(slides))
         return table
 
-    def index_by_slide(self, split: str) -> tuple[TileTable, dict[str, Sequence[int]]]:
+    def index_groups(self, split: str) -> tuple[TileTable, dict[str, Sequence[int]]]:
         """Every tissue tile of ``split`` and each slide's positions among them, for ``fmcore
         embed`` (one feature file per slide). ``data.tiles_per_slide`` balances training epochs
         and does not apply here: a slide's features cover all of its tissue."""

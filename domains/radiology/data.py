@@ -25,7 +25,7 @@ from fmcore.domains.radiology.modes import read_mode, sample_size
 from fmcore.domains.radiology.preprocess import Preprocessing, preprocess
 from fmcore.domains.radiology.radiograph import XrayPreprocessing, preprocess_radiograph
 from fmcore.domains.radiology.refs import RadiographRef, VolumeRef
-from fmcore.domains.radiology.splits import check_split, select
+from fmcore.domains.radiology.splits import SPLITS, check_split, select
 from fmcore.labels import LabelTable
 
 
@@ -33,6 +33,7 @@ class Radiology(Domain):
     name = "radiology"
     requires = ("monai", "nibabel", "pydicom", "PIL")
     extra = "radiology"
+    splits = SPLITS
 
     def __init__(self, data: DictConfig, cache_dir: Path) -> None:
         super().__init__(data, cache_dir)
@@ -62,7 +63,7 @@ class Radiology(Domain):
     def xray_preprocessing(self) -> XrayPreprocessing:
         return XrayPreprocessing.from_config(self.data, self.sample_size)
 
-    def index(self, split: str = "train") -> Sequence[VolumeRef | RadiographRef]:
+    def find_samples(self, split: str) -> Sequence[VolumeRef | RadiographRef]:
         """The samples of ``split``: every input for ``train`` and ``all``; with ``data.labels``,
         the inputs it labels for ``split`` (see :mod:`.splits`)."""
         table = self.label_table()

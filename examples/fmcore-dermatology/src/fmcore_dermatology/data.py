@@ -16,7 +16,6 @@ import torch
 from fmcore.domain import Domain, Sample
 from fmcore.errors import BadSample, ConfigError, NoUsableSamples
 
-SPLITS = ("train", "all")
 EXTENSIONS = (".png", ".jpg", ".jpeg")
 
 SAMPLE_CLASSES = ("nevus", "melanoma")
@@ -33,11 +32,7 @@ class Dermatology(Domain):
     requires = ("PIL",)  # imported lazily, so a missing Pillow names the command below
     install = "pip install pillow"
 
-    def index(self, split: str = "train") -> Sequence[Ref]:
-        if split not in SPLITS:
-            raise ConfigError(
-                f"unknown split '{split}' for dermatology; valid: {', '.join(SPLITS)}"
-            )
+    def find_samples(self, split: str) -> Sequence[Ref]:
         if self.channels != 3:
             raise ConfigError(
                 f"dermatology photos are RGB: data.channels must be 3, not {self.channels}"
