@@ -1,7 +1,7 @@
 """fmcore: self-supervised foundation-model pretraining, central or federated.
 
-Plugin authors need ``fmcore.hookimpl`` and the contracts in ``fmcore.domain``,
-``fmcore.method`` and ``fmcore.modalities.base``; see ``fmcore.hookspecs`` for every hook.
+Plugin authors import from ``fmcore.api`` only (the contracts, ``hookimpl``, errors, file
+writers); every other module is internal. ``fmcore.hookspecs`` documents every hook.
 """
 
 from importlib.metadata import PackageNotFoundError, version

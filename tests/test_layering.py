@@ -25,7 +25,7 @@ FLOORS: list[tuple[str, ...]] = [
     # 3 trunks
     ("backbones",),
     # 4 the contracts plugins implement, and the hooks
-    ("encoder", "domain", "method", "hookspecs", "fmcore"),
+    ("encoder", "domain", "method", "hookspecs", "fmcore", "api"),
     # 5 plugins: built-in domains and methods, and the core modules that register on entry points
     ("domains", "plugins", "modalities.plugin", "backbones.plugin"),
     # 6 assembly: discovery and construction; export to other layouts
@@ -171,3 +171,22 @@ def test_the_checker_sees_relative_imports_upward_arrows_and_circles(tmp_path: P
     assert floor_of("fmcore.engine.trainer") > floor_of("fmcore.encoder")
     assert floor_of("fmcore.modalities.plugin") > floor_of("fmcore.modalities.grid")
     assert plugin_of("fmcore.plugins.mae.method") == "fmcore.plugins.mae"
+
+
+def test_the_third_party_example_uses_only_the_public_api() -> None:
+    """examples/fmcore-dermatology is written as an outside author would: ``fmcore.api`` only."""
+    source = ROOT / "examples" / "fmcore-dermatology" / "src"
+    for path in sorted(source.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("fmcore"):
+                assert node.module in ("fmcore.api",) or node.module.startswith(
+                    "fmcore_dermatology"
+                ), f"{path.relative_to(ROOT)} imports {node.module}"
+
+
+def test_every_public_api_name_resolves() -> None:
+    import fmcore.api
+
+    missing = [name for name in fmcore.api.__all__ if not hasattr(fmcore.api, name)]
+    assert not missing
+    assert {"Domain", "Method", "Modality", "Encoder", "hookimpl"} <= set(fmcore.api.__all__)

@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fmcore.domain import Domain, Sample
-from fmcore.errors import BadSample, ConfigError, NoUsableSamples
+from fmcore.api import BadSample, ConfigError, Domain, NoUsableSamples, Sample
 
 EXTENSIONS = (".png", ".jpg", ".jpeg")
 

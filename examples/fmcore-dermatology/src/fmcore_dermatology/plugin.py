@@ -12,8 +12,7 @@ from __future__ import annotations
 from importlib.resources import files
 from pathlib import Path
 
-from fmcore import hookimpl
-from fmcore.domain import Domain
+from fmcore.api import Domain, hookimpl
 from fmcore_dermatology.data import Dermatology
 
 

@@ -1,0 +1,76 @@
+"""Everything a plugin may use, in one module: ``from fmcore.api import Domain, Sample, ...``.
+
+The names here are fmcore's promise to plugin authors: they keep their meaning across minor
+releases, and a change to one is announced. Every other module is internal: the engine, the
+evaluation protocols, the federated runtime and the plugin manager can change without notice,
+and a plugin that imports them (or reaches into another plugin) is refused by fmcore's own
+import-graph test for the built-in plugins. docs/plugins.md explains each contract.
+"""
+
+from fmcore.backbones.vit import Block, DropPath, ViTConfig
+from fmcore.collapse import FEATURE_STD, feature_spread
+from fmcore.collapse import PREFIX as COLLAPSE_PREFIX
+from fmcore.config import as_dict
+from fmcore.distributed import all_reduce_, world_size
+from fmcore.domain import Domain, Sample
+from fmcore.encoder import FEATURE_KINDS, Encoder, EncoderOutput, feature_kind, pool
+from fmcore.errors import BadSample, ConfigError, FmcoreError, NoUsableSamples
+from fmcore.hookspecs import hookimpl
+from fmcore.io import atomic_save_tensors, atomic_write_bytes, atomic_write_text, write_png
+from fmcore.labels import LabelTable, load_labels
+from fmcore.method import Batch, Method, Scope, StepContext, StepOutput, takes_weight_decay
+from fmcore.modalities.base import (
+    Modality,
+    Tokenizer,
+    TokenizerSettings,
+    Tokens,
+    ViewSpec,
+    ViewStep,
+)
+from fmcore.modalities.masking import block_mask, masked_count, random_token_mask, split_indices
+
+__all__ = [  # grouped by contract in the imports above
+    "COLLAPSE_PREFIX",
+    "FEATURE_KINDS",
+    "FEATURE_STD",
+    "BadSample",
+    "Batch",
+    "Block",
+    "ConfigError",
+    "Domain",
+    "DropPath",
+    "Encoder",
+    "EncoderOutput",
+    "FmcoreError",
+    "LabelTable",
+    "Method",
+    "Modality",
+    "NoUsableSamples",
+    "Sample",
+    "Scope",
+    "StepContext",
+    "StepOutput",
+    "Tokenizer",
+    "TokenizerSettings",
+    "Tokens",
+    "ViTConfig",
+    "ViewSpec",
+    "ViewStep",
+    "all_reduce_",
+    "as_dict",
+    "atomic_save_tensors",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "block_mask",
+    "feature_kind",
+    "feature_spread",
+    "hookimpl",
+    "load_labels",
+    "masked_count",
+    "pool",
+    "random_token_mask",
+    "split_indices",
+    "takes_weight_decay",
+    "world_size",
+    "write_png",
+]
