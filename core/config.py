@@ -25,6 +25,7 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from fmcore.config_sections import type_sections
 from fmcore.errors import ConfigError, UnknownChoice
 
 BASE_FILE = "train.yaml"
@@ -210,6 +211,7 @@ def compose(words: Sequence[str], sources: ConfigSources, saved: Path | None = N
         OmegaConf.resolve(config)
     except OmegaConfBaseException as error:  # ${...} naming a missing key, and the like
         raise ConfigError(f"cannot resolve the config: {error}") from error
+    type_sections(config)
     return config
 
 

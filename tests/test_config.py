@@ -365,3 +365,38 @@ def test_the_modality_of_a_domain_can_follow_its_data_section() -> None:
     assert plugins.modality_of("radiology", OmegaConf.create({"mode": "xray"})) == "image2d"
     assert plugins.modality_of("radiology", OmegaConf.create({"mode": "ct"})) == "volume3d"
     assert plugins.modality_of("digits", OmegaConf.create({})) == "image2d"
+
+
+# --- typed sections (fmcore.config_sections) ---------------------------------------------------
+
+
+def test_the_core_sections_are_typed_when_composed() -> None:
+    config = core("trainer.max_steps=7", "trainer.lr=1e-3", "run.seed=3")
+    assert isinstance(config.trainer.max_steps, int) and config.trainer.max_steps == 7
+    assert config.trainer.lr == 0.001 and config.run.seed == 3
+
+
+@pytest.mark.parametrize(
+    ("word", "message"),
+    [
+        ("trainer.max_steps=ten", r"trainer\.max_steps: Value 'ten' .* Integer"),
+        ("trainer.lr=fast", r"trainer\.lr: Value 'fast' .* Float"),
+        ("trainer.precision=fp16", r"trainer\.precision must be one of auto, bf16, fp32"),
+        ("trainer.progress=loud", r"trainer\.progress must be one of auto, bar, lines, none"),
+        ("trainer.lr_scaling=cubic", r"trainer\.lr_scaling must be one of null, linear, sqrt"),
+        ("trainer.max_steps=0", r"trainer\.max_steps must be at least 1"),
+        ("trainer.betas=[0.9]", r"trainer\.betas must be two numbers"),
+        ("run.seed=abc", r"run\.seed: Value 'abc'"),
+    ],
+)
+def test_a_wrongly_typed_core_key_is_named_when_composed(word: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        core(word)
+
+
+def test_the_engine_reads_the_trainer_section_as_a_dataclass() -> None:
+    from fmcore.config_sections import TrainerSection, trainer_section
+
+    trainer = trainer_section(core("trainer.max_steps=7", "+trainer.note=kept"))
+    assert isinstance(trainer, TrainerSection) and trainer.max_steps == 7
+    assert trainer.betas == [0.9, 0.999]

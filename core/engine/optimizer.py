@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import torch
-from omegaconf import DictConfig
 
+from fmcore.config_sections import TrainerSection
 from fmcore.engine.schedules import StepSchedules
 from fmcore.method import Method
 
 
 def make_optimizer(
-    method: Method, trainer: DictConfig, device: torch.device
+    method: Method, trainer: TrainerSection, device: torch.device
 ) -> torch.optim.Optimizer:
     """AdamW (fused on CUDA) over ``method.parameter_groups()``; lr and decay are set per step."""
+    beta1, beta2 = trainer.betas
     return torch.optim.AdamW(
         method.parameter_groups(),
-        lr=float(trainer.lr),
-        betas=tuple(float(b) for b in trainer.betas),
+        lr=trainer.lr,
+        betas=(beta1, beta2),
         fused=device.type == "cuda",
     )
 
@@ -32,7 +33,5 @@ def clip_gradients(method: Method, max_norm: float | None) -> float:
     """Clip each of the method's clip groups to ``max_norm``; the largest norm before clipping."""
     if max_norm is None:
         return float("nan")
-    norms = [
-        torch.nn.utils.clip_grad_norm_(group, float(max_norm)) for group in method.clip_groups()
-    ]
+    norms = [torch.nn.utils.clip_grad_norm_(group, max_norm) for group in method.clip_groups()]
     return float(torch.stack(norms).max())

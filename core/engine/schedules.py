@@ -5,9 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from omegaconf import DictConfig
-
-from fmcore.errors import ConfigError
+from fmcore.config_sections import TrainerSection
 
 
 def warmup_cosine(
@@ -36,34 +34,27 @@ class StepSchedules:
     momentum: float
 
 
-def peak_lr(trainer: DictConfig, world_size: int) -> float:
+def peak_lr(trainer: TrainerSection, world_size: int) -> float:
     """``trainer.lr``, scaled to the global batch by ``trainer.lr_scaling`` (linear or sqrt)."""
-    rule = trainer.lr_scaling
-    if rule is None:
-        return float(trainer.lr)
-    global_batch = int(trainer.batch_size) * int(trainer.grad_accum_steps) * world_size
-    ratio = global_batch / float(trainer.lr_reference_batch)
-    if rule == "linear":
-        return float(trainer.lr) * ratio
-    if rule == "sqrt":
-        return float(trainer.lr) * math.sqrt(ratio)
-    raise ConfigError(f"trainer.lr_scaling must be null, linear or sqrt, not '{rule}'")
+    if trainer.lr_scaling is None:
+        return trainer.lr
+    global_batch = trainer.batch_size * trainer.grad_accum_steps * world_size
+    ratio = global_batch / trainer.lr_reference_batch
+    return trainer.lr * (ratio if trainer.lr_scaling == "linear" else math.sqrt(ratio))
 
 
-def warmup_steps(trainer: DictConfig) -> int:
+def warmup_steps(trainer: TrainerSection) -> int:
     if trainer.warmup_fraction is not None:
-        return round(float(trainer.warmup_fraction) * int(trainer.max_steps))
-    return int(trainer.warmup_steps)
+        return round(trainer.warmup_fraction * trainer.max_steps)
+    return trainer.warmup_steps
 
 
-def schedules_at(trainer: DictConfig, step: int, world_size: int) -> StepSchedules:
+def schedules_at(trainer: TrainerSection, step: int, world_size: int) -> StepSchedules:
     """The trainer section's schedules at ``step`` of ``trainer.max_steps``."""
-    total = int(trainer.max_steps)
+    total = trainer.max_steps
     lr = warmup_cosine(
-        step, total, peak_lr(trainer, world_size), float(trainer.min_lr), warmup_steps(trainer)
+        step, total, peak_lr(trainer, world_size), trainer.min_lr, warmup_steps(trainer)
     )
-    weight_decay = warmup_cosine(
-        step, total, float(trainer.weight_decay), float(trainer.weight_decay_end)
-    )
-    momentum_start, momentum_end = (float(m) for m in trainer.ema_momentum)
+    weight_decay = warmup_cosine(step, total, trainer.weight_decay, trainer.weight_decay_end)
+    momentum_start, momentum_end = trainer.ema_momentum
     return StepSchedules(lr, weight_decay, warmup_cosine(step, total, momentum_start, momentum_end))

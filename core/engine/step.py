@@ -14,14 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
 
+from fmcore.config_sections import TrainerSection
 from fmcore.distributed import World
 from fmcore.engine.checkpoint import CheckpointStore
 from fmcore.engine.data import BatchStream
 from fmcore.engine.optimizer import apply_schedules, clip_gradients
 from fmcore.engine.schedules import schedules_at
-from fmcore.errors import ConfigError
 from fmcore.method import Method, StepContext
 
 
@@ -34,16 +33,15 @@ def precision_context(precision: str, device: torch.device) -> contextlib.Abstra
         precision = "bf16" if device.type == "cuda" else "fp32"
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    raise ConfigError(f"trainer.precision must be auto, bf16 or fp32, not '{precision}'")
+    return contextlib.nullcontext()  # fp32 (TrainerSection checked the choice)
 
 
 @dataclass
 class OptimizerStep:
     """One optimizer step of a run: schedules, seeding, micro-batches, clipping, update."""
 
-    config: DictConfig
+    trainer: TrainerSection
+    seed: int  # run.seed
     world: World
     method: Method
     model: torch.nn.Module
@@ -59,16 +57,16 @@ class OptimizerStep:
 
     def run(self, step: int) -> dict[str, float]:
         """Train step ``step``; its metrics (``step`` in them is the count of steps done)."""
-        trainer, world = self.config.trainer, self.world
+        trainer, world = self.trainer, self.world
         started = time.perf_counter()
         schedules = schedules_at(trainer, step, world.size)
         apply_schedules(self.optimizer, schedules)
-        seed = step_seed(int(self.config.run.seed), step, world.rank)
+        seed = step_seed(self.seed, step, world.rank)
         torch.manual_seed(seed)
         self.generator.manual_seed(seed)
         ctx = StepContext(
             step,
-            int(trainer.max_steps),
+            trainer.max_steps,
             schedules.lr,
             schedules.weight_decay,
             schedules.momentum,
@@ -103,15 +101,15 @@ class OptimizerStep:
 
     def _accumulate(self, ctx: StepContext) -> tuple[int, float, dict[str, Any]]:
         """Forward and backward of every micro-batch of the step (DDP syncs on the last)."""
-        trainer, world = self.config.trainer, self.world
-        accumulation = int(trainer.grad_accum_steps)
+        trainer, world = self.trainer, self.world
+        accumulation = trainer.grad_accum_steps
         samples, loss_sum, step_metrics = 0, 0.0, {}
         for micro in range(accumulation):
             batch = self.stream.next().to(world.device)
             sync = micro == accumulation - 1 or not world.distributed
             with (
                 contextlib.nullcontext() if sync else self.model.no_sync(),
-                precision_context(str(trainer.precision), world.device),
+                precision_context(trainer.precision, world.device),
             ):
                 out = self.model(batch, ctx)
             objective = out.loss

@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from fmcore.backbones.vit import VisionTransformer
 from fmcore.config import to_yaml
+from fmcore.config_sections import TrainerSection, trainer_section
 from fmcore.distributed import World, init_world, shutdown_world
 from fmcore.domain import Domain
 from fmcore.engine.checkpoint import (
@@ -129,8 +130,8 @@ def train(
             "eval.every_steps is set but train() was given no evaluation: pass"
             " evaluation=fmcore.eval.periodic.periodic_evaluation (fmcore train does)"
         )
-    trainer = config.trainer
-    world = init_world(str(trainer.device))
+    trainer = trainer_section(config)
+    world = init_world(trainer.device)
     try:
         return _train(config, registry, trainer, world, local_round, evaluation)
     finally:
@@ -138,12 +139,12 @@ def train(
 
 
 def _open_run(
-    config: DictConfig, trainer: DictConfig, world: World
+    config: DictConfig, trainer: TrainerSection, world: World
 ) -> tuple[Path, CheckpointStore, Checkpoint | None]:
     """The run directory, its checkpoint store, and the checkpoint to resume (``resume=true``)."""
     run_dir = default_run_dir(config, world)
     config.run.dir = str(run_dir)
-    store = CheckpointStore(run_dir / CHECKPOINTS_DIR, keep=int(trainer.keep_checkpoints))
+    store = CheckpointStore(run_dir / CHECKPOINTS_DIR, keep=trainer.keep_checkpoints)
     checkpoint = store.latest()
     if config.resume and checkpoint is None:
         raise ConfigError(f"resume=true but {run_dir} holds no complete checkpoint to resume from")
@@ -190,18 +191,18 @@ def _stop_step(max_steps: int, start_step: int, local_round: LocalRound | None) 
 def _batch_stream(
     parts: Parts,
     refs: list[Any],
-    config: DictConfig,
+    trainer: TrainerSection,
+    seed: int,
     world: World,
     position: Position,
     report: Callable[[str], None] | None,
 ) -> BatchStream:
     """This rank's batches from ``position`` on, in the order an uninterrupted run sees them."""
-    trainer = config.trainer
-    batch_size = int(trainer.batch_size)
+    batch_size = trainer.batch_size
     sampler = ResumableBatchSampler(
         len(refs),
         batch_size,
-        int(config.run.seed),
+        seed,
         world.rank,
         world.size,
         position.batches_consumed,
@@ -209,7 +210,7 @@ def _batch_stream(
     loader = make_loader(
         DomainDataset(parts.domain, refs),
         sampler,
-        int(trainer.num_workers),
+        trainer.num_workers,
         world.device.type == "cuda",
     )
     return BatchStream(
@@ -233,6 +234,7 @@ class _Run:
     """The parts of one run that every stage of :func:`_train` works on."""
 
     config: DictConfig
+    trainer: TrainerSection
     registry: Registry
     world: World
     parts: Parts
@@ -245,7 +247,7 @@ class _Run:
 def _train(
     config: DictConfig,
     registry: Registry,
-    trainer: DictConfig,
+    trainer: TrainerSection,
     world: World,
     local_round: LocalRound | None,
     make_evaluation: EvaluationFactory | None,
@@ -258,7 +260,7 @@ def _train(
     refs = _training_refs(parts, config, world, local_round)
     method = parts.method.to(world.device)
     optimizer = make_optimizer(method, trainer, world.device)
-    run = _Run(config, registry, world, parts, method, optimizer, run_dir, store)
+    run = _Run(config, trainer, registry, world, parts, method, optimizer, run_dir, store)
     position = restore(checkpoint, method, optimizer, world) if checkpoint else Position()
     if local_round is not None:
         load_partial_state(method, local_round.global_state)
@@ -269,18 +271,19 @@ def _train(
     if trainer.compile:
         _compile_trunks(method)
 
-    stop = _stop_step(int(trainer.max_steps), position.step, local_round)
+    stop = _stop_step(trainer.max_steps, position.step, local_round)
     progress = Progress(
-        int(trainer.max_steps),
+        trainer.max_steps,
         position.step,
-        str(trainer.progress) if world.is_main else "none",
-        int(trainer.log_every),
+        trainer.progress if world.is_main else "none",
+        trainer.log_every,
     )
-    stream = _batch_stream(
-        parts, refs, config, world, position, progress.message if world.is_main else None
-    )
+    seed = int(config.run.seed)
+    report = progress.message if world.is_main else None
+    stream = _batch_stream(parts, refs, trainer, seed, world, position, report)
     optimizer_step = OptimizerStep(
-        config,
+        trainer,
+        seed,
         world,
         method,
         _distributed_model(method, world),
@@ -300,7 +303,7 @@ def _train(
         done = step + 1
         if recorder is not None:
             recorder.record(done, metrics)
-        if done % int(trainer.checkpoint_every) == 0 or done == stop:
+        if done % trainer.checkpoint_every == 0 or done == stop:
             _checkpoint(run, done, stream)
     progress.close()
     summary = {
@@ -340,7 +343,7 @@ def _recorder(
         run.method,
         run.run_dir,
         stop,
-        int(run.config.trainer.log_every),
+        run.trainer.log_every,
     )
 
 
