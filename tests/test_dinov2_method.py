@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from fmcore.config import compose, config_sources
+from fmcore.errors import ConfigError
 from fmcore.factory import build_parts
 from fmcore.method import Batch, Scope, StepContext
 from fmcore.plugin_manager import registry
@@ -107,3 +108,24 @@ def test_layerwise_lr_decay_and_scopes() -> None:
     assert scopes["teacher.encoder.trunk.norm.weight"] == Scope.SHARED
     assert scopes["encoder.tokenizer.proj.weight"] == Scope.DOMAIN
     assert scopes["dino_head.prototypes"] == Scope.DOMAIN
+
+
+@pytest.mark.parametrize("distilled", ["cls", "mean"])
+def test_the_dino_head_distils_the_token_method_features_names(distilled: str) -> None:
+    """What the teacher's DINO head receives is its encoder's class token, or the mean of its
+    patch tokens, as ``method.features`` says (captured with forward hooks)."""
+    built = parts(f"method.features={distilled}")
+    teacher = built.method.teacher
+    seen: dict[str, list] = {"out": [], "in": []}  # hooks return None: nothing is replaced
+    teacher["encoder"].register_forward_hook(lambda m, args, out: seen["out"].append(out))
+    teacher["dino_head"].register_forward_pre_hook(lambda m, args: seen["in"].append(args[0]))
+    batch = Batch(data=torch.rand(8, 1, 16, 16), labels=torch.zeros(8, dtype=torch.long))
+    built.method(batch, context(built))
+    out = seen["out"][0]
+    expected = out.cls if distilled == "cls" else out.patches.sum(dim=1) / out.patches.shape[1]
+    torch.testing.assert_close(seen["in"][0], expected)  # the first call is DINO's, then iBOT
+
+
+def test_the_dino_head_takes_one_token_kind() -> None:
+    with pytest.raises(ConfigError, match=r"method\.features must be cls or mean for DINOv2"):
+        parts("method.features=cls+mean")

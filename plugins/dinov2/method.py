@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from fmcore.backbones.vit import DropPath
 from fmcore.collapse import FEATURE_STD, PREFIX, feature_spread
-from fmcore.encoder import Encoder
+from fmcore.encoder import Encoder, feature_kind, pool
 from fmcore.errors import ConfigError
 from fmcore.method import Batch, Method, Scope, StepContext, StepOutput
 from fmcore.modalities.base import Modality, Tokens
@@ -62,6 +62,13 @@ class DINOv2(Method):
         if config.centering not in ("sinkhorn_knopp", "softmax"):
             raise ConfigError(
                 f"method.centering must be sinkhorn_knopp or softmax, not '{config.centering}'"
+            )
+        # The image-level token DINO distils (and KoLeo spreads): DINOv2's class token, or the
+        # mean patch token, which hands every token the DINO gradient on small grids.
+        self.distilled = feature_kind(config.get("features"), "method.features")
+        if self.distilled == "cls+mean":
+            raise ConfigError(
+                "method.features must be cls or mean for DINOv2 (the DINO head's input)"
             )
         dim = encoder.embed_dim
         self.dino_head = _head(config.dino, dim)
@@ -143,23 +150,24 @@ class DINOv2(Method):
 
         with torch.no_grad():
             teacher_out = self.teacher["encoder"](global_crops)
-            teacher_logits = self.teacher["dino_head"](teacher_out.cls)  # (2B, K)
+            teacher_logits = self.teacher["dino_head"](pool(teacher_out, self.distilled))  # (2B, K)
             teacher_targets = self._targets(teacher_logits, temperature, "dino_centering")
             teacher_targets = teacher_targets.view(2, batch_size, -1)
 
         tokens = self.encoder.tokenizer(global_crops)
         mask = self._masks(2 * batch_size, tokens, ctx.generator)  # (2B, N)
         student_global = self.encoder.encode_tokens(tokens, mask=mask)
-        student_logits = [self.dino_head(student_global.cls).view(2, batch_size, -1)]
+        student_tokens = pool(student_global, self.distilled)  # (2B, D)
+        student_logits = [self.dino_head(student_tokens).view(2, batch_size, -1)]
         if local_crops:
-            student_local = self.encoder(torch.cat(local_crops))  # (L*B, ...)
+            student_local = pool(self.encoder(torch.cat(local_crops)), self.distilled)
             student_logits.append(
-                self.dino_head(student_local.cls).view(len(local_crops), batch_size, -1)
+                self.dino_head(student_local).view(len(local_crops), batch_size, -1)
             )
         dino = dino_cross_entropy(torch.cat(student_logits), teacher_targets, config.student_temp)
 
         ibot = self._ibot_loss(student_global.patches, teacher_out.patches, mask, temperature)
-        koleo = sum(koleo_loss(cls) for cls in student_global.cls.chunk(2))
+        koleo = sum(koleo_loss(tokens) for tokens in student_tokens.chunk(2))
         loss = (
             float(config.dino.loss_weight) * dino
             + float(config.ibot.loss_weight) * ibot
@@ -173,7 +181,7 @@ class DINOv2(Method):
                 "koleo_loss": float(koleo.detach()),
                 "teacher_temp": temperature,
                 "masked_fraction": float(mask.float().mean()),
-                FEATURE_STD: feature_spread(student_global.cls),
+                FEATURE_STD: feature_spread(student_tokens),
                 **teacher_spread(teacher_targets.flatten(0, 1)),
             },
         )
