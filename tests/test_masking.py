@@ -117,3 +117,34 @@ def test_tokens_select_gathers_visible_rows():
     assert kept.grid is None
     assert torch.equal(kept.x[0], x[0, [0, 2]]) and torch.equal(kept.x[1], x[1, [1, 2]])
     assert torch.equal(kept.pos[0], pos[0, [0, 2]]) and torch.equal(kept.pos[1], pos[0, [1, 2]])
+
+
+@pytest.mark.parametrize(("grid", "target"), [((4, 4), 7), ((14, 14), 60), ((2, 4, 4), 12)])
+def test_a_block_token_mask_masks_exactly_the_target_in_clusters(grid, target):
+    """Exact count every time; and masked tokens have more masked grid neighbours (on the
+    torus) than a uniformly random mask's 2 x rank x (target - 1) / (N - 1)."""
+    import math
+
+    import numpy as np
+
+    num_tokens = math.prod(grid)
+    tokens = Tokens(x=torch.zeros(1, num_tokens, 8), pos=torch.zeros(1, 1, 8), grid=grid)
+    ratios = []
+    for seed in range(20):
+        mask = Image2D().block_token_mask(
+            tokens, target, np.random.default_rng(seed), max_block=num_tokens // 2
+        )
+        assert mask.shape == (num_tokens,) and int(mask.sum()) == target
+        cube = mask.reshape(grid)
+        axes = range(len(grid))
+        neighbours = sum(np.roll(cube, s, a)[cube].sum() for a in axes for s in (1, -1))
+        ratios.append(neighbours / target / (2 * len(grid) * (target - 1) / (num_tokens - 1)))
+    assert np.mean(ratios) > 1.2
+
+
+def test_a_block_token_mask_without_a_grid_is_random_and_exact():
+    import numpy as np
+
+    tokens = Tokens(x=torch.zeros(1, 20, 8), pos=torch.zeros(1, 20, 8), grid=None)
+    mask = Image2D().block_token_mask(tokens, 9, np.random.default_rng(1))
+    assert int(mask.sum()) == 9

@@ -15,11 +15,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from fmcore.errors import ConfigError
-from fmcore.modalities.masking import random_token_mask
+from fmcore.modalities.masking import block_mask, random_token_mask
 
 
 @dataclass
@@ -175,3 +176,30 @@ class Modality(ABC):
         Uniformly random by default; modalities with structure override it (tube masking for video).
         """
         return random_token_mask(batch_size, tokens.num_tokens, ratio, generator, tokens.x.device)
+
+    def block_token_mask(
+        self,
+        tokens: Tokens,
+        num_masked: int,
+        rng: np.random.Generator,
+        max_block: int | None = None,
+        aspect: tuple[float, float] = (0.3, 1 / 0.3),
+    ) -> np.ndarray:
+        """One sample's block-wise mask (N,) bool with exactly ``num_masked`` tokens masked, for
+        BEiT-style masked-token objectives (iBOT, I-JEPA).
+
+        Boxes on the token grid (:func:`block_mask`), topped up with random tokens where boxes
+        do not fit, so the count is exact; a layout without a grid (point groups) gets random
+        tokens. A modality with other structure overrides it (e.g. blocks that span time).
+        """
+        num_tokens = tokens.num_tokens
+        mask = (
+            block_mask(tokens.grid, num_masked, rng, max_block=max_block, aspect=aspect)
+            if tokens.grid is not None
+            else np.zeros(num_tokens, dtype=bool)
+        )
+        shortfall = num_masked - int(mask.sum())
+        if shortfall > 0:
+            free = np.flatnonzero(~mask)
+            mask[rng.choice(free, size=shortfall, replace=False)] = True
+        return mask

@@ -25,7 +25,6 @@ from fmcore.encoder import Encoder, feature_kind, pool
 from fmcore.errors import ConfigError
 from fmcore.method import Batch, Method, Scope, StepContext, StepOutput
 from fmcore.modalities.base import Modality, Tokens
-from fmcore.modalities.masking import block_mask
 from fmcore.plugins.dinov2.centering import SoftmaxCentering, sinkhorn_knopp
 from fmcore.plugins.dinov2.head import DINOHead
 from fmcore.plugins.dinov2.losses import dino_cross_entropy, ibot_patch_loss, koleo_loss
@@ -122,14 +121,10 @@ class DINOv2(Method):
         masks = np.zeros((count, num_tokens), dtype=bool)
         for i in range(masked_samples):
             target = max(1, int(num_tokens * rng.uniform(bounds[i], bounds[i + 1])))
-            if tokens.grid is not None:
-                masks[i] = block_mask(tokens.grid, target, rng, max_block=num_tokens // 2)
-            # Point groups have no grid, and on small grids blocks may not fit: the rest of the
-            # target is filled with random tokens, so every masked crop really is masked.
-            shortfall = target - int(masks[i].sum())
-            if shortfall > 0:
-                free = np.flatnonzero(~masks[i])
-                masks[i, rng.choice(free, size=shortfall, replace=False)] = True
+            # DINOv2's generator caps one block at half the tokens
+            masks[i] = self.modality.block_token_mask(
+                tokens, target, rng, max_block=num_tokens // 2
+            )
         masks = masks[rng.permutation(count)]
         return torch.from_numpy(masks).to(tokens.x.device)
 
