@@ -27,10 +27,10 @@ from fmcore.errors import ConfigError
 from fmcore.factory import cache_dir
 from fmcore.federated.audit import append_audit
 from fmcore.federated.federation_config import compose_federation, federation_words
-from fmcore.federated.secure import (
+from fmcore.federated.secure_client import secure_aggregation_mod
+from fmcore.federated.secure_server import (
     SecureFederation,
     check_secure_config,
-    secure_aggregation_mod,
     secure_aggregation_on,
 )
 from fmcore.federated.server import CONFIG_RECORD, METRICS_RECORD, SITE_RECORD, Federation

@@ -135,7 +135,7 @@ def test_a_mixed_domain_federation_is_refused_before_it_starts(tmp_path: Path) -
 
 def test_sites_of_two_domains_are_refused_when_they_answer() -> None:
     """In deployment a SuperNode names its own domain: the server refuses after the query."""
-    from fmcore.federated.secure import check_single_domain
+    from fmcore.federated.secure_server import check_single_domain
     from fmcore.federated.server import SiteInfo
 
     digits = ("shared", "domain:digits:image2d")
@@ -156,7 +156,7 @@ def test_sites_of_two_domains_are_refused_when_they_answer() -> None:
 )
 def test_settings_secure_aggregation_cannot_honour_are_refused(word: str, reason: str) -> None:
     from fmcore.federated.federation_config import compose_federation, federation_words
-    from fmcore.federated.secure import check_secure_config
+    from fmcore.federated.secure_server import check_secure_config
     from fmcore.plugin_manager import registry
 
     words = federation_words([*SECURE, word])
@@ -165,7 +165,7 @@ def test_settings_secure_aggregation_cannot_honour_are_refused(word: str, reason
 
 
 def test_a_site_refuses_to_send_what_the_secure_sum_would_corrupt() -> None:
-    from fmcore.federated.secure import outgoing_problem
+    from fmcore.federated.secure_client import outgoing_problem
 
     received = {"shared": {"w": np.zeros(3, np.float32)}}
     good = {"shared": {"w": np.array([0.5, -1.0, 2.0], np.float32)}}

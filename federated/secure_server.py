@@ -1,14 +1,12 @@
-"""Secure aggregation with Flower's SecAgg+: the server learns only the sites' weighted average.
+"""Secure aggregation with Flower's SecAgg+, the server's half: the server learns only the sites'
+weighted average.
 
 SecAgg+ exists only in Flower's legacy API, so this is a server path of its own: a legacy
 ``flwr.server.strategy.FedAvg`` driven by ``SecAggPlusWorkflow`` inside ``DefaultWorkflow``. It
 meets the sites with the same query as :class:`~fmcore.federated.server.Federation` and writes the
 same round files and ``rounds.jsonl``. SecAgg+ sums one flat vector across all sites, so every
 site must hold the same groups: one domain (``shared`` plus one ``domain:<domain>:<modality>``).
-
-On a site, :func:`secure_aggregation_mod` hands SecAgg+ protocol messages to Flower's
-``secaggplus_mod``; the fit inside it runs the ClientApp's ordinary train handler and returns the
-groups flattened in the server's layout order, which the mod quantizes and masks.
+The sites' half is :mod:`.secure_client`.
 """
 
 from __future__ import annotations
@@ -19,23 +17,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import flwr.compat.common.recorddict_compat as compat
-import numpy as np
-from flwr.app import ConfigRecord, Context, Error, Message, MessageType, RecordDict
-from flwr.client.mod import secaggplus_mod
-from flwr.clientapp.typing import ClientAppCallable
+from flwr.app import Context
 from flwr.common import (
-    Code,
     FitRes,
     Metrics,
     Parameters,
     Scalar,
-    Status,
     ndarrays_to_parameters,
     parameters_to_ndarrays,
 )
-from flwr.common.constant import ErrorCode
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.server import LegacyContext, ServerConfig
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
@@ -46,32 +36,30 @@ from omegaconf import DictConfig
 
 from fmcore.config import to_yaml
 from fmcore.errors import ConfigError, FmcoreError
+from fmcore.federated.secure_layout import (
+    CLIPPING_RANGE,
+    FEDERATION,
+    LAYOUT,
+    MAX_WEIGHT,
+    NUM_EXAMPLES,
+    SERVER_ROUND,
+    flatten,
+    layout_of,
+    unflatten,
+)
 from fmcore.federated.server import (
-    CONFIG_RECORD,
-    METRICS_RECORD,
-    SITE_RECORD,
     SiteInfo,
-    as_record,
     await_sites,
     describe_sites,
     federation_id,
     publish_round,
 )
 from fmcore.federated.store import GlobalState, RoundStore
-from fmcore.federated.updates import update_problem
-from fmcore.federated.wire import to_numpy
 from fmcore.io import atomic_write_text
 from fmcore.plugin_manager import Registry
 from fmcore.run_files import RUN_CONFIG_FILE
 
 log = logging.getLogger("fmcore.federated")
-Layout = list[tuple[str, str]]  # (group, entry) in the order of the flat vector
-LAYOUT = "layout"
-CLIPPING_RANGE = "clipping-range"
-MAX_WEIGHT = "max-weight"
-NUM_EXAMPLES = "num-examples"
-SERVER_ROUND = "server-round"
-FEDERATION = "federation"
 
 
 def secure_aggregation_on(config: DictConfig) -> bool:
@@ -131,21 +119,6 @@ def check_single_domain(sites: dict[int, SiteInfo]) -> None:
     groups = {site.groups for site in sites.values()}
     if len(groups) > 1:
         raise _mixed(sorted({g for site in groups for g in site if g.startswith("domain:")}))
-
-
-def layout_of(state: GlobalState) -> Layout:
-    return [(group, key) for group in sorted(state) for key in sorted(state[group])]
-
-
-def flatten(layout: Layout, state: GlobalState) -> list[np.ndarray]:
-    return [np.ascontiguousarray(state[group][key]) for group, key in layout]
-
-
-def unflatten(layout: Layout, arrays: list[np.ndarray]) -> GlobalState:
-    state: GlobalState = {}
-    for (group, key), array in zip(layout, arrays, strict=True):
-        state.setdefault(group, {})[key] = array
-    return state
 
 
 def weighted_metrics(pairs: list[tuple[int, Metrics]]) -> Metrics:
@@ -335,95 +308,3 @@ class SecureFederation:
         record = {"round": server_round, **record, "checkpoint": str(checkpoint)}
         record["secure_aggregation"] = True
         publish_round(self.store, self.registry, int(self.settings.rounds), record)
-
-
-def secure_aggregation_mod(
-    message: Message, context: Context, call_next: ClientAppCallable
-) -> Message:
-    """Client mod: SecAgg+ messages go through Flower's ``secaggplus_mod``, whose fit runs the
-    ClientApp's own train handler; every other message passes unchanged."""
-    if (
-        message.metadata.message_type != MessageType.TRAIN
-        or RECORD_KEY_CONFIGS not in message.content.config_records
-    ):
-        return call_next(message, context)
-
-    def fit(fit_message: Message, fit_context: Context) -> Message:
-        return secure_fit(fit_message, fit_context, call_next)
-
-    try:
-        return secaggplus_mod(message, context, fit)
-    except SiteFailed as failed:
-        return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, str(failed)), reply_to=message)
-
-
-class SiteFailed(Exception):
-    """The site sends no masked update this round; the message is what the server learns."""
-
-
-def secure_fit(message: Message, context: Context, train: ClientAppCallable) -> Message:
-    """A legacy fit: unflatten the global weights into groups, train with the ordinary handler,
-    check the update and return it flattened in the server's layout, weighted by sample count."""
-    fitins = compat.recorddict_to_fitins(message.content, keep_input=True)
-    layout = [(str(g), str(k)) for g, k in json.loads(str(fitins.config[LAYOUT]))]
-    received = unflatten(layout, parameters_to_ndarrays(fitins.parameters))
-    content = RecordDict({group: as_record(entries) for group, entries in received.items()})
-    content[CONFIG_RECORD] = ConfigRecord(
-        {key: fitins.config[key] for key in (FEDERATION, SERVER_ROUND)}
-    )
-    message.content = content
-    reply = train(message, context)
-    if reply.has_error():  # the train handler keeps the details in the site's log
-        raise SiteFailed(reply.error.reason)
-    dtype = str(reply.content[SITE_RECORD]["update-dtype"])
-    groups = {g: to_numpy(reply.content[g], dtype) for g in reply.content.array_records}
-    metrics = dict(reply.content[METRICS_RECORD])
-    examples = int(metrics[NUM_EXAMPLES])
-    problem = outgoing_problem(
-        groups,
-        received,
-        examples,
-        float(fitins.config[CLIPPING_RANGE]),
-        float(fitins.config[MAX_WEIGHT]),
-    )
-    if problem is not None:
-        site = reply.content[SITE_RECORD]["name"]
-        raise SiteFailed(f"site {site} did not send its masked update: {problem}")
-    fitres = FitRes(
-        Status(Code.OK, ""),
-        ndarrays_to_parameters(flatten(layout, groups)),
-        examples,
-        {k: v for k, v in metrics.items() if isinstance(v, int | float)},
-    )
-    return Message(compat.fitres_to_recorddict(fitres, keep_input=False), reply_to=message)
-
-
-def outgoing_problem(
-    groups: GlobalState,
-    received: GlobalState,
-    examples: int,
-    clipping_range: float,
-    max_weight: float,
-) -> str | None:
-    """Why an update must not enter the secure sum (where the server could not reject it)."""
-    if set(groups) != set(received):
-        return f"groups {sorted(groups)} differ from the server's {sorted(received)}"
-    for group, entries in groups.items():
-        problem = update_problem(entries, received[group])
-        if problem is not None:
-            return f"{group}: {problem}"
-    if examples > max_weight:
-        return (
-            f"{examples} samples exceed federated.secagg.max_weight={max_weight:g};"
-            " raise it to at least the largest site's sample count"
-        )
-    peak = max(
-        (float(np.abs(v).max()) for e in groups.values() for v in e.values() if v.size), default=0.0
-    )
-    if peak * examples / max_weight > clipping_range:
-        return (
-            f"a weight of magnitude {peak:.4g} times samples / max_weight ="
-            f" {examples / max_weight:.4g} lies outside federated.secagg.clipping_range="
-            f"{clipping_range:g}, and SecAgg+ would clip it: raise clipping_range"
-        )
-    return None
