@@ -33,7 +33,7 @@ from fmcore.federated.secure_server import (
     check_secure_config,
     secure_aggregation_on,
 )
-from fmcore.federated.server import CONFIG_RECORD, METRICS_RECORD, SITE_RECORD, Federation
+from fmcore.federated.server import Federation
 from fmcore.federated.site import (
     Site,
     evaluate_global,
@@ -41,7 +41,13 @@ from fmcore.federated.site import (
     site_config,
     train_round,
 )
-from fmcore.federated.wire import to_record, to_state
+from fmcore.federated.wire import (
+    CONFIG_RECORD,
+    METRICS_RECORD,
+    SITE_RECORD,
+    to_record,
+    to_state,
+)
 from fmcore.plugin_manager import registry
 
 

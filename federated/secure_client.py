@@ -36,15 +36,15 @@ from fmcore.federated.secure_layout import (
     flatten,
     unflatten,
 )
-from fmcore.federated.server import (
+from fmcore.federated.store import GlobalState
+from fmcore.federated.updates import update_problem
+from fmcore.federated.wire import (
     CONFIG_RECORD,
     METRICS_RECORD,
     SITE_RECORD,
     as_record,
+    to_numpy,
 )
-from fmcore.federated.store import GlobalState
-from fmcore.federated.updates import update_problem
-from fmcore.federated.wire import to_numpy
 
 
 def secure_aggregation_mod(

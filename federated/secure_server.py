@@ -34,8 +34,7 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.serverapp import Grid
 from omegaconf import DictConfig
 
-from fmcore.config import to_yaml
-from fmcore.errors import ConfigError, FmcoreError
+from fmcore.errors import ConfigError
 from fmcore.federated.secure_layout import (
     CLIPPING_RANGE,
     FEDERATION,
@@ -47,17 +46,10 @@ from fmcore.federated.secure_layout import (
     layout_of,
     unflatten,
 )
-from fmcore.federated.server import (
-    SiteInfo,
-    await_sites,
-    describe_sites,
-    federation_id,
-    publish_round,
-)
+from fmcore.federated.server import publish_round
+from fmcore.federated.sites import SiteInfo, open_federation
 from fmcore.federated.store import GlobalState, RoundStore
-from fmcore.io import atomic_write_text
 from fmcore.plugin_manager import Registry
-from fmcore.run_files import RUN_CONFIG_FILE
 
 log = logging.getLogger("fmcore.federated")
 
@@ -272,27 +264,17 @@ class SecureFederation:
     def run(self) -> int:
         """Run the remaining rounds; returns the last completed round."""
         check_secure_config(self.config)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.run_dir / RUN_CONFIG_FILE, to_yaml(self.config))
-        nodes = await_sites(
+        opened = open_federation(
             self.grid,
-            int(self.settings.sites),
+            self.config,
+            self.run_dir,
+            self.store,
             max(2, self.min_sites),
-            float(self.settings.connect_timeout),
+            f"secure aggregation needs two, and federated.min_sites={self.min_sites}",
         )
-        timeout = float(self.settings.round_timeout)
-        self.federation = federation_id(self.run_dir)
-        sites, initial = describe_sites(self.grid, nodes, self.federation, timeout)
-        if len(sites) < max(2, self.min_sites):
-            raise FmcoreError(
-                f"only {len(sites)} site(s) answered; secure aggregation needs at least"
-                f" {max(2, self.min_sites)} (federated.min_sites); see the site errors above"
-            )
+        self.federation, sites = opened.federation, opened.sites
+        last, state = opened.last_round, opened.state
         check_single_domain(sites)
-        resumed = self.store.latest()
-        last, state = resumed if resumed is not None else (0, {})
-        for group, entries in initial.items():
-            state.setdefault(group, entries)
         remaining = int(self.settings.rounds) - last
         if remaining <= 0:
             return last

@@ -10,16 +10,12 @@ from __future__ import annotations
 import logging
 import math
 import time
-import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from flwr.app import (
-    Array,
-    ArrayRecord,
     ConfigRecord,
     Message,
     MessageType,
@@ -30,30 +26,25 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from omegaconf import DictConfig
 
-from fmcore.config import to_yaml
 from fmcore.errors import ConfigError, FmcoreError
 from fmcore.federated.scopes import SHARED_GROUP
+from fmcore.federated.sites import SiteInfo, failed_reply, open_federation
 from fmcore.federated.store import ROUNDS_LOG, GlobalState, RoundStore
 from fmcore.federated.strategies import make_strategy
 from fmcore.federated.updates import update_problem
-from fmcore.federated.wire import check_wire_dtype, record_bytes, to_numpy
-from fmcore.io import atomic_write_text
+from fmcore.federated.wire import (
+    CONFIG_RECORD,
+    METRICS_RECORD,
+    SITE_RECORD,
+    as_record,
+    check_wire_dtype,
+    record_bytes,
+    to_numpy,
+)
 from fmcore.plugin_manager import Registry
-from fmcore.run_files import RUN_CONFIG_FILE
 
 log = logging.getLogger("fmcore.federated")
-SITE_RECORD = "site"
-METRICS_RECORD = "metrics"
-CONFIG_RECORD = "config"
-FEDERATION_ID_FILE = "federation.id"
 UPDATE_METRICS = ("num-examples", "loss", "train-seconds", "local-steps")
-
-
-@dataclass(frozen=True)
-class SiteInfo:
-    node_id: int
-    name: str
-    groups: tuple[str, ...]
 
 
 class NodeSubset:
@@ -64,58 +55,6 @@ class NodeSubset:
 
     def get_node_ids(self) -> list[int]:
         return self.node_ids
-
-
-def as_record(entries: dict[str, np.ndarray]) -> ArrayRecord:
-    """Entries in sorted order: Flower's DP wrappers pair global and update arrays by position."""
-    return ArrayRecord({key: Array(np.ascontiguousarray(entries[key])) for key in sorted(entries)})
-
-
-def await_sites(grid: Grid, expected: int, minimum: int, timeout: float) -> list[int]:
-    """Node ids once ``expected`` sites are connected, or ``minimum`` when ``timeout`` runs out."""
-    deadline = time.monotonic() + timeout
-    while True:
-        nodes = sorted(grid.get_node_ids())
-        if len(nodes) >= expected:
-            return nodes
-        if time.monotonic() > deadline:
-            if len(nodes) >= minimum:
-                return nodes
-            raise FmcoreError(
-                f"only {len(nodes)} of federated.sites={expected} sites connected within"
-                f" {timeout:.0f} s (federated.min_sites={minimum}); are the SuperNodes running?"
-            )
-        time.sleep(1.0)
-
-
-def describe_sites(
-    grid: Grid, nodes: list[int], federation: str, timeout: float
-) -> tuple[dict[int, SiteInfo], GlobalState]:
-    """Ask every site who it is; the first site (by name) of a group gives its initial weights."""
-    query = RecordDict({CONFIG_RECORD: ConfigRecord({"federation": federation})})
-    messages = [Message(query, dst_node_id=node, message_type=MessageType.QUERY) for node in nodes]
-    sites: dict[int, SiteInfo] = {}
-    initial: GlobalState = {}
-    replies = sorted(
-        (r for r in grid.send_and_receive(messages, timeout=timeout) if not _failed(r)),
-        key=lambda reply: str(reply.content[SITE_RECORD]["name"]),
-    )
-    for reply in replies:
-        name = str(reply.content[SITE_RECORD]["name"])
-        if any(site.name == name for site in sites.values()):
-            raise ConfigError(f"two SuperNodes call themselves site '{name}': give each its own")
-        groups = tuple(reply.content.array_records)
-        sites[reply.metadata.src_node_id] = SiteInfo(reply.metadata.src_node_id, name, groups)
-        for group in groups:
-            initial.setdefault(group, to_numpy(reply.content[group]))
-    return sites, initial
-
-
-def _failed(reply: Message) -> bool:
-    if reply.has_error():
-        log.warning("node %s failed: %s", reply.metadata.src_node_id, reply.error.reason)
-        return True
-    return False
 
 
 class Federation:
@@ -139,25 +78,16 @@ class Federation:
                 " model with kNN at every site: add eval=knn (its settings, such as eval.k,"
                 " may then be overridden)"
             )
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.run_dir / RUN_CONFIG_FILE, to_yaml(self.config))
-        nodes = await_sites(
+        opened = open_federation(
             self.grid,
-            int(self.settings.sites),
+            self.config,
+            self.run_dir,
+            self.store,
             self.min_sites,
-            float(self.settings.connect_timeout),
+            f"federated.min_sites={self.min_sites}",
         )
-        self.federation = federation_id(self.run_dir)
-        sites, initial = describe_sites(self.grid, nodes, self.federation, self.timeout)
-        if len(sites) < self.min_sites:
-            raise FmcoreError(
-                f"only {len(sites)} site(s) answered (federated.min_sites={self.min_sites});"
-                " see the site errors above"
-            )
-        resumed = self.store.latest()
-        last, state = resumed if resumed is not None else (0, {})
-        for group, entries in initial.items():
-            state.setdefault(group, entries)
+        self.federation, sites = opened.federation, opened.sites
+        last, state = opened.last_round, opened.state
         # The shared group's strategy samples the round's sites; each domain group then takes
         # every sampled site of its domain, so a sampled site always gets all of its weights.
         strategies = {
@@ -263,7 +193,7 @@ class Federation:
             for node, site in sites.items()
         ]
         replies = list(self.grid.send_and_receive(messages, timeout=self.timeout))
-        usable = [reply for reply in replies if not _failed(reply)]
+        usable = [reply for reply in replies if not failed_reply(reply)]
         aggregated = strategies[SHARED_GROUP].aggregate_evaluate(server_round, usable)
         return {
             "metrics": dict(aggregated or {}),
@@ -420,15 +350,6 @@ def decode_update(content: RecordDict) -> tuple[dict[str, dict[str, np.ndarray]]
     metrics = {key: float(received[key]) for key in UPDATE_METRICS}
     groups = {group: to_numpy(content[group], dtype) for group in content.array_records}
     return groups, metrics
-
-
-def federation_id(run_dir: Path) -> str:
-    """The federation's name, made once per run directory: sites key their state by it, so two
-    federations never share a site's checkpoints (and a restarted one finds them again)."""
-    path = run_dir / FEDERATION_ID_FILE
-    if not path.exists():
-        atomic_write_text(path, f"{run_dir.name}-{uuid.uuid4().hex[:8]}\n")
-    return path.read_text().strip()
 
 
 def record_bytes_of(content: RecordDict) -> int:

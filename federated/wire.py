@@ -13,6 +13,10 @@ from flwr.app import Array, ArrayRecord
 from fmcore.errors import ConfigError
 
 WIRE_DTYPES = ("fp32", "bf16")
+# The records of fmcore's messages, by name: the site, its metrics, the round's config.
+SITE_RECORD = "site"
+METRICS_RECORD = "metrics"
+CONFIG_RECORD = "config"
 
 
 def check_wire_dtype(dtype: str) -> str:
@@ -59,3 +63,8 @@ def to_state(record: ArrayRecord, dtype: str = "fp32") -> dict[str, torch.Tensor
 def record_bytes(record: ArrayRecord) -> int:
     """Payload bytes of the arrays (what dominates a message's size)."""
     return sum(len(array.data) for array in record.values())
+
+
+def as_record(entries: dict[str, np.ndarray]) -> ArrayRecord:
+    """Entries in sorted order: Flower's DP wrappers pair global and update arrays by position."""
+    return ArrayRecord({key: Array(np.ascontiguousarray(entries[key])) for key in sorted(entries)})

@@ -136,7 +136,7 @@ def test_a_mixed_domain_federation_is_refused_before_it_starts(tmp_path: Path) -
 def test_sites_of_two_domains_are_refused_when_they_answer() -> None:
     """In deployment a SuperNode names its own domain: the server refuses after the query."""
     from fmcore.federated.secure_server import check_single_domain
-    from fmcore.federated.server import SiteInfo
+    from fmcore.federated.sites import SiteInfo
 
     digits = ("shared", "domain:digits:image2d")
     check_single_domain({1: SiteInfo(1, "a", digits), 2: SiteInfo(2, "b", digits)})
