@@ -38,7 +38,7 @@ STEPS = {  # steps that fit the budget on 2 cores at batch 64 (vit_tiny)
     "simclr": 800,
     "simclr_small": 700,
     "dinov2": 300,
-    "dinov2_small": 350,
+    "dinov2_small": 380,
     "mae": 800,
     "mae_small": 1800,
 }

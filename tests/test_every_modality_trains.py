@@ -74,6 +74,7 @@ DINOV2_SMALL_HEADS = [
     "method.ibot.prototypes=64",
     "method.dino.hidden_dim=32",
     "method.dino.bottleneck_dim=16",
+    "method.views.local.count=2",  # the preset has none: multi-crop on every modality too
 ]
 
 

@@ -6,6 +6,8 @@ K prototypes; both are all-reduced across processes so every rank centres on the
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -20,20 +22,22 @@ def sinkhorn_knopp(logits: Tensor, temperature: float, iterations: int = 3) -> T
 
     Alternately normalises Q = exp(logits / t), viewed as K x N, so that every prototype gets
     total mass 1/K and every sample 1/N; the result is rescaled so each row (sample) sums to 1.
+    Computed in the log domain: at the cold temperatures small runs need (t = 0.01, exponents of
+    -200) exp underflows to zero for whole prototypes and the plain iteration divides 0 by 0.
     """
-    logits = logits.float()
-    # One shift for every rank (it cancels in the normalisation only if it is the same everywhere).
-    shift = all_reduce_(logits.max().reshape(1), op=dist.ReduceOp.MAX)
-    q = torch.exp((logits - shift) / temperature).t()  # (K, N)
-    samples = q.shape[1] * world_size()
-    prototypes = q.shape[0]
-    q /= all_reduce_(q.sum())
+    log_q = (logits.float() / temperature).t()  # (K, N)
+    prototypes = log_q.shape[0]
+    samples = log_q.shape[1] * world_size()
     for _ in range(iterations):
-        q /= all_reduce_(q.sum(dim=1, keepdim=True))
-        q /= prototypes
-        q /= q.sum(dim=0, keepdim=True)
-        q /= samples
-    return (q * samples).t()  # (N, K), rows sum to 1
+        log_q = log_q - _logsumexp_over_ranks(log_q) - math.log(prototypes)
+        log_q = log_q - torch.logsumexp(log_q, dim=0, keepdim=True) - math.log(samples)
+    return (log_q + math.log(samples)).exp().t()  # (N, K), rows sum to 1
+
+
+def _logsumexp_over_ranks(log_q: Tensor) -> Tensor:
+    """log of each row's sum of exp over the samples of every rank (K, 1)."""
+    peak = all_reduce_(log_q.amax(dim=1, keepdim=True), op=dist.ReduceOp.MAX)
+    return peak + all_reduce_((log_q - peak).exp().sum(dim=1, keepdim=True)).log()
 
 
 class SoftmaxCentering(nn.Module):

@@ -190,8 +190,8 @@ class DINOv2(Method):
                     f"the teacher's targets are near uniform (entropy"
                     f" {metrics[TEACHER_ENTROPY]:.2f} of ln K = {uniform:.2f}): DINO learns"
                     " nothing from them, the small-batch failure of the reference recipe; a"
-                    " colder teacher helps (method.warmup_teacher_temp=0.02"
-                    " method.teacher_temp=0.04, as method=dinov2_small has)"
+                    " colder teacher helps (method.warmup_teacher_temp=0.01"
+                    " method.teacher_temp=0.02, as method=dinov2_small has)"
                 )
             if metrics[TEACHER_KL_UNIFORM] > UNIFORM_SHARE * uniform:
                 warnings[TEACHER_KL_UNIFORM] = (
