@@ -11,13 +11,13 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from fmcore.config_sections import TrainerSection
 from fmcore.distributed import World
-from fmcore.engine.checkpoint import CheckpointStore
 from fmcore.engine.data import BatchStream
 from fmcore.engine.optimizer import apply_schedules, clip_gradients
 from fmcore.engine.schedules import schedules_at
@@ -48,7 +48,7 @@ class OptimizerStep:
     optimizer: torch.optim.Optimizer
     views: Any
     stream: BatchStream
-    store: CheckpointStore
+    checkpoints: Path  # named when the loss is not finite: what a resume starts from
     regularizer: Callable[[Method], torch.Tensor] | None
     generator: torch.Generator = field(init=False)
 
@@ -77,7 +77,7 @@ class OptimizerStep:
         if not math.isfinite(loss):
             raise FloatingPointError(
                 f"loss is {loss} at step {step}: lower trainer.lr or check the data;"
-                f" the last complete checkpoint in {self.store.directory} is kept"
+                f" the last complete checkpoint in {self.checkpoints} is kept"
             )
         grad_norm = clip_gradients(self.method, trainer.clip_grad)
         self.method.before_optimizer_step(ctx)

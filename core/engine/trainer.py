@@ -290,7 +290,7 @@ def _train(
         optimizer,
         parts.views,
         stream,
-        store,
+        store.directory,
         local_round.regularizer if local_round is not None else None,
     )
     recorder = _recorder(run, progress, checkpoint, stop, make_evaluation)
