@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,8 +29,21 @@ BIG_STATE_RUN = [
 ]
 
 
-def kill_while_writing_checkpoint(run: Path, cwd: Path) -> str:
-    """Start training, SIGKILL it as soon as a partial checkpoint directory appears."""
+def kill_while_writing_checkpoint(run: Path, cwd: Path, attempts: int = 3) -> str:
+    """Start training, SIGKILL it while a checkpoint is being written; name the partial one.
+
+    The writer may finish (rename its partial folder) between our look and the kill, so the
+    verdict is read from the folder after the kill, when nothing changes any more; a run killed
+    just too late is started again from scratch.
+    """
+    for _ in range(attempts):
+        shutil.rmtree(run, ignore_errors=True)
+        if partial := _kill_once(run, cwd):
+            return partial
+    pytest.fail(f"never caught a checkpoint being written in {attempts} runs")
+
+
+def _kill_once(run: Path, cwd: Path) -> str | None:
     process = subprocess.Popen(
         [sys.executable, "-m", "fmcore", "train", *BIG_STATE_RUN, f"run.dir={run}"],
         cwd=cwd,
@@ -41,18 +55,28 @@ def kill_while_writing_checkpoint(run: Path, cwd: Path) -> str:
     deadline = time.monotonic() + 240
     try:
         while process.poll() is None and time.monotonic() < deadline:
-            partial = list(checkpoints.glob(".partial-step_*")) if checkpoints.exists() else []
+            names = os.listdir(checkpoints) if checkpoints.exists() else []
             # Kill only once an earlier checkpoint exists, so there is something to resume from.
-            if partial and any(checkpoints.glob("step_*")):
+            if any(n.startswith(".partial-step_") for n in names) and any(
+                n.startswith("step_") for n in names
+            ):
                 process.send_signal(signal.SIGKILL)
                 process.wait()
-                return partial[0].name
+                return _partial_after_kill(checkpoints)
             time.sleep(0.0005)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
-    pytest.fail(f"never caught a checkpoint being written (exit {process.returncode})")
+    return None
+
+
+def _partial_after_kill(checkpoints: Path) -> str | None:
+    partial = sorted(p.name for p in checkpoints.glob(".partial-step_*"))
+    complete = sorted(p.name for p in checkpoints.glob("step_*"))
+    if not partial or not complete:
+        return None
+    return partial[-1]
 
 
 @pytest.mark.slow
