@@ -35,6 +35,7 @@ from flwr.serverapp import Grid
 from omegaconf import DictConfig
 
 from fmcore.errors import ConfigError
+from fmcore.federated.publish import publish_round
 from fmcore.federated.secure_layout import (
     CLIPPING_RANGE,
     FEDERATION,
@@ -46,7 +47,6 @@ from fmcore.federated.secure_layout import (
     layout_of,
     unflatten,
 )
-from fmcore.federated.server import publish_round
 from fmcore.federated.sites import SiteInfo, open_federation
 from fmcore.federated.store import GlobalState, RoundStore
 from fmcore.plugin_manager import Registry

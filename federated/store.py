@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,11 +36,7 @@ class RoundStore:
 
     def save(self, server_round: int, state: GlobalState) -> Path:
         self.directory.mkdir(parents=True, exist_ok=True)
-        flat = {
-            f"{group}/{key}": np.ascontiguousarray(value)
-            for group, entries in state.items()
-            for key, value in entries.items()
-        }
+        flat = {key: np.ascontiguousarray(value) for key, value in flat_state(state).items()}
         final = self.path(server_round)
         partial = final.with_name(f".partial-{final.name}")
         save_file(flat, str(partial), metadata={"format": FORMAT, "round": str(server_round)})
@@ -66,8 +63,23 @@ class RoundStore:
 
 
 def load_round(path: Path) -> GlobalState:
+    return grouped_state(load_file(str(path)))
+
+
+def flat_state(state: GlobalState) -> dict[str, np.ndarray]:
+    """Every group's entries under one name each, ``<group>/<entry>``: a round file, and the
+    single model Flower's round loop carries."""
+    return {
+        f"{group}/{key}": value
+        for group, entries in state.items()
+        for key, value in entries.items()
+    }
+
+
+def grouped_state(flat: Mapping[str, np.ndarray]) -> GlobalState:
+    """The inverse of :func:`flat_state`."""
     state: GlobalState = {}
-    for name, value in load_file(str(path)).items():
+    for name, value in flat.items():
         group, key = name.split("/", 1)
         state.setdefault(group, {})[key] = value
     return state

@@ -1,9 +1,13 @@
-"""Flower's own aggregation strategies, chosen and configured by the ``federated`` config."""
+"""Flower's own aggregation strategies, chosen and configured by the ``federated`` config, and
+the base of fmcore's wrappers around them (composed as Flower's DP wrappers are)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
 from flwr.serverapp import strategy as flower
 from omegaconf import DictConfig
 
@@ -61,7 +65,7 @@ def make_strategy(
         )
     dp_args: dict[str, Any] = dict(as_dict(dp.args) or {})
     try:
-        return DP_WRAPPERS[str(dp.clipping)](
+        private = DP_WRAPPERS[str(dp.clipping)](
             strategy,
             noise_multiplier=float(dp.noise_multiplier),
             num_sampled_clients=max(int(fraction * sites), min_sites),  # as Flower samples
@@ -69,3 +73,55 @@ def make_strategy(
         )
     except (TypeError, ValueError) as error:
         raise ConfigError(f"federated.dp does not fit {dp.clipping} clipping: {error}") from error
+    return EqualWeights(private)
+
+
+class StrategyWrapper(flower.Strategy):
+    """A strategy that hands every step to the one it wraps; subclasses override some."""
+
+    def __init__(self, inner: flower.Strategy) -> None:
+        self.inner = inner
+
+    def summary(self) -> None:
+        self.inner.summary()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.inner.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        return self.inner.aggregate_train(server_round, replies)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        return self.inner.aggregate_evaluate(server_round, replies)
+
+
+class EqualWeights(StrategyWrapper):
+    """Every update weighs the same: server-side DP calibrates its noise for a plain mean."""
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        equal = [
+            Message(
+                RecordDict(
+                    {
+                        "arrays": reply.content["arrays"],
+                        "metrics": MetricRecord({**reply.content["metrics"], "num-examples": 1}),
+                    }
+                ),
+                metadata=reply.metadata,
+            )
+            for reply in replies
+        ]
+        return self.inner.aggregate_train(server_round, equal)

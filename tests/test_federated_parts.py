@@ -17,7 +17,7 @@ from fmcore.federated.partition import site_share
 from fmcore.federated.scopes import SHARED_GROUP, split_by_group
 from fmcore.federated.site import proximal_term
 from fmcore.federated.store import RoundStore
-from fmcore.federated.strategies import make_strategy
+from fmcore.federated.strategies import EqualWeights, make_strategy
 from fmcore.federated.updates import update_problem
 from fmcore.federated.wire import record_bytes, to_numpy, to_record
 from fmcore.plugin_manager import registry
@@ -104,10 +104,13 @@ def test_strategies_come_from_flower_and_bad_settings_are_named() -> None:
         "+federated.dp.args.clipping_norm=2",
     ).federated
     wrapped = make_strategy(dp, sites=3, min_sites=1, fraction=1.0)
-    assert type(wrapped) is flower.DifferentialPrivacyServerSideFixedClipping
-    assert wrapped.clipping_norm == 2 and wrapped.num_sampled_clients == 3
+    # Flower's DP wrapper, inside one that weighs every update the same (DP's plain mean).
+    assert type(wrapped) is EqualWeights
+    private = wrapped.inner
+    assert type(private) is flower.DifferentialPrivacyServerSideFixedClipping
+    assert private.clipping_norm == 2 and private.num_sampled_clients == 3
     # Noise is calibrated for as many sites as Flower samples: max(int(0.7 x 5), min) = 3.
-    assert make_strategy(dp, sites=5, min_sites=1, fraction=0.7).num_sampled_clients == 3
+    assert make_strategy(dp, sites=5, min_sites=1, fraction=0.7).inner.num_sampled_clients == 3
     with pytest.raises(ConfigError, match="FedAvg, FedProx"):
         make_strategy(digits_config("federated.strategy=FedMagic").federated, 2, 1, 1.0)
     with pytest.raises(ConfigError, match="strategy_args do not fit FedProx"):
