@@ -26,7 +26,11 @@ from torch import Tensor
 from fmcore.errors import ConfigError
 from fmcore.factory import cache_dir
 from fmcore.federated.audit import append_audit
-from fmcore.federated.federation_config import compose_federation, federation_words
+from fmcore.federated.federation_config import (
+    ComposedConfigs,
+    compose_federation,
+    federation_words,
+)
 from fmcore.federated.secure_client import secure_aggregation_mod
 from fmcore.federated.secure_server import (
     SecureFederation,
@@ -55,10 +59,12 @@ def _run_words(context: Context) -> list[str]:
     return federation_words(shlex.split(str(context.run_config.get("overrides", ""))))
 
 
-def simulated_site(words: Sequence[str], index: int, site_root: Path) -> Site:
+def simulated_site(
+    words: Sequence[str], index: int, site_root: Path, compose: ComposedConfigs
+) -> Site:
     """Site ``index`` of a simulation: its domain, data root and extra words from the federated
     lists (null entries keep the defaults); sites with the same domain and data split that data."""
-    settings = compose_federation(words, registry()).federated
+    settings = compose(words).federated
     count = int(settings.sites)
     domains = _per_site(settings, "site_domains", count)
     roots = _per_site(settings, "site_data", count)
@@ -137,22 +143,22 @@ def make_client_app(
     """A ClientApp; ``words`` and ``site_root`` are given in simulation, else read from context.
     ``mods`` are Flower client mods (e.g. ``flwr.clientapp.mod`` DP clipping) around every call."""
     app = ClientApp(mods=[*mods, secure_aggregation_mod])  # SecAgg+ messages only
+    compose = ComposedConfigs(registry)  # each site's config, composed once per process
 
     def identify(message: Message, context: Context) -> tuple[list[str], Site]:
         run_words = list(words) if words is not None else _run_words(context)
         if site_root is not None:
             return run_words, simulated_site(
-                run_words, int(context.node_config["partition-id"]), site_root
+                run_words, int(context.node_config["partition-id"]), site_root, compose
             )
         federation = str(message.content[CONFIG_RECORD]["federation"])
-        base = compose_federation(run_words, registry())
-        return run_words, deployed_site(context, federation, base)
+        return run_words, deployed_site(context, federation, compose(run_words))
 
     @app.query()
     @site_errors_stay_local
     def describe(message: Message, context: Context) -> Message:
         run_words, site = identify(message, context)
-        config = site_config(run_words, site, registry())
+        config = site_config(run_words, site, compose)
         content = RecordDict(
             {group: to_record(state) for group, state in initial_groups(config, registry()).items()}
         )
@@ -163,9 +169,8 @@ def make_client_app(
 
     def request(message: Message, context: Context):  # -> (config, site, plugins, weights)
         run_words, site = identify(message, context)
-        plugins = registry()
-        config = site_config(run_words, site, plugins)
-        return config, site, plugins, global_weights(message)
+        config = site_config(run_words, site, compose)
+        return config, site, registry(), global_weights(message)
 
     @app.train()
     @site_errors_stay_local

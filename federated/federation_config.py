@@ -3,7 +3,8 @@ schedule derived from them, so every saved config.yaml shows the steps that real
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+from collections.abc import Callable, Sequence
 
 from omegaconf import DictConfig
 
@@ -33,3 +34,18 @@ def compose_federation(words: Sequence[str], plugins: ProvidesConfigDirs) -> Dic
     federated = config.federated
     config.trainer.max_steps = int(federated.rounds) * int(federated.local_steps)
     return config
+
+
+class ComposedConfigs:
+    """:func:`compose_federation` once per distinct word list, a fresh copy on every call: a
+    ClientApp answers every round's messages with the same federation and site words."""
+
+    def __init__(self, plugins: Callable[[], ProvidesConfigDirs]) -> None:
+        self.plugins = plugins  # called on first use: the plugins load when a message comes
+        self._composed: dict[tuple[str, ...], DictConfig] = {}
+
+    def __call__(self, words: Sequence[str]) -> DictConfig:
+        key = tuple(words)
+        if key not in self._composed:
+            self._composed[key] = compose_federation(key, self.plugins())
+        return copy.deepcopy(self._composed[key])

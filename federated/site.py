@@ -23,7 +23,7 @@ from fmcore.engine.trainer import LocalRound, TrainResult, train
 from fmcore.eval.knn import KnnProtocol
 from fmcore.eval.periodic import periodic_evaluation
 from fmcore.factory import build_parts
-from fmcore.federated.federation_config import compose_federation
+from fmcore.federated.federation_config import ComposedConfigs
 from fmcore.federated.partition import site_share
 from fmcore.federated.scopes import split_by_group
 from fmcore.method import Method
@@ -40,9 +40,9 @@ class Site:
     partition: tuple[int, int] | None = None  # (index, count) when sites split one dataset
 
 
-def site_config(words: Sequence[str], site: Site, registry: Registry) -> DictConfig:
+def site_config(words: Sequence[str], site: Site, compose: ComposedConfigs) -> DictConfig:
     """The federation's config words plus the site's own, and the site's engine run settings."""
-    config = compose_federation([*words, *site.overrides], registry)
+    config = compose([*words, *site.overrides])
     config.run.dir = str(site.state_dir)
     return config
 

@@ -188,3 +188,24 @@ def test_a_federations_engine_schedule_is_derived_and_cannot_be_set() -> None:
     assert config.trainer.max_steps == 15 and config.federated.strategy == "FedAvg"
     with pytest.raises(ConfigError, match=r"trainer\.max_steps is derived"):
         compose_federation([*SMALL_RUN, "trainer.max_steps=7"], registry())
+
+
+def test_a_client_app_composes_each_word_list_once_and_hands_out_copies() -> None:
+    from fmcore.federated.federation_config import ComposedConfigs, compose_federation
+
+    loads = []
+
+    def plugins():
+        loads.append(1)
+        return registry()
+
+    compose = ComposedConfigs(plugins)
+    assert not loads, "nothing is composed before the first message"
+    first = compose([*SMALL_RUN, "federated.rounds=2"])
+    first.trainer.lr = 123.0  # a round may change its copy ...
+    second = compose([*SMALL_RUN, "federated.rounds=2"])
+    assert second.trainer.lr != 123.0  # ... without changing the next round's
+    assert second == compose_federation([*SMALL_RUN, "federated.rounds=2"], registry())
+    other = compose([*SMALL_RUN, "federated.rounds=4"])
+    assert other.trainer.max_steps == 2 * second.trainer.max_steps
+    assert len(loads) == 2, "one composition per distinct word list"
