@@ -8,7 +8,9 @@ config is composed, naming the key) and the engine reads a dataclass instead of 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, is_dataclass
+from typing import TypeVar, get_type_hints
 
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
@@ -18,6 +20,7 @@ from fmcore.errors import ConfigError
 PRECISIONS = ("auto", "bf16", "fp32")
 PROGRESS_MODES = ("auto", "bar", "lines", "none")
 LR_SCALINGS = (None, "linear", "sqrt")
+Section = TypeVar("Section")
 
 
 @dataclass
@@ -53,9 +56,9 @@ class TrainerSection:
     progress: str = MISSING
 
     def __post_init__(self) -> None:
-        _one_of("trainer.precision", self.precision, PRECISIONS)
-        _one_of("trainer.progress", self.progress, PROGRESS_MODES)
-        _one_of("trainer.lr_scaling", self.lr_scaling, LR_SCALINGS)
+        one_of("trainer.precision", self.precision, PRECISIONS)
+        one_of("trainer.progress", self.progress, PROGRESS_MODES)
+        one_of("trainer.lr_scaling", self.lr_scaling, LR_SCALINGS)
         for key in ("max_steps", "batch_size", "grad_accum_steps", "log_every", "checkpoint_every"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"trainer.{key} must be at least 1, not {getattr(self, key)}")
@@ -67,10 +70,11 @@ class TrainerSection:
 SCHEMAS = {"run": RunSection, "trainer": TrainerSection}
 
 
-def type_sections(config: DictConfig) -> None:
-    """Give the core's sections their types (in place), and check their choices. Keys a user
-    added with ``+`` (``+run.note=...``) stay beside the typed ones, untyped."""
-    for name, schema in SCHEMAS.items():
+def type_sections(config: DictConfig, schemas: Mapping[str, type] = SCHEMAS) -> None:
+    """Give the sections named in ``schemas`` (the core's by default) their types, in place, and
+    run the schemas' checks. Keys a user added with ``+`` (``+run.note=...``) stay beside the
+    typed ones, untyped."""
+    for name, schema in schemas.items():
         if name not in config:
             continue
         section_config = config[name]
@@ -86,18 +90,29 @@ def type_sections(config: DictConfig) -> None:
                 if key not in schema.__dataclass_fields__:
                     typed[key] = section_config[key]
         config[name] = typed
-        section(config, name)  # runs the schema's checks now, not at the first step
+        section(config, name, schema)  # runs the schema's checks now, not at the first step
 
 
-def section(config: DictConfig, name: str) -> RunSection | TrainerSection:
-    """Section ``name`` of a composed config as its dataclass (added keys left out)."""
-    schema = SCHEMAS[name]
+def section(config: DictConfig, name: str, schema: type[Section]) -> Section:
+    """Section ``name`` of a composed config as its dataclass (added keys left out); nested
+    dataclass fields become their dataclasses too."""
     values = OmegaConf.to_container(config[name], resolve=True, throw_on_missing=True)
-    return schema(**{key: values[key] for key in schema.__dataclass_fields__})
+    return _build(schema, values)  # type: ignore[arg-type]
+
+
+def _build(schema: type[Section], values: dict) -> Section:
+    hints = get_type_hints(schema)
+    fields = {}
+    for key in schema.__dataclass_fields__:  # type: ignore[attr-defined]
+        value = values[key]
+        if is_dataclass(hints[key]) and isinstance(value, dict):
+            value = _build(hints[key], value)
+        fields[key] = value
+    return schema(**fields)
 
 
 def trainer_section(config: DictConfig) -> TrainerSection:
-    return section(config, "trainer")  # type: ignore[return-value]
+    return section(config, "trainer", TrainerSection)
 
 
 def _config_error(name: str, error: OmegaConfBaseException) -> ConfigError:
@@ -106,7 +121,7 @@ def _config_error(name: str, error: OmegaConfBaseException) -> ConfigError:
     return ConfigError(f"{name}.{key}: {reason}" if key else f"{name}: {reason}")
 
 
-def _one_of(key: str, value: object, choices: tuple) -> None:
+def one_of(key: str, value: object, choices: tuple) -> None:
     if value not in choices:
         shown = ", ".join("null" if c is None else str(c) for c in choices)
         raise ConfigError(f"{key} must be one of {shown}, not '{value}'")

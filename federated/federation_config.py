@@ -1,18 +1,93 @@
-"""A federation's config: its words (with the default strategy) composed once, and the engine
-schedule derived from them, so every saved config.yaml shows the steps that really run."""
+"""A federation's config: its words (with the default strategy) composed once, the
+``federated`` section typed, and the engine schedule derived from them, so every saved
+config.yaml shows the steps that really run."""
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import MISSING, DictConfig
 
 from fmcore.config import ProvidesConfigDirs, compose, config_sources
+from fmcore.config_sections import one_of, section, type_sections
 from fmcore.errors import ConfigError
+from fmcore.federated.wire import WIRE_DTYPES
 
 DEFAULT_STRATEGY = "federated=fedavg"
 DERIVED_KEY = "trainer.max_steps"
+
+
+@dataclass
+class SecaggSection:
+    num_shares: Any = MISSING  # an int > 2, or a float share of the round's sites
+    reconstruction_threshold: Any = MISSING  # likewise
+    max_weight: float = MISSING
+    clipping_range: float = MISSING
+    quantization_range: int = MISSING
+
+
+@dataclass
+class DpSection:
+    clipping: str | None = MISSING
+    noise_multiplier: float = MISSING
+    args: dict[str, Any] = MISSING
+
+
+@dataclass
+class SimulationSection:
+    cpus_per_site: float = MISSING
+    gpus_per_site: float = MISSING
+
+
+@dataclass
+class FederatedSection:
+    """``federated``: the schema of configs/federated/fedavg.yaml (which holds the defaults)."""
+
+    strategy: str = MISSING
+    strategy_args: dict[str, Any] = MISSING
+    sites: int = MISSING
+    rounds: int = MISSING
+    local_steps: int = MISSING
+    min_sites: int = MISSING
+    max_failed_rounds: int = MISSING
+    fraction: float = MISSING
+    round_timeout: float = MISSING
+    connect_timeout: float = MISSING
+    evaluate_every: int = MISSING
+    update_dtype: str = MISSING
+    site_names: list[str] | None = MISSING
+    site_data: list[str | None] | None = MISSING
+    site_domains: list[str | None] | None = MISSING
+    audit: bool = MISSING
+    site_overrides: list[Any] | None = MISSING
+    partition: str = MISSING
+    secure_aggregation: bool = MISSING
+    secagg: SecaggSection = field(default_factory=SecaggSection)
+    dp: DpSection = field(default_factory=DpSection)
+    simulation: SimulationSection = field(default_factory=SimulationSection)
+
+    def __post_init__(self) -> None:
+        for key in ("sites", "rounds", "local_steps", "min_sites", "max_failed_rounds"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"federated.{key} must be at least 1, not {getattr(self, key)}")
+        if self.evaluate_every < 0:
+            raise ConfigError(
+                f"federated.evaluate_every must be 0 or more, not {self.evaluate_every}"
+            )
+        if not 0.0 < self.fraction <= 1.0:
+            raise ConfigError(f"federated.fraction must lie in (0, 1], not {self.fraction}")
+        if self.min_sites > self.sites:
+            raise ConfigError(
+                f"federated.min_sites={self.min_sites} is more than federated.sites={self.sites}"
+            )
+        one_of("federated.update_dtype", self.update_dtype, WIRE_DTYPES)
+
+
+def federated_section(config: DictConfig) -> FederatedSection:
+    return section(config, "federated", FederatedSection)
 
 
 def federation_words(words: Sequence[str]) -> list[str]:
@@ -31,6 +106,7 @@ def compose_federation(words: Sequence[str], plugins: ProvidesConfigDirs) -> Dic
             " federated.local_steps): set those instead"
         )
     config = compose(federation_words(words), config_sources(plugins))
+    type_sections(config, {"federated": FederatedSection})
     federated = config.federated
     config.trainer.max_steps = int(federated.rounds) * int(federated.local_steps)
     return config

@@ -23,6 +23,7 @@ from flwr.serverapp import Grid
 from omegaconf import DictConfig
 
 from fmcore.errors import ConfigError, FmcoreError
+from fmcore.federated.federation_config import FederatedSection, federated_section
 from fmcore.federated.publish import publish_round
 from fmcore.federated.scoped_strategy import ScopedAggregation, record_of, state_of
 from fmcore.federated.scopes import SHARED_GROUP
@@ -42,16 +43,16 @@ class Federation:
     def __init__(self, grid: Grid, config: DictConfig, run_dir: Path, registry: Registry) -> None:
         self.grid = grid
         self.config = config
-        self.settings = config.federated
+        self.settings = federated_section(config)
         self.run_dir = run_dir
         self.registry = registry
         self.store = RoundStore(run_dir)
-        self.timeout = float(self.settings.round_timeout)
-        self.min_sites = int(self.settings.min_sites)
+        self.timeout = self.settings.round_timeout
+        self.min_sites = self.settings.min_sites
 
     def run(self) -> int:
         """Run the remaining rounds; returns the last completed round."""
-        if int(self.settings.evaluate_every) and self.config.get("eval", {}).get("name") != "knn":
+        if self.settings.evaluate_every and self.config.get("eval", {}).get("name") != "knn":
             raise ConfigError(
                 f"federated.evaluate_every={self.settings.evaluate_every} scores the global"
                 " model with kNN at every site: add eval=knn (its settings, such as eval.k,"
@@ -66,7 +67,7 @@ class Federation:
             f"federated.min_sites={self.min_sites}",
         )
         sites, last, state = opened.sites, opened.last_round, opened.state
-        remaining = int(self.settings.rounds) - last
+        remaining = self.settings.rounds - last
         if remaining <= 0:
             return last
         scoped = ScopedAggregation(
@@ -75,7 +76,7 @@ class Federation:
                     self.settings,
                     sites=sum(group in site.groups for site in sites.values()),
                     min_sites=self.min_sites if group == SHARED_GROUP else 1,
-                    fraction=float(self.settings.fraction) if group == SHARED_GROUP else 1.0,
+                    fraction=self.settings.fraction if group == SHARED_GROUP else 1.0,
                 )
                 for group in state
             },
@@ -101,8 +102,7 @@ class Federation:
 
     def _evaluates(self, server_round: int) -> bool:
         """Whether every site scores the global encoder after this round."""
-        every = int(self.settings.evaluate_every)
-        last = int(self.settings.rounds)
+        every, last = self.settings.evaluate_every, self.settings.rounds
         return bool(every) and (server_round % every == 0 or server_round == last)
 
 
@@ -116,16 +116,16 @@ class RecordedRounds(StrategyWrapper):
         inner: ValidatedUpdates,
         store: RoundStore,
         registry: Registry,
-        settings: DictConfig,
+        settings: FederatedSection,
         first_round: int,
     ) -> None:
         super().__init__(inner)
         self.updates = inner
         self.store = store
         self.registry = registry
-        self.rounds = int(settings.rounds)
-        self.max_failed = int(settings.max_failed_rounds)
-        self.min_sites = int(settings.min_sites)
+        self.rounds = settings.rounds
+        self.max_failed = settings.max_failed_rounds
+        self.min_sites = settings.min_sites
         self.offset = first_round - 1
         self.last_round = first_round - 1
         self.failed_in_a_row = 0

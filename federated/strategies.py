@@ -9,10 +9,9 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp import strategy as flower
-from omegaconf import DictConfig
 
-from fmcore.config import as_dict
 from fmcore.errors import ConfigError
+from fmcore.federated.federation_config import FederatedSection
 
 STRATEGIES: dict[str, type[flower.Strategy]] = {
     "FedAvg": flower.FedAvg,
@@ -34,17 +33,17 @@ DP_WRAPPERS: dict[str, type[flower.Strategy]] = {
 
 
 def make_strategy(
-    settings: DictConfig, sites: int, min_sites: int, fraction: float
+    settings: FederatedSection, sites: int, min_sites: int, fraction: float
 ) -> flower.Strategy:
     """One aggregation group's strategy: ``federated.strategy`` with ``federated.strategy_args``,
     sampling ``fraction`` of the group's ``sites`` (at least ``min_sites``), wrapped in
     server-side differential privacy when ``federated.dp.clipping`` is set."""
-    name = str(settings.strategy)
+    name = settings.strategy
     if name not in STRATEGIES:
         raise ConfigError(
             f"federated.strategy={name} is unknown; choose one of {', '.join(STRATEGIES)}"
         )
-    args: dict[str, Any] = dict(as_dict(settings.strategy_args) or {})
+    args: dict[str, Any] = dict(settings.strategy_args)
     args.update(
         fraction_train=fraction,
         fraction_evaluate=0.0,
@@ -59,17 +58,16 @@ def make_strategy(
     dp = settings.dp
     if dp.clipping is None:
         return strategy
-    if str(dp.clipping) not in DP_WRAPPERS:
+    if dp.clipping not in DP_WRAPPERS:
         raise ConfigError(
             f"federated.dp.clipping={dp.clipping}: choose {' or '.join(DP_WRAPPERS)}, or null"
         )
-    dp_args: dict[str, Any] = dict(as_dict(dp.args) or {})
     try:
-        private = DP_WRAPPERS[str(dp.clipping)](
+        private = DP_WRAPPERS[dp.clipping](
             strategy,
-            noise_multiplier=float(dp.noise_multiplier),
+            noise_multiplier=dp.noise_multiplier,
             num_sampled_clients=max(int(fraction * sites), min_sites),  # as Flower samples
-            **dp_args,
+            **dp.args,
         )
     except (TypeError, ValueError) as error:
         raise ConfigError(f"federated.dp does not fit {dp.clipping} clipping: {error}") from error

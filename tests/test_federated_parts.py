@@ -13,6 +13,11 @@ from conftest import SMALL_RUN
 from fmcore.config import compose, config_sources
 from fmcore.errors import ConfigError
 from fmcore.factory import build_domain, build_parts
+from fmcore.federated.federation_config import (
+    FederatedSection,
+    compose_federation,
+    federated_section,
+)
 from fmcore.federated.partition import site_share
 from fmcore.federated.scopes import SHARED_GROUP, split_by_group
 from fmcore.federated.site import proximal_term
@@ -25,6 +30,10 @@ from fmcore.plugin_manager import registry
 
 def digits_config(*words: str):
     return compose(["federated=fedavg", *SMALL_RUN, *words], config_sources(registry()))
+
+
+def federated_settings(*words: str) -> FederatedSection:
+    return federated_section(compose_federation([*SMALL_RUN, *words], registry()))
 
 
 def test_iid_shares_are_disjoint_and_cover_the_data(tmp_path: Path) -> None:
@@ -93,16 +102,16 @@ def test_the_proximal_term_is_mu_over_two_times_the_squared_distance() -> None:
 def test_strategies_come_from_flower_and_bad_settings_are_named() -> None:
     from flwr.serverapp import strategy as flower
 
-    settings = digits_config("federated=fedprox").federated
+    settings = federated_settings("federated=fedprox")
     strategy = make_strategy(settings, sites=3, min_sites=2, fraction=1.0)
     assert type(strategy) is flower.FedProx and strategy.proximal_mu == 0.01
     assert strategy.min_train_nodes == 2
-    dp = digits_config(
+    dp = federated_settings(
         "federated=fedprox",
         "federated.dp.clipping=fixed",
         "federated.dp.noise_multiplier=0.5",
         "+federated.dp.args.clipping_norm=2",
-    ).federated
+    )
     wrapped = make_strategy(dp, sites=3, min_sites=1, fraction=1.0)
     # Flower's DP wrapper, inside one that weighs every update the same (DP's plain mean).
     assert type(wrapped) is EqualWeights
@@ -112,10 +121,10 @@ def test_strategies_come_from_flower_and_bad_settings_are_named() -> None:
     # Noise is calibrated for as many sites as Flower samples: max(int(0.7 x 5), min) = 3.
     assert make_strategy(dp, sites=5, min_sites=1, fraction=0.7).inner.num_sampled_clients == 3
     with pytest.raises(ConfigError, match="FedAvg, FedProx"):
-        make_strategy(digits_config("federated.strategy=FedMagic").federated, 2, 1, 1.0)
+        make_strategy(federated_settings("federated.strategy=FedMagic"), 2, 1, 1.0)
     with pytest.raises(ConfigError, match="strategy_args do not fit FedProx"):
         make_strategy(
-            digits_config("federated=fedprox", "+federated.strategy_args.nope=1").federated,
+            federated_settings("federated=fedprox", "+federated.strategy_args.nope=1"),
             2,
             1,
             1.0,
@@ -209,3 +218,26 @@ def test_a_client_app_composes_each_word_list_once_and_hands_out_copies() -> Non
     other = compose([*SMALL_RUN, "federated.rounds=4"])
     assert other.trainer.max_steps == 2 * second.trainer.max_steps
     assert len(loads) == 2, "one composition per distinct word list"
+
+
+@pytest.mark.parametrize(
+    ("word", "named"),
+    [
+        ("federated.rounds=ten", r"federated\.rounds: Value 'ten'"),
+        ("federated.local_steps=0", r"federated\.local_steps must be at least 1"),
+        ("federated.fraction=1.5", r"federated\.fraction must lie in \(0, 1\]"),
+        ("federated.min_sites=3", r"federated\.min_sites=3 is more than federated\.sites=2"),
+        ("federated.update_dtype=fp8", r"federated\.update_dtype must be one of fp32, bf16"),
+        ("federated.dp.noise_multiplier=lots", r"federated\.dp\.noise_multiplier: Value 'lots'"),
+    ],
+)
+def test_a_bad_federated_value_is_refused_when_composed_naming_its_key(word, named) -> None:
+    with pytest.raises(ConfigError, match=named):
+        federated_settings(word)
+
+
+def test_the_federated_section_is_typed_and_keeps_added_keys() -> None:
+    settings = federated_settings("federated.round_timeout=90", "+federated.strategy_args.x=1")
+    assert settings.round_timeout == 90.0 and isinstance(settings.round_timeout, float)
+    assert settings.dp.clipping is None and settings.secagg.quantization_range == 2**22
+    assert settings.strategy_args == {"x": 1}
