@@ -147,3 +147,28 @@ def test_other_methods_get_no_picture(tmp_path: Path) -> None:
         config=config,
     )
     assert os.listdir(tmp_path) == []
+
+
+def test_successive_pictures_read_the_domain_once_and_show_the_same_samples(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fmcore.factory import build_parts
+
+    registry = load_registry()
+    config = compose(
+        ["domain=digits", *SMALL_MAE, f"run.cache_dir={tmp_path / 'cache'}"],
+        config_sources(registry),
+    )
+    parts = build_parts(config, registry)
+    indexed: list[str] = []
+    index = parts.domain.index
+
+    def counting_index(split: str):
+        indexed.append(split)
+        return index(split)
+
+    monkeypatch.setattr(parts.domain, "index", counting_index)
+    first = draw_reconstructions(parts.method, parts.domain, seed=0)
+    second = draw_reconstructions(parts.method, parts.domain, seed=0)
+    assert indexed == ["val"], "one index of the validation split for every picture of the run"
+    assert first is not None and torch.equal(first, second)

@@ -10,6 +10,7 @@ and video by their middle slice / frame; point clouds have no picture.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import torch
 from torch import Tensor
 
 from fmcore.domain import Domain
-from fmcore.errors import BadSample, FmcoreError
+from fmcore.errors import BadSample
 from fmcore.modalities.grid import GridTokenizer, patchify
 from fmcore.plugins.mae.method import MAE
 
@@ -112,16 +113,28 @@ def reconstruction_grid(view: Tensor, pred: Tensor, mask: Tensor, patch: Sequenc
     return (image * 255).round().to(torch.uint8)
 
 
+# The samples each live domain's pictures show, read once: a run saves many checkpoints, and
+# indexing and decoding a whole-slide or CT domain again for each picture would be wasted work.
+_PICTURE_SAMPLES: weakref.WeakKeyDictionary[Domain, tuple[int, Tensor | None]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def _picture_samples(domain: Domain, count: int) -> Tensor | None:
     """``count`` usable samples spread evenly over the validation split (else the training one).
 
     Always the same samples, so pictures of successive checkpoints can be compared.
     """
-    for split in ("val", "train"):
-        try:
-            refs = list(domain.index(split))
-        except FmcoreError:  # a domain without this split
-            continue
+    cached = _PICTURE_SAMPLES.get(domain)
+    if cached is None or cached[0] != count:
+        cached = (count, _read_picture_samples(domain, count))
+        _PICTURE_SAMPLES[domain] = cached
+    return cached[1]
+
+
+def _read_picture_samples(domain: Domain, count: int) -> Tensor | None:
+    for split in (s for s in ("val", "train") if s in domain.splits):
+        refs = list(domain.index(split))
         stride = max(1, len(refs) // count)
         samples = []
         for ref in refs[::stride]:
