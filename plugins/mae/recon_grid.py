@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from fmcore.domain import Domain
-from fmcore.errors import BadSample
+from fmcore.errors import BadSample, FmcoreError
 from fmcore.modalities.grid import GridTokenizer, patchify
 from fmcore.plugins.mae.method import MAE
 
@@ -134,7 +134,10 @@ def _picture_samples(domain: Domain, count: int) -> Tensor | None:
 
 def _read_picture_samples(domain: Domain, count: int) -> Tensor | None:
     for split in (s for s in ("val", "train") if s in domain.splits):
-        refs = list(domain.index(split))
+        try:
+            refs = list(domain.index(split))
+        except FmcoreError:  # a split the domain knows but this data lacks (unlabelled slides)
+            continue
         stride = max(1, len(refs) // count)
         samples = []
         for ref in refs[::stride]:
