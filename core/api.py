@@ -24,6 +24,7 @@ from fmcore.modalities.base import (
     Tokenizer,
     TokenizerSettings,
     Tokens,
+    ViewOp,
     ViewSpec,
     ViewStep,
 )
@@ -54,6 +55,7 @@ __all__ = [  # grouped by contract in the imports above
     "TokenizerSettings",
     "Tokens",
     "ViTConfig",
+    "ViewOp",
     "ViewSpec",
     "ViewStep",
     "all_reduce_",

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from fmcore.collapse import spread_warning
 from fmcore.encoder import Encoder
-from fmcore.modalities.base import Modality, ViewSpec
+from fmcore.modalities.base import Modality
 from fmcore.view_maker import ViewMaker
 
 
@@ -106,7 +106,7 @@ class Method(nn.Module, ABC):
         self.encoder = encoder
         self.modality = modality
         self.view_specs = {
-            name: ViewSpec.from_config(dict(spec))
+            name: modality.view_spec.from_config(dict(spec))
             for name, spec in (config.get("views") or {}).items()
         }
 

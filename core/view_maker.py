@@ -34,7 +34,7 @@ class ViewMaker:
         self.domain_steps = list(domain_steps)
         self.normalize = normalize
         self.overrides = dict(overrides or {})
-        ViewSpec.from_config(self.overrides)  # names every unknown key of the domain's policy
+        modality.view_spec.from_config(self.overrides)  # names every unknown key of the policy
         self.overrides = {
             k: tuple(v) if isinstance(v, list | tuple) else v for k, v in self.overrides.items()
         }

@@ -415,3 +415,80 @@ def test_video_augment_keeps_frame_order():
     spec = ViewSpec(scale=(0.2, 1.0), flip=0.5, jitter=0.0)
     y = Video().augment(clip, spec, (frames, 8, 8), gen(27))
     assert_close(y, t.expand_as(y), atol=1e-5)
+
+
+def test_image2d_views_are_its_steps_in_order_the_view_functions_called_by_hand():
+    x = torch.rand(4, 3, 16, 16, generator=gen(1))
+    spec = ViewSpec(scale=(0.5, 1.0), flip=0.5, jitter=1.0, grayscale=0.5, solarize=0.5, noise=1.0)
+    steps = Image2D().view_steps(spec, [8, 8])
+    assert [repr(step).split("(")[0] for step in steps] == [
+        "random_resized_crop",
+        "intensity_jitter",
+        "random_grayscale",
+        "random_blur",
+        "random_solarize",
+        "random_noise",
+    ]
+    g = gen(2)
+    by_hand = views.random_resized_crop(x, [8, 8], (0.5, 1.0), spec.aspect, 0.5, g, flip_axes=[1])
+    by_hand = views.intensity_jitter(by_hand, 1.0, spec.jitter_strength, g)
+    by_hand = views.random_grayscale(by_hand, 0.5, g)
+    by_hand = views.random_blur(by_hand, 0.0, g, axes=(0, 1))
+    by_hand = views.random_solarize(by_hand, 0.5, g)
+    by_hand = views.random_noise(by_hand, 1.0, g)
+    assert torch.equal(Image2D().augment(x, spec, [8, 8], gen(2)), by_hand)
+
+
+def test_a_modality_adds_a_view_option_and_a_step_without_a_core_edit():
+    from dataclasses import dataclass
+
+    from fmcore.api import ConfigError, ViewOp
+    from fmcore.view_maker import ViewMaker
+
+    def random_quarter_turn(x: torch.Tensor, p: float, generator: torch.Generator):
+        turn = torch.rand(x.shape[0], generator=generator) < p
+        return torch.where(turn.view(-1, 1, 1, 1), x.rot90(1, dims=(2, 3)), x)
+
+    @dataclass(frozen=True)
+    class TurningSpec(ViewSpec):
+        quarter_turn: float = 0.0
+
+    class TurningImages(Image2D):
+        name = "turning_images"
+        view_spec = TurningSpec
+
+        def view_steps(self, spec, out_size):
+            return [
+                *super().view_steps(spec, out_size),
+                ViewOp(random_quarter_turn, {"p": spec.quarter_turn}),
+            ]
+
+    plain = {"flip": 0.0, "jitter": 0.0, "scale": (1.0, 1.0), "aspect": (1.0, 1.0)}
+    x = torch.arange(16.0).reshape(1, 1, 4, 4)
+    maker = ViewMaker(TurningImages(), (4, 4), (1, 1), overrides={"quarter_turn": 1.0})
+    (view,) = maker(x, TurningSpec(**plain), gen())
+    assert torch.equal(view, x.rot90(1, dims=(2, 3)))  # the full-box crop is exact
+    with pytest.raises(ConfigError, match="quarter_turn"):  # plain images do not know it
+        ViewMaker(Image2D(), (4, 4), (1, 1), overrides={"quarter_turn": 1.0})
+
+
+def test_point_views_match_the_crop_then_xyz_steps_written_out():
+    from fmcore.modalities.points import (
+        Points,
+        crop_indices,
+        gather_points,
+        normalize_unit_sphere,
+        random_flip,
+        random_scale_rotate,
+    )
+
+    clouds = torch.rand(3, 64, 5, generator=gen(3))  # xyz + two feature channels
+    spec = ViewSpec(scale=(0.5, 1.0), flip=0.5, jitter=1.0, jitter_strength=0.4, noise=1.0)
+    g = gen(4)
+    view = gather_points(clouds, crop_indices(clouds[..., :3], spec.scale, 32, g))
+    xyz = normalize_unit_sphere(view[..., :3])
+    xyz = random_flip(xyz, 0.5, g)
+    xyz = random_scale_rotate(xyz, 1.0, 0.2, g)
+    xyz = views.random_noise(xyz, 1.0, g)
+    expected = torch.cat([normalize_unit_sphere(xyz), view[..., 3:]], dim=-1)
+    assert torch.equal(Points().augment(clouds, spec, [32], gen(4)), expected)

@@ -5,15 +5,16 @@ only speak to tokens:
 
 - a tokenizer (raw batch -> embedded tokens with their positional embedding),
 - the per-token reconstruction target and its loss (for masked-modelling methods),
-- batched view operations that run on the device (crop-resize, flip, intensity, blur, masking).
+- its view pipeline: batched view steps that run on the device (crop-resize, flip, intensity,
+  blur, ...) under a view spec it may extend with its own options, and its token masks.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -121,9 +122,29 @@ class ViewSpec:
 
 
 class ViewStep(Protocol):
-    """A batched on-device augmentation a domain adds after the modality's own view ops."""
+    """One batched on-device augmentation: a modality's view pipeline is a list of them
+    (:meth:`Modality.view_steps`), and a domain may append its own (``Domain.view_steps``)."""
 
     def __call__(self, views: Tensor, generator: torch.Generator) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class ViewOp:
+    """A :class:`ViewStep` made of a batched view function and its settings:
+    ``fn(views, generator=generator, **settings)``; it prints as the call it makes."""
+
+    fn: Callable[..., Tensor]
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    random: bool = True  # False: a deterministic step, called without the generator
+
+    def __call__(self, views: Tensor, generator: torch.Generator) -> Tensor:
+        if not self.random:
+            return self.fn(views, **self.settings)
+        return self.fn(views, generator=generator, **self.settings)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{key}={value!r}" for key, value in self.settings.items())
+        return f"{self.fn.__name__}({shown})"
 
 
 @dataclass
@@ -142,6 +163,9 @@ class Modality(ABC):
     name: ClassVar[str]
     #: human description of one sample's layout, e.g. "(C, H, W)"
     layout: ClassVar[str]
+    #: the options a method's and a domain's view settings may use for this modality: a
+    #: subclass of ViewSpec adds the modality's own (its view_steps read them)
+    view_spec: ClassVar[type[ViewSpec]] = ViewSpec
 
     @abstractmethod
     def build_tokenizer(self, settings: TokenizerSettings) -> Tokenizer: ...
@@ -151,10 +175,18 @@ class Modality(ABC):
         """Mean loss over the masked tokens only. pred/target (B, N, P), mask (B, N) bool."""
 
     @abstractmethod
+    def view_steps(self, spec: ViewSpec, out_size: Sequence[int]) -> list[ViewStep]:
+        """The modality's view pipeline for ``spec``: the steps that turn a raw batch into one
+        view per sample of spatial size ``out_size``, in order. ``spec`` is a
+        :attr:`view_spec`, so a modality with its own options reads them here."""
+
     def augment(
         self, batch: Tensor, spec: ViewSpec, out_size: Sequence[int], generator: torch.Generator
     ) -> Tensor:
-        """One augmented view per sample of ``batch``, of spatial size ``out_size``."""
+        """One augmented view per sample of ``batch``: the :meth:`view_steps` applied in turn."""
+        for step in self.view_steps(spec, out_size):
+            batch = step(batch, generator)
+        return batch
 
     def view_size(
         self, sample_size: Sequence[int], fraction: float, multiple: Sequence[int]

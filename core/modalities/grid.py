@@ -17,7 +17,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fmcore.errors import ConfigError
-from fmcore.modalities.base import Modality, Tokenizer, TokenizerSettings, Tokens
+from fmcore.modalities import views
+from fmcore.modalities.base import (
+    Modality,
+    Tokenizer,
+    TokenizerSettings,
+    Tokens,
+    ViewOp,
+    ViewSpec,
+)
 
 
 def patchify(x: Tensor, patch: Sequence[int]) -> Tensor:
@@ -152,8 +160,34 @@ def normalized_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
 class GridModality(Modality):
     """What image2d, volume3d and video share: a patch tokenizer and the normalised-patch MSE.
 
-    Subclasses say how ``encoder.tokenizer`` options become a patch shape, and how to augment.
+    Subclasses say how ``encoder.tokenizer`` options become a patch shape, and their view steps
+    (most begin with :meth:`crop_step` and :meth:`jitter_step`).
     """
+
+    @staticmethod
+    def crop_step(
+        spec: ViewSpec,
+        out_size: Sequence[int],
+        flip_axes: Sequence[int],
+        fixed_axes: Sequence[int] = (),
+    ) -> ViewOp:
+        """The random resized crop of ``spec`` (flips along ``flip_axes``, ``fixed_axes`` kept
+        whole) to ``out_size``."""
+        return ViewOp(
+            views.random_resized_crop,
+            {
+                "out_size": out_size,
+                "scale": spec.scale,
+                "aspect": spec.aspect,
+                "flip": spec.flip,
+                "fixed_axes": fixed_axes,
+                "flip_axes": flip_axes,
+            },
+        )
+
+    @staticmethod
+    def jitter_step(spec: ViewSpec) -> ViewOp:
+        return ViewOp(views.intensity_jitter, {"p": spec.jitter, "strength": spec.jitter_strength})
 
     @abstractmethod
     def patch_shape(self, options: dict) -> tuple[int, ...]:

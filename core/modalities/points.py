@@ -12,12 +12,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from fmcore.errors import ConfigError
-from fmcore.modalities.base import Modality, Tokenizer, TokenizerSettings, Tokens, ViewSpec
+from fmcore.modalities.base import (
+    Modality,
+    Tokenizer,
+    TokenizerSettings,
+    Tokens,
+    ViewOp,
+    ViewSpec,
+    ViewStep,
+)
 from fmcore.modalities.views import random_noise, uniform
 
 XYZ = 3
@@ -207,6 +216,27 @@ def crop_indices(
         return torch.gather(by_distance, 1, torch.gather(shuffled, 1, slots))
 
 
+def random_crop(
+    points: Tensor, scale: tuple[float, float], num_out: int, generator: torch.Generator
+) -> Tensor:
+    """A random local crop of each cloud (B, N, 3+F), resampled to ``num_out`` points."""
+    return gather_points(points, crop_indices(points[..., :XYZ], scale, num_out, generator))
+
+
+@dataclass(frozen=True)
+class OnXyz:
+    """View steps applied in turn to the xyz columns of (B, N, 3+F) points; the feature channels
+    pass unchanged."""
+
+    steps: tuple[ViewStep, ...]
+
+    def __call__(self, points: Tensor, generator: torch.Generator) -> Tensor:
+        xyz = points[..., :XYZ]
+        for step in self.steps:
+            xyz = step(xyz, generator)
+        return torch.cat([xyz, points[..., XYZ:]], dim=-1)
+
+
 def normalize_unit_sphere(xyz: Tensor, eps: float = 1e-8) -> Tensor:
     """Centre each cloud (B, N, 3) on its centroid and scale it into the unit sphere (Point-MAE)."""
     centred = xyz - xyz.mean(dim=1, keepdim=True)
@@ -275,9 +305,7 @@ class Points(Modality):
         per_group = torch.where(mask, per_group, 0.0)
         return per_group.sum() / mask.sum().clamp(min=1)
 
-    def augment(
-        self, batch: Tensor, spec: ViewSpec, out_size: Sequence[int], generator: torch.Generator
-    ) -> Tensor:
+    def view_steps(self, spec: ViewSpec, out_size: Sequence[int]) -> list[ViewStep]:
         """Local crop resampled to ``out_size[0]`` points, x/y flips, scaling and rotation about z,
         xyz noise, then unit-sphere normalisation. Blur, grayscale and solarize do not apply.
 
@@ -286,10 +314,18 @@ class Points(Modality):
         can add a ViewStep for them).
         """
         (num_out,) = out_size
-        index = crop_indices(batch[..., :XYZ], spec.scale, num_out, generator)
-        view = gather_points(batch, index)  # (B, num_out, 3+F)
-        xyz = normalize_unit_sphere(view[..., :XYZ])
-        xyz = random_flip(xyz, spec.flip, generator)
-        xyz = random_scale_rotate(xyz, spec.jitter, spec.jitter_strength * 0.5, generator)
-        xyz = random_noise(xyz, spec.noise, generator)
-        return torch.cat([normalize_unit_sphere(xyz), view[..., XYZ:]], dim=-1)
+        return [
+            ViewOp(random_crop, {"scale": spec.scale, "num_out": num_out}),
+            OnXyz(
+                (
+                    ViewOp(normalize_unit_sphere, random=False),
+                    ViewOp(random_flip, {"p": spec.flip}),
+                    ViewOp(
+                        random_scale_rotate,
+                        {"p": spec.jitter, "strength": spec.jitter_strength * 0.5},
+                    ),
+                    ViewOp(random_noise, {"std": spec.noise}),
+                    ViewOp(normalize_unit_sphere, random=False),
+                )
+            ),
+        ]

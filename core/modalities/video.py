@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from fmcore.modalities import views
-from fmcore.modalities.base import Tokens, ViewSpec
+from fmcore.modalities.base import Tokens, ViewOp, ViewSpec, ViewStep
 from fmcore.modalities.grid import GridModality
 from fmcore.modalities.masking import random_token_mask
 
@@ -23,24 +23,15 @@ class Video(GridModality):
         patch = int(options.get("patch_size", 16))
         return (int(options.get("tubelet", 2)), patch, patch)
 
-    def augment(
-        self, batch: Tensor, spec: ViewSpec, out_size: Sequence[int], generator: torch.Generator
-    ) -> Tensor:
+    def view_steps(self, spec: ViewSpec, out_size: Sequence[int]) -> list[ViewStep]:
         # Crops are spatial only and the same for every frame of a clip; time is kept whole.
-        x = views.random_resized_crop(
-            batch,
-            out_size,
-            spec.scale,
-            spec.aspect,
-            spec.flip,
-            generator,
-            fixed_axes=[TIME_AXIS],
-            flip_axes=[2],
-        )
-        x = views.intensity_jitter(x, spec.jitter, spec.jitter_strength, generator)
-        x = views.random_grayscale(x, spec.grayscale, generator)
-        x = views.random_blur(x, spec.blur, generator, axes=(1, 2))
-        return views.random_noise(x, spec.noise, generator)
+        return [
+            self.crop_step(spec, out_size, flip_axes=[2], fixed_axes=[TIME_AXIS]),
+            self.jitter_step(spec),
+            ViewOp(views.random_grayscale, {"p": spec.grayscale}),
+            ViewOp(views.random_blur, {"p": spec.blur, "axes": (1, 2)}),
+            ViewOp(views.random_noise, {"std": spec.noise}),
+        ]
 
     def view_size(
         self, sample_size: Sequence[int], fraction: float, multiple: Sequence[int]

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
-from torch import Tensor
-
 from fmcore.modalities import views
-from fmcore.modalities.base import ViewSpec
+from fmcore.modalities.base import ViewOp, ViewSpec, ViewStep
 from fmcore.modalities.grid import GridModality
 
 
@@ -20,13 +17,11 @@ class Volume3D(GridModality):
         patch = int(options.get("patch_size", 16))
         return (patch, patch, patch)
 
-    def augment(
-        self, batch: Tensor, spec: ViewSpec, out_size: Sequence[int], generator: torch.Generator
-    ) -> Tensor:
+    def view_steps(self, spec: ViewSpec, out_size: Sequence[int]) -> list[ViewStep]:
         # Any anatomical axis may be mirrored: views must not teach left/right or up/down.
-        x = views.random_resized_crop(
-            batch, out_size, spec.scale, spec.aspect, spec.flip, generator, flip_axes=[0, 1, 2]
-        )
-        x = views.intensity_jitter(x, spec.jitter, spec.jitter_strength, generator)
-        x = views.random_blur(x, spec.blur, generator, axes=(0, 1, 2))
-        return views.random_noise(x, spec.noise, generator)
+        return [
+            self.crop_step(spec, out_size, flip_axes=[0, 1, 2]),
+            self.jitter_step(spec),
+            ViewOp(views.random_blur, {"p": spec.blur, "axes": (0, 1, 2)}),
+            ViewOp(views.random_noise, {"std": spec.noise}),
+        ]
