@@ -60,21 +60,116 @@ class TrainerSection:
         one_of("trainer.progress", self.progress, PROGRESS_MODES)
         one_of("trainer.lr_scaling", self.lr_scaling, LR_SCALINGS)
         for key in ("max_steps", "batch_size", "grad_accum_steps", "log_every", "checkpoint_every"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"trainer.{key} must be at least 1, not {getattr(self, key)}")
+            at_least(f"trainer.{key}", getattr(self, key), 1)
         for key in ("betas", "ema_momentum"):
             if len(getattr(self, key)) != 2:
                 raise ConfigError(f"trainer.{key} must be two numbers, not {getattr(self, key)}")
 
 
+@dataclass
+class EvalSection:
+    """``eval`` without a protocol chosen: train.yaml's periodic-evaluation switch."""
+
+    every_steps: int = MISSING
+
+    def __post_init__(self) -> None:
+        at_least("eval.every_steps", self.every_steps, 0)
+
+
+@dataclass
+class FeatureEvalSection(EvalSection):
+    """What the protocols on frozen features (knn, linear, fewshot) share."""
+
+    name: str = MISSING
+    train_split: str = MISSING
+    test_split: str = MISSING
+    batch_size: int = MISSING
+    features: str | None = MISSING
+    l2_normalize: bool = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        at_least("eval.batch_size", self.batch_size, 1)
+
+
+@dataclass
+class KnnSection(FeatureEvalSection):
+    k: int = MISSING
+    temperature: float = MISSING
+    voting: str = MISSING
+    bootstrap: int = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        at_least("eval.k", self.k, 1)
+        at_least("eval.bootstrap", self.bootstrap, 0)
+        if self.temperature <= 0:
+            raise ConfigError(f"eval.temperature must be above 0, not {self.temperature}")
+
+
+@dataclass
+class LinearSection(FeatureEvalSection):
+    lrs: list[float] = MISSING
+    val_fraction: float = MISSING
+    epochs: int = MISSING
+    probe_batch_size: int = MISSING
+    weight_decay: float = MISSING
+    bootstrap: int = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        at_least("eval.bootstrap", self.bootstrap, 0)
+        if not self.lrs:
+            raise ConfigError("eval.lrs must list at least one learning rate")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"eval.val_fraction must lie in (0, 1), not {self.val_fraction}")
+
+
+@dataclass
+class FewshotSection(FeatureEvalSection):
+    shots: list[int] = MISSING
+    seeds: list[int] = MISSING
+
+
+@dataclass
+class MilSection(EvalSection):
+    name: str = MISSING
+    embeddings: str | None = MISSING
+    labels: str | None = MISSING
+    train_split: str = MISSING
+    test_split: str = MISSING
+    test_fraction: float = MISSING
+    epochs: int = MISSING
+    lr: float = MISSING
+    weight_decay: float = MISSING
+    hidden: int = MISSING
+    attention_hidden: int = MISSING
+    dropout: float = MISSING
+    seed: int = MISSING
+    bootstrap: int = MISSING
+
+
 SCHEMAS = {"run": RunSection, "trainer": TrainerSection}
+EVAL_SCHEMAS = {
+    "knn": KnnSection,
+    "linear": LinearSection,
+    "fewshot": FewshotSection,
+    "mil": MilSection,
+}
 
 
-def type_sections(config: DictConfig, schemas: Mapping[str, type] = SCHEMAS) -> None:
+def core_schemas(config: DictConfig) -> dict[str, type]:
+    """The schemas of the sections the core reads; ``eval``'s is the chosen protocol's."""
+    evaluation = config.get("eval")
+    name = evaluation.get("name") if isinstance(evaluation, DictConfig) else None
+    return {**SCHEMAS, "eval": EVAL_SCHEMAS.get(str(name), EvalSection)}
+
+
+def type_sections(config: DictConfig, schemas: Mapping[str, type] | None = None) -> None:
     """Give the sections named in ``schemas`` (the core's by default) their types, in place, and
     run the schemas' checks. Keys a user added with ``+`` (``+run.note=...``) stay beside the
     typed ones, untyped."""
-    for name, schema in schemas.items():
+    for name, schema in (core_schemas(config) if schemas is None else schemas).items():
         if name not in config:
             continue
         section_config = config[name]
@@ -119,6 +214,12 @@ def _config_error(name: str, error: OmegaConfBaseException) -> ConfigError:
     key = getattr(error, "full_key", None) or ""
     reason = str(getattr(error, "msg", error)).splitlines()[0]
     return ConfigError(f"{name}.{key}: {reason}" if key else f"{name}: {reason}")
+
+
+def at_least(key: str, value: float, minimum: float) -> None:
+    if value < minimum:
+        word = "0 or more" if minimum == 0 else f"at least {minimum}"
+        raise ConfigError(f"{key} must be {word}, not {value}")
 
 
 def one_of(key: str, value: object, choices: tuple) -> None:

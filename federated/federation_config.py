@@ -12,7 +12,7 @@ from typing import Any
 from omegaconf import MISSING, DictConfig
 
 from fmcore.config import ProvidesConfigDirs, compose, config_sources
-from fmcore.config_sections import one_of, section, type_sections
+from fmcore.config_sections import at_least, one_of, section, type_sections
 from fmcore.errors import ConfigError
 from fmcore.federated.wire import WIRE_DTYPES
 
@@ -71,12 +71,8 @@ class FederatedSection:
 
     def __post_init__(self) -> None:
         for key in ("sites", "rounds", "local_steps", "min_sites", "max_failed_rounds"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"federated.{key} must be at least 1, not {getattr(self, key)}")
-        if self.evaluate_every < 0:
-            raise ConfigError(
-                f"federated.evaluate_every must be 0 or more, not {self.evaluate_every}"
-            )
+            at_least(f"federated.{key}", getattr(self, key), 1)
+        at_least("federated.evaluate_every", self.evaluate_every, 0)
         if not 0.0 < self.fraction <= 1.0:
             raise ConfigError(f"federated.fraction must lie in (0, 1], not {self.fraction}")
         if self.min_sites > self.sites:

@@ -400,3 +400,26 @@ def test_the_engine_reads_the_trainer_section_as_a_dataclass() -> None:
     trainer = trainer_section(core("trainer.max_steps=7", "+trainer.note=kept"))
     assert isinstance(trainer, TrainerSection) and trainer.max_steps == 7
     assert trainer.betas == [0.9, 0.999]
+
+
+@pytest.mark.parametrize(
+    ("words", "named"),
+    [
+        (["eval=knn", "eval.k=0"], r"eval\.k must be at least 1, not 0"),
+        (["eval=knn", "eval.temperature=0"], r"eval\.temperature must be above 0"),
+        (["eval=knn", "eval.bootstrap=many"], r"eval\.bootstrap: Value 'many'"),
+        (["eval=linear", "eval.val_fraction=1.0"], r"eval\.val_fraction must lie in \(0, 1\)"),
+        (["eval=linear", "eval.lrs=[]"], r"eval\.lrs must list at least one"),
+        (["eval=fewshot", "eval.shots=[one]"], r"eval\.shots"),
+        (["eval=mil", "eval.epochs=1.5"], r"eval\.epochs"),
+    ],
+)
+def test_each_protocols_eval_section_is_typed_by_its_own_schema(words, named) -> None:
+    with pytest.raises(ConfigError, match=named):
+        core(*words)
+
+
+def test_a_typed_eval_section_keeps_its_values_and_added_keys() -> None:
+    config = core("eval=knn", "eval.k=5", "+eval.note=ablation")
+    assert config.eval.k == 5 and config.eval.temperature == 0.07 and config.eval.note == "ablation"
+    assert core("eval=mil").eval.seed == core().run.seed  # ${run.seed}, resolved then typed

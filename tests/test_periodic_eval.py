@@ -162,7 +162,10 @@ def test_off_by_default_and_clear_errors_for_what_cannot_be_evaluated(
 
     assert "add eval=knn" in error("eval.every_steps=5")
     assert "runs kNN only, not eval=linear" in error("eval=linear", "eval.every_steps=5")
-    assert "whole number" in error("eval.every_steps=-1")
+    with pytest.raises(ConfigError, match=r"eval\.every_steps must be 0 or more, not -1"):
+        _config(registry, "eval.every_steps=-1")  # refused when the config is composed
+    with pytest.raises(ConfigError, match=r"eval\.every_steps: Value 'often'"):
+        _config(registry, "eval.every_steps=often")
     assert "eval.voting must be" in error("eval=knn", "eval.every_steps=5", "eval.voting=most")
     missing = error("eval=knn", "eval.every_steps=5", "eval.test_split=test")
     assert "eval.every_steps=5" in missing and "unknown split 'test'" in missing

@@ -117,12 +117,9 @@ def periodic_evaluation(
     config: DictConfig, domain: Domain, device: torch.device, message: Callable[[str], None]
 ) -> PeriodicEvaluation | None:
     """The run's periodic evaluation with its splits checked, or None when it is off."""
-    # A config saved before periodic evaluation existed has no eval section: off.
-    every_steps = OmegaConf.select(config, "eval.every_steps", default=0)
-    if isinstance(every_steps, bool) or not isinstance(every_steps, int) or every_steps < 0:
-        raise ConfigError(
-            f"eval.every_steps must be a whole number of steps (0: off), not '{every_steps}'"
-        )
+    # A config saved before periodic evaluation existed has no eval section: off. The value's
+    # type and sign are checked when the config is composed (EvalSection).
+    every_steps = int(OmegaConf.select(config, "eval.every_steps", default=0))
     if every_steps == 0:
         return None
     protocol = OmegaConf.select(config, "eval.name")
