@@ -34,12 +34,24 @@ class NodeSubset:
         return self.node_ids
 
 
-def state_of(arrays: ArrayRecord) -> GlobalState:
-    return grouped_state(to_numpy(arrays))
+class StateRecords:
+    """The global weights as Flower's one ArrayRecord and as fmcore's groups, for the wrappers of
+    one federation. The last conversion is remembered: Flower hands every wrapper the record the
+    previous round produced, so a round's weights are decoded from bytes at most once, not once
+    per wrapper and step. Callers read the groups; they never change them in place."""
 
+    def __init__(self) -> None:
+        self._record: ArrayRecord | None = None
+        self._state: GlobalState = {}
 
-def record_of(state: GlobalState) -> ArrayRecord:
-    return as_record(flat_state(state))
+    def record_of(self, state: GlobalState) -> ArrayRecord:
+        self._record, self._state = as_record(flat_state(state)), state
+        return self._record
+
+    def state_of(self, arrays: ArrayRecord) -> GlobalState:
+        if arrays is not self._record:
+            self._record, self._state = arrays, grouped_state(to_numpy(arrays))
+        return self._state
 
 
 class ScopedAggregation(Strategy):
@@ -47,7 +59,8 @@ class ScopedAggregation(Strategy):
 
     ``sites`` are the sites that answered the opening query; ``federation`` goes into every
     message's config; ``evaluate_round`` says after which rounds every site scores the global
-    encoder (kNN on its labelled splits), averaged by the shared group's strategy.
+    encoder (kNN on its labelled splits), averaged by the shared group's strategy; ``records``
+    converts the weights (shared with the other wrappers).
     """
 
     def __init__(
@@ -56,7 +69,9 @@ class ScopedAggregation(Strategy):
         sites: dict[int, SiteInfo],
         federation: str,
         evaluate_round: Callable[[int], bool],
+        records: StateRecords,
     ) -> None:
+        self.records = records
         self.strategies = strategies
         self.sites = sites
         self.federation = federation
@@ -74,7 +89,7 @@ class ScopedAggregation(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> list[Message]:
-        self.current = state_of(arrays)
+        self.current = self.records.state_of(arrays)
         planned = self.strategies[SHARED_GROUP].configure_train(
             server_round,
             as_record(self.current[SHARED_GROUP]),
@@ -133,14 +148,14 @@ class ScopedAggregation(Strategy):
                 }
             if group == SHARED_GROUP:
                 metrics = group_metrics
-        return record_of(state), metrics
+        return self.records.record_of(state), metrics
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> list[Message]:
         if not self.evaluate_round(server_round):
             return []
-        state = state_of(arrays)
+        state = self.records.state_of(arrays)
         return [
             Message(
                 RecordDict(

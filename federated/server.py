@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 from fmcore.errors import ConfigError, FmcoreError
 from fmcore.federated.federation_config import FederatedSection, federated_section
 from fmcore.federated.publish import publish_round
-from fmcore.federated.scoped_strategy import ScopedAggregation, record_of, state_of
+from fmcore.federated.scoped_strategy import ScopedAggregation, StateRecords
 from fmcore.federated.scopes import SHARED_GROUP
 from fmcore.federated.sites import open_federation
 from fmcore.federated.store import ROUNDS_LOG, RoundStore
@@ -70,6 +70,7 @@ class Federation:
         remaining = self.settings.rounds - last
         if remaining <= 0:
             return last
+        records = StateRecords()
         scoped = ScopedAggregation(
             {
                 group: make_strategy(
@@ -83,17 +84,19 @@ class Federation:
             sites,
             opened.federation,
             self._evaluates,
+            records,
         )
         rounds = RecordedRounds(
-            ValidatedUpdates(scoped, sites, self.min_sites, self.timeout),
+            ValidatedUpdates(scoped, sites, self.min_sites, self.timeout, records),
             self.store,
             self.registry,
             self.settings,
             first_round=last + 1,
+            records=records,
         )
         rounds.start(
             self.grid,
-            record_of(state),
+            records.record_of(state),
             num_rounds=remaining,
             timeout=self.timeout,
             evaluate_fn=rounds.finish_round,
@@ -118,8 +121,10 @@ class RecordedRounds(StrategyWrapper):
         registry: Registry,
         settings: FederatedSection,
         first_round: int,
+        records: StateRecords,
     ) -> None:
         super().__init__(inner)
+        self.records = records
         self.updates = inner
         self.store = store
         self.registry = registry
@@ -167,7 +172,7 @@ class RecordedRounds(StrategyWrapper):
                 )
             return None, None
         self.failed_in_a_row = 0
-        self.record["checkpoint"] = str(self.store.save(number, state_of(arrays)))
+        self.record["checkpoint"] = str(self.store.save(number, self.records.state_of(arrays)))
         self.record["metrics"] = dict(metrics or {})
         return arrays, metrics
 

@@ -21,7 +21,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fmcore.errors import ConfigError
-from fmcore.federated.scoped_strategy import state_of
+from fmcore.federated.scoped_strategy import StateRecords
 from fmcore.federated.sites import SiteInfo
 from fmcore.federated.store import GlobalState
 from fmcore.federated.strategies import StrategyWrapper
@@ -55,9 +55,15 @@ class ValidatedUpdates(StrategyWrapper):
     """Checks every training reply before ``inner`` aggregates; :attr:`replies` tells the round."""
 
     def __init__(
-        self, inner: Strategy, sites: dict[int, SiteInfo], min_sites: int, timeout: float
+        self,
+        inner: Strategy,
+        sites: dict[int, SiteInfo],
+        min_sites: int,
+        timeout: float,
+        records: StateRecords,
     ) -> None:
         super().__init__(inner)
+        self.records = records
         self.sites = sites
         self.min_sites = min_sites
         self.timeout = timeout
@@ -68,7 +74,7 @@ class ValidatedUpdates(StrategyWrapper):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> list[Message]:
-        self.expected = state_of(arrays)
+        self.expected = self.records.state_of(arrays)
         messages = list(self.inner.configure_train(server_round, arrays, config, grid))
         self.asked = {message.metadata.dst_node_id for message in messages}
         return messages

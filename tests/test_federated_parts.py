@@ -241,3 +241,23 @@ def test_the_federated_section_is_typed_and_keeps_added_keys() -> None:
     assert settings.round_timeout == 90.0 and isinstance(settings.round_timeout, float)
     assert settings.dp.clipping is None and settings.secagg.quantization_range == 2**22
     assert settings.strategy_args == {"x": 1}
+
+
+def test_the_wrappers_decode_a_rounds_weights_once_and_read_them_back_exactly() -> None:
+    from fmcore.federated.scoped_strategy import StateRecords
+    from fmcore.federated.wire import as_record
+
+    state = {
+        "shared": {"w": np.arange(6, dtype=np.float32).reshape(2, 3)},
+        "domain:digits:image2d": {"n": np.array([3], dtype=np.int64)},
+    }
+    records = StateRecords()
+    record = records.record_of(state)
+    assert records.state_of(record) is state  # the record it just made: no decoding
+    flat = {f"{g}/{k}": v for g, entries in state.items() for k, v in entries.items()}
+    decoded = records.state_of(as_record(flat))  # a record from elsewhere is decoded
+    assert decoded is not state and set(decoded) == set(state)
+    for group, entries in state.items():
+        for key, value in entries.items():
+            assert decoded[group][key].dtype == value.dtype
+            np.testing.assert_array_equal(decoded[group][key], value)
