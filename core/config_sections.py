@@ -20,6 +20,7 @@ from fmcore.errors import ConfigError
 PRECISIONS = ("auto", "bf16", "fp32")
 PROGRESS_MODES = ("auto", "bar", "lines", "none")
 LR_SCALINGS = (None, "linear", "sqrt")
+VOTINGS = ("weighted", "uniform")
 Section = TypeVar("Section")
 
 
@@ -103,6 +104,7 @@ class KnnSection(FeatureEvalSection):
         super().__post_init__()
         at_least("eval.k", self.k, 1)
         at_least("eval.bootstrap", self.bootstrap, 0)
+        one_of("eval.voting", self.voting, VOTINGS)
         if self.temperature <= 0:
             raise ConfigError(f"eval.temperature must be above 0, not {self.temperature}")
 
@@ -148,8 +150,30 @@ class MilSection(EvalSection):
     seed: int = MISSING
     bootstrap: int = MISSING
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        at_least("eval.epochs", self.epochs, 1)
+        at_least("eval.bootstrap", self.bootstrap, 0)
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ConfigError(f"eval.test_fraction must lie in (0, 1), not {self.test_fraction}")
 
-SCHEMAS = {"run": RunSection, "trainer": TrainerSection}
+
+@dataclass
+class EmbedSection:
+    """``embed``: what ``fmcore embed`` writes (configs/embed/default.yaml)."""
+
+    out: str | None = MISSING
+    split: str = MISSING
+    features: str | None = MISSING
+    batch_size: int = MISSING
+    shard_size: int = MISSING
+
+    def __post_init__(self) -> None:
+        at_least("embed.batch_size", self.batch_size, 1)
+        at_least("embed.shard_size", self.shard_size, 1)
+
+
+SCHEMAS = {"run": RunSection, "trainer": TrainerSection, "embed": EmbedSection}
 EVAL_SCHEMAS = {
     "knn": KnnSection,
     "linear": LinearSection,
@@ -208,6 +232,11 @@ def _build(schema: type[Section], values: dict) -> Section:
 
 def trainer_section(config: DictConfig) -> TrainerSection:
     return section(config, "trainer", TrainerSection)
+
+
+def eval_section(config: DictConfig) -> EvalSection:
+    """The ``eval`` section as the chosen protocol's dataclass (KnnSection for eval=knn, ...)."""
+    return section(config, "eval", core_schemas(config)["eval"])
 
 
 def _config_error(name: str, error: OmegaConfBaseException) -> ConfigError:

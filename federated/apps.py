@@ -29,6 +29,7 @@ from fmcore.federated.audit import append_audit
 from fmcore.federated.federation_config import (
     ComposedConfigs,
     compose_federation,
+    federated_section,
     federation_words,
 )
 from fmcore.federated.secure_client import secure_aggregation_mod
@@ -64,33 +65,19 @@ def simulated_site(
 ) -> Site:
     """Site ``index`` of a simulation: its domain, data root and extra words from the federated
     lists (null entries keep the defaults); sites with the same domain and data split that data."""
-    settings = compose(words).federated
-    count = int(settings.sites)
-    domains = _per_site(settings, "site_domains", count)
-    roots = _per_site(settings, "site_data", count)
+    settings = federated_section(compose(words))  # the lists' lengths are checked there
+    count = settings.sites
+    domains = settings.site_domains or [None] * count
+    roots = settings.site_data or [None] * count
     overrides = [f"domain={domains[index]}"] if domains[index] is not None else []
     if roots[index] is not None:
         overrides.append(f"data.root={roots[index]}")
-    own = list(settings.site_overrides or [[]] * count)
-    if len(own) != count:
-        raise ConfigError(
-            f"federated.site_overrides lists {len(own)} entries for federated.sites={count}"
-        )
+    own = settings.site_overrides or [[]] * count
     overrides += [str(word) for word in own[index] or []]
     peers = [i for i in range(count) if (domains[i], roots[i]) == (domains[index], roots[index])]
     partition = (peers.index(index), len(peers)) if len(peers) > 1 else None
-    names = list(settings.site_names or [])
-    name = str(names[index]) if names else f"site-{index}"
+    name = settings.site_names[index] if settings.site_names else f"site-{index}"
     return Site(name, tuple(overrides), site_root / name, partition)
-
-
-def _per_site(settings: DictConfig, key: str, count: int) -> list[str | None]:
-    values = list(settings.get(key) or [None] * count)
-    if len(values) != count:
-        raise ConfigError(
-            f"federated.{key} lists {len(values)} entries for federated.sites={count}"
-        )
-    return [None if value is None else str(value) for value in values]
 
 
 def deployed_site(context: Context, federation: str, config: DictConfig) -> Site:

@@ -80,6 +80,12 @@ class FederatedSection:
                 f"federated.min_sites={self.min_sites} is more than federated.sites={self.sites}"
             )
         one_of("federated.update_dtype", self.update_dtype, WIRE_DTYPES)
+        for key in ("site_names", "site_data", "site_domains", "site_overrides"):
+            listed = getattr(self, key)
+            if listed is not None and len(listed) != self.sites:
+                raise ConfigError(
+                    f"federated.{key} lists {len(listed)} entries for federated.sites={self.sites}"
+                )
 
 
 def federated_section(config: DictConfig) -> FederatedSection:

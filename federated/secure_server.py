@@ -35,6 +35,7 @@ from flwr.serverapp import Grid
 from omegaconf import DictConfig
 
 from fmcore.errors import ConfigError
+from fmcore.federated.federation_config import FederatedSection, federated_section
 from fmcore.federated.publish import publish_round
 from fmcore.federated.secure_layout import (
     CLIPPING_RANGE,
@@ -55,10 +56,10 @@ log = logging.getLogger("fmcore.federated")
 
 
 def secure_aggregation_on(config: DictConfig) -> bool:
-    return bool(config.federated.get("secure_aggregation", False))
+    return federated_section(config).secure_aggregation
 
 
-def make_workflow(settings: DictConfig) -> SecAggPlusWorkflow:
+def make_workflow(settings: FederatedSection) -> SecAggPlusWorkflow:
     """Flower's SecAgg+ workflow with ``federated.secagg``; each stage waits up to
     ``federated.round_timeout`` seconds for the sites."""
     secagg = settings.secagg
@@ -66,10 +67,10 @@ def make_workflow(settings: DictConfig) -> SecAggPlusWorkflow:
         return SecAggPlusWorkflow(
             num_shares=secagg.num_shares,
             reconstruction_threshold=secagg.reconstruction_threshold,
-            max_weight=float(secagg.max_weight),
-            clipping_range=float(secagg.clipping_range),
+            max_weight=secagg.max_weight,
+            clipping_range=secagg.clipping_range,
             quantization_range=secagg.quantization_range,
-            timeout=float(settings.round_timeout),
+            timeout=settings.round_timeout,
         )
     except (TypeError, ValueError) as error:
         raise ConfigError(f"federated.secagg does not fit SecAgg+: {error}") from error
@@ -77,8 +78,8 @@ def make_workflow(settings: DictConfig) -> SecAggPlusWorkflow:
 
 def check_secure_config(config: DictConfig) -> None:
     """Refuse, before any site is contacted, what secure aggregation cannot honour."""
-    settings = config.federated
-    if str(settings.strategy) != "FedAvg":
+    settings = federated_section(config)
+    if settings.strategy != "FedAvg":
         raise ConfigError(
             f"federated.secure_aggregation=true averages with FedAvg only (SecAgg+ reveals only"
             f" the weighted sum), not federated.strategy={settings.strategy}: use federated=fedavg"
@@ -88,10 +89,10 @@ def check_secure_config(config: DictConfig) -> None:
             "federated.dp (server-side clipping) needs each site's update, which SecAgg+ hides:"
             " set federated.dp.clipping=null with federated.secure_aggregation=true"
         )
-    if int(settings.sites) < 2:
+    if settings.sites < 2:
         raise ConfigError("federated.secure_aggregation=true needs federated.sites >= 2")
     own = str(config.domain.name)
-    domains = {own if d is None else str(d) for d in settings.get("site_domains") or [None]}
+    domains = {own if d is None else d for d in settings.site_domains or [None]}
     if len(domains) > 1:
         raise _mixed(sorted(domains))
     make_workflow(settings)
@@ -157,12 +158,12 @@ class SecureFedAvg(FedAvg):
         fit_config: dict[str, Scalar] = {
             FEDERATION: server.federation,
             LAYOUT: json.dumps(self.layout),
-            CLIPPING_RANGE: float(settings.secagg.clipping_range),
-            MAX_WEIGHT: float(settings.secagg.max_weight),
+            CLIPPING_RANGE: settings.secagg.clipping_range,
+            MAX_WEIGHT: settings.secagg.max_weight,
         }
         minimum = max(2, server.min_sites)
         super().__init__(
-            fraction_fit=float(settings.fraction),
+            fraction_fit=settings.fraction,
             fraction_evaluate=0.0,
             min_fit_clients=minimum,
             min_evaluate_clients=0,
@@ -254,11 +255,11 @@ class SecureFederation:
         self.grid = grid
         self.context = context
         self.config = config
-        self.settings = config.federated
+        self.settings = federated_section(config)
         self.run_dir = run_dir
         self.registry = registry
         self.store = RoundStore(run_dir)
-        self.min_sites = int(self.settings.min_sites)
+        self.min_sites = self.settings.min_sites
         self.federation = run_dir.name  # the federation id, once the run directory has one
 
     def run(self) -> int:
@@ -275,7 +276,7 @@ class SecureFederation:
         self.federation, sites = opened.federation, opened.sites
         last, state = opened.last_round, opened.state
         check_single_domain(sites)
-        remaining = int(self.settings.rounds) - last
+        remaining = self.settings.rounds - last
         if remaining <= 0:
             return last
         strategy = SecureFedAvg(self, state, last + 1, sites)
@@ -283,10 +284,10 @@ class SecureFederation:
             self.context, config=ServerConfig(num_rounds=remaining), strategy=strategy
         )
         DefaultWorkflow(fit_workflow=make_workflow(self.settings))(self.grid, context)
-        return int(self.settings.rounds)
+        return self.settings.rounds
 
     def finish_round(self, server_round: int, state: GlobalState, record: dict[str, Any]) -> None:
         checkpoint = self.store.save(server_round, state)
         record = {"round": server_round, **record, "checkpoint": str(checkpoint)}
         record["secure_aggregation"] = True
-        publish_round(self.store, self.registry, int(self.settings.rounds), record)
+        publish_round(self.store, self.registry, self.settings.rounds, record)

@@ -12,6 +12,7 @@ from flwr.clientapp.typing import Mod
 from omegaconf import DictConfig
 
 from fmcore.errors import ConfigError, FmcoreError
+from fmcore.federated.federation_config import federated_section
 from fmcore.federated.store import RoundStore
 from fmcore.run_files import timestamped_run_dir
 
@@ -52,7 +53,7 @@ def simulate(
             " federation, or choose another run.dir"
         )
     config.run.dir = str(run_dir)
-    settings = config.federated
+    settings = federated_section(config)
     failure: list[BaseException] = []
     server_app = make_server_app(config, run_dir, failure)
     client_app = make_client_app(list(words), run_dir / "sites", client_mods)
@@ -62,11 +63,11 @@ def simulate(
     run_simulation(
         server_app,
         client_app,
-        num_supernodes=int(settings.sites),
+        num_supernodes=settings.sites,
         backend_config={
             "client_resources": {
-                "num_cpus": float(resources.cpus_per_site),
-                "num_gpus": float(resources.gpus_per_site),
+                "num_cpus": resources.cpus_per_site,
+                "num_gpus": resources.gpus_per_site,
             }
         },
     )
@@ -74,7 +75,7 @@ def simulate(
         raise FmcoreError(f"the federation stopped: {failure[0]}") from failure[0]
     latest = RoundStore(run_dir).latest()
     rounds = latest[0] if latest else 0
-    if rounds < int(settings.rounds):
+    if rounds < settings.rounds:
         raise FmcoreError(
             f"the federation stopped after {rounds} of {settings.rounds} rounds; see the log above"
         )

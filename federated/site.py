@@ -23,7 +23,7 @@ from fmcore.engine.trainer import LocalRound, TrainResult, train
 from fmcore.eval.knn import KnnProtocol
 from fmcore.eval.periodic import periodic_evaluation
 from fmcore.factory import build_parts
-from fmcore.federated.federation_config import ComposedConfigs
+from fmcore.federated.federation_config import ComposedConfigs, federated_section
 from fmcore.federated.partition import site_share
 from fmcore.federated.scopes import split_by_group
 from fmcore.method import Method
@@ -58,7 +58,7 @@ class RoundResult:
 
 def initial_groups(config: DictConfig, registry: Registry) -> dict[str, dict[str, torch.Tensor]]:
     """The freshly initialised weights this site would start from, split into groups."""
-    torch.manual_seed(int(config.run.seed))
+    torch.manual_seed(config.run.seed)
     parts = build_parts(config, registry)
     return split_by_group(parts.method, str(config.domain.name), parts.modality.name)
 
@@ -74,17 +74,17 @@ def train_round(
     """Resume the site's run, load the global weights, train the round's local steps: steps
     (server_round - 1) x local_steps to server_round x local_steps of the federation's schedule."""
     config.resume = CheckpointStore(site.state_dir / "checkpoints").latest() is not None
-    federated = config.federated
+    federated = federated_section(config)
     select = None
     if site.partition is not None:
         index, count = site.partition
-        by, seed = str(federated.partition), int(config.run.seed)
+        by, seed = federated.partition, config.run.seed
 
         def select(domain: Domain, refs: list[Any]) -> list[Any]:
             return site_share(domain, refs, by, index, count, seed)
 
     regularizer = proximal_term(global_state, proximal_mu) if proximal_mu > 0 else None
-    steps = int(federated.local_steps)
+    steps = federated.local_steps
     first_step = (server_round - 1) * steps
     started = time.perf_counter()
     result: TrainResult = train(
@@ -125,11 +125,11 @@ def evaluate_global(
 ) -> tuple[dict[str, float], int]:
     """kNN metrics of the global encoder on this site's labelled splits (``eval=knn`` settings),
     and the number of samples scored."""
-    torch.manual_seed(int(config.run.seed))
+    torch.manual_seed(config.run.seed)
     parts = build_parts(config, registry)
     load_partial_state(parts.method, global_state)
     protocol = KnnProtocol.for_run(config)
-    device = pick_device(str(config.trainer.device), 0)
+    device = pick_device(config.trainer.device, 0)
     encoder = parts.method.export_encoder().to(device)
-    metrics = protocol.metrics(encoder, parts.domain, device, int(config.trainer.num_workers))
+    metrics = protocol.metrics(encoder, parts.domain, device, config.trainer.num_workers)
     return metrics, len(parts.domain.index(protocol.features.test_split))

@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from fmcore.config import to_yaml
 from fmcore.errors import ConfigError, FmcoreError
+from fmcore.federated.federation_config import federated_section
 from fmcore.federated.store import GlobalState, RoundStore
 from fmcore.federated.wire import CONFIG_RECORD, SITE_RECORD, to_numpy
 from fmcore.io import atomic_write_text
@@ -94,12 +95,12 @@ def open_federation(
     """What every server does first: save the config, wait for the sites, ask each who it is,
     and continue from the last complete round. ``min_sites`` sites must answer (``why`` says
     what sets that number)."""
-    settings = config.federated
+    settings = federated_section(config)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / RUN_CONFIG_FILE, to_yaml(config))
-    nodes = await_sites(grid, int(settings.sites), min_sites, float(settings.connect_timeout))
+    nodes = await_sites(grid, settings.sites, min_sites, settings.connect_timeout)
     federation = federation_id(run_dir)
-    sites, initial = describe_sites(grid, nodes, federation, float(settings.round_timeout))
+    sites, initial = describe_sites(grid, nodes, federation, settings.round_timeout)
     if len(sites) < min_sites:
         raise FmcoreError(
             f"only {len(sites)} site(s) answered, fewer than {min_sites} ({why});"

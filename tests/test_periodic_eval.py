@@ -166,7 +166,8 @@ def test_off_by_default_and_clear_errors_for_what_cannot_be_evaluated(
         _config(registry, "eval.every_steps=-1")  # refused when the config is composed
     with pytest.raises(ConfigError, match=r"eval\.every_steps: Value 'often'"):
         _config(registry, "eval.every_steps=often")
-    assert "eval.voting must be" in error("eval=knn", "eval.every_steps=5", "eval.voting=most")
+    with pytest.raises(ConfigError, match=r"eval\.voting must be one of weighted, uniform"):
+        _config(registry, "eval=knn", "eval.every_steps=5", "eval.voting=most")
     missing = error("eval=knn", "eval.every_steps=5", "eval.test_split=test")
     assert "eval.every_steps=5" in missing and "unknown split 'test'" in missing
     unlabelled = error("eval=knn", "eval.every_steps=5", domain_class=UnlabelledDigits)

@@ -24,6 +24,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from fmcore.config import as_dict
+from fmcore.config_sections import EmbedSection, section
 from fmcore.distributed import pick_device
 from fmcore.domain import Domain, Sample
 from fmcore.engine.data import DomainDataset, Skipped, collate
@@ -101,18 +102,14 @@ def plan_files(domain: Domain, split: str, out: Path, shard_size: int) -> tuple[
 def embed(config: DictConfig, registry: Registry, words: Sequence[str] = ()) -> dict[str, Any]:
     """Write the features of ``embed.split`` into ``embed.out``; returns ``embed.json``'s
     content."""
-    settings = config.get("embed")
-    if settings is None or not settings.get("out"):
+    if "embed" not in config or not config.embed.get("out"):
         raise ConfigError("set embed.out=<directory> for the feature files")
-    shard_size = int(settings.shard_size)
-    if shard_size < 1:
-        raise ConfigError(f"embed.shard_size must be at least 1, not {shard_size}")
+    settings = section(config, "embed", EmbedSection)
     out = Path(str(settings.out)).expanduser()
     loaded = load_encoder(config, registry, words)
-    pooling = loaded.feature_kind(settings.get("features"), "embed.features")
-    split = str(settings.split)
-    refs, files = plan_files(loaded.domain, split, out, shard_size)
-    description = _describe(config, loaded, split, files, pooling)
+    pooling = loaded.feature_kind(settings.features, "embed.features")
+    refs, files = plan_files(loaded.domain, settings.split, out, settings.shard_size)
+    description = _describe(config, loaded, settings, files, pooling)
     _claim(out, description)
     pending = [file for file in files if not file.path.exists()]
     print(
@@ -129,7 +126,7 @@ def embed(config: DictConfig, registry: Registry, words: Sequence[str] = ()) -> 
         "pooling": pooling,
         "encoder": OmegaConf.to_yaml(loaded.config.encoder),
     }
-    _write_files(loaded, refs, pending, config, file_metadata)
+    _write_files(loaded, refs, pending, config, settings.batch_size, file_metadata)
     summary = {
         **description,
         **_count(files),
@@ -141,7 +138,11 @@ def embed(config: DictConfig, registry: Registry, words: Sequence[str] = ()) -> 
 
 
 def _describe(
-    config: DictConfig, loaded: LoadedEncoder, split: str, files: list[FeatureFile], pooling: str
+    config: DictConfig,
+    loaded: LoadedEncoder,
+    settings: EmbedSection,
+    files: list[FeatureFile],
+    pooling: str,
 ) -> dict[str, Any]:
     """What the directory holds; a resumed run must describe it identically."""
     checkpoint = loaded.checkpoint
@@ -150,10 +151,10 @@ def _describe(
         "checkpoint": checkpoint if checkpoint in BASELINES else str(Path(checkpoint).resolve()),
         "checkpoint_step": loaded.metadata.get("step"),
         "domain": str(config.domain.name),
-        "split": split,
+        "split": settings.split,
         "layout": "slides" if files and files[0].slide_id is not None else "shards",
         "pooling": pooling,
-        "shard_size": int(config.embed.shard_size),
+        "shard_size": settings.shard_size,
         "encoder": loaded.encoder_config,
         "data": as_dict(loaded.config.data),
         "seed": int(config.run.seed),
@@ -180,9 +181,9 @@ def _write_files(
     refs: Sequence[Any],
     files: list[FeatureFile],
     config: DictConfig,
+    batch_size: int,
     file_metadata: dict[str, str],
 ) -> None:
-    batch_size = int(config.embed.batch_size)
     batches = [
         (number, list(file.positions[start : start + batch_size]))
         for number, file in enumerate(files)

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from fmcore.config_sections import FeatureEvalSection
 from fmcore.domain import Domain
 from fmcore.encoder import Encoder
 from fmcore.engine.data import DomainDataset, collate
@@ -105,13 +105,13 @@ class SplitFeatures:
     kind: str
 
     @classmethod
-    def from_section(cls, section: DictConfig, kind: str) -> SplitFeatures:
+    def from_section(cls, settings: FeatureEvalSection, kind: str) -> SplitFeatures:
         return cls(
-            train_split=str(section.train_split),
-            test_split=str(section.test_split),
-            batch_size=int(section.batch_size),
-            l2_normalize=bool(section.l2_normalize),
-            kind=kind,
+            settings.train_split,
+            settings.test_split,
+            settings.batch_size,
+            settings.l2_normalize,
+            kind,
         )
 
     def extract(

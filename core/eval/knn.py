@@ -8,19 +8,16 @@ implementation can be checked against scikit-learn's ``KNeighborsClassifier``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor
 
+from fmcore.config_sections import VOTINGS, KnnSection, section
 from fmcore.domain import Domain
 from fmcore.encoder import Encoder, feature_kind
-from fmcore.errors import ConfigError
 from fmcore.eval.features import Features, SplitFeatures
-
-Voting = Literal["weighted", "uniform"]
 
 
 @torch.no_grad()
@@ -32,7 +29,7 @@ def knn_scores(
     *,
     k: int = 20,
     temperature: float = 0.07,
-    voting: Voting = "weighted",
+    voting: str = "weighted",
     chunk_size: int = 1024,
 ) -> Tensor:
     """Class scores (M, C) for the test features: summed neighbour votes, rows summing to 1.
@@ -40,8 +37,8 @@ def knn_scores(
     Scores rather than only predictions so AUROC can be computed; the argmax of a row is the
     predicted class (ties go to the lower class index, as in scikit-learn).
     """
-    if voting not in ("weighted", "uniform"):
-        raise ValueError(f"voting must be 'weighted' or 'uniform', not '{voting}'")
+    if voting not in VOTINGS:
+        raise ValueError(f"voting must be one of {VOTINGS}, not '{voting}'")
     k = min(k, train_features.shape[0])
     train = F.normalize(train_features.float(), dim=1)
     test = F.normalize(test_features.float(), dim=1)
@@ -77,16 +74,11 @@ class KnnVote:
 
     k: int
     temperature: float
-    voting: Voting
+    voting: str
 
     @classmethod
-    def from_section(cls, section: DictConfig) -> KnnVote:
-        voting = str(section.voting)
-        if voting not in get_args(Voting):
-            raise ConfigError(
-                f"eval.voting must be {' or '.join(get_args(Voting))}, not '{voting}'"
-            )
-        return cls(int(section.k), float(section.temperature), voting)  # type: ignore[arg-type]
+    def from_section(cls, settings: KnnSection) -> KnnVote:
+        return cls(settings.k, settings.temperature, settings.voting)
 
     def scores(self, train: Features, test: Features, num_classes: int) -> Tensor:
         """Class scores (M, C) of the test features (see :func:`knn_scores`)."""
@@ -112,14 +104,13 @@ class KnnProtocol:
     @classmethod
     def for_run(cls, config: DictConfig) -> KnnProtocol:
         """From a run's config: the ``eval`` section, features defaulting to the method's own."""
-        section = config.eval
-        requested = section.get("features")
+        settings = section(config, "eval", KnnSection)
         kind = (
-            feature_kind(requested, "eval.features")
-            if requested
+            feature_kind(settings.features, "eval.features")
+            if settings.features
             else feature_kind(config.method.get("features"), "method.features")
         )
-        return cls(SplitFeatures.from_section(section, kind), KnnVote.from_section(section))
+        return cls(SplitFeatures.from_section(settings, kind), KnnVote.from_section(settings))
 
     def metrics(
         self,

@@ -27,6 +27,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from fmcore.config import as_dict
+from fmcore.config_sections import MilSection, section
 from fmcore.errors import ConfigError, MissingPath
 from fmcore.eval.bootstrap import metrics_with_intervals
 from fmcore.eval.feature_files import EMBED_FILE, read_slide, slide_files
@@ -222,23 +223,23 @@ def evaluate_mil(
     """``fmcore eval eval=mil``: train ABMIL on the train slides, score the test slides, write
     ``eval.json`` into ``run.dir``; returns its content (``registry`` and ``words`` are unused:
     the features exist already)."""
-    settings = config.eval
-    if not settings.get("embeddings") or not settings.get("labels"):
+    settings = section(config, "eval", MilSection)
+    if not settings.embeddings or not settings.labels:
         raise ConfigError(
             "eval=mil needs eval.embeddings=<embed.out of fmcore embed> and"
             " eval.labels=<CSV slide,label[,patient][,split]>"
         )
-    features_dir = Path(str(settings.embeddings)).expanduser()
+    features_dir = Path(settings.embeddings).expanduser()
     embedding = _read_embedding(features_dir)
     files = slide_files(features_dir)
-    slides = read_slide_labels(Path(str(settings.labels)).expanduser())
+    slides = read_slide_labels(Path(settings.labels).expanduser())
     missing = sorted(s.slide for s in slides if s.slide not in files)
     slides = [s for s in slides if s.slide in files]
-    seed = int(settings.seed)
+    seed = settings.seed
     if any(s.split for s in slides):
-        train, test = split_by_column(slides, str(settings.train_split), str(settings.test_split))
+        train, test = split_by_column(slides, settings.train_split, settings.test_split)
     else:
-        train, test = patient_split(slides, float(settings.test_fraction), seed)
+        train, test = patient_split(slides, settings.test_fraction, seed)
     for name, part in (("train", train), ("test", test)):
         if not part:
             raise ConfigError(
@@ -254,12 +255,12 @@ def evaluate_mil(
         [s.label for s in train],
         num_classes,
         standardize,
-        epochs=int(settings.epochs),
-        lr=float(settings.lr),
-        weight_decay=float(settings.weight_decay),
-        hidden=int(settings.hidden),
-        attention_hidden=int(settings.attention_hidden),
-        dropout=float(settings.dropout),
+        epochs=settings.epochs,
+        lr=settings.lr,
+        weight_decay=settings.weight_decay,
+        hidden=settings.hidden,
+        attention_hidden=settings.attention_hidden,
+        dropout=settings.dropout,
         seed=seed,
     )
     scores = abmil_scores(model, test_bags, standardize)
@@ -267,9 +268,9 @@ def evaluate_mil(
     result = {
         "protocol": "mil",
         **metrics_with_intervals(
-            scores, test_labels, num_classes, resamples=int(settings.bootstrap), seed=seed
+            scores, test_labels, num_classes, resamples=settings.bootstrap, seed=seed
         ),
-        "settings": as_dict(settings),
+        "settings": as_dict(config.eval),
         "checkpoint": embedding["checkpoint"],
         "checkpoint_step": embedding.get("checkpoint_step"),
         "domain": embedding["domain"],

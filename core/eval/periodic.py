@@ -119,7 +119,7 @@ def periodic_evaluation(
     """The run's periodic evaluation with its splits checked, or None when it is off."""
     # A config saved before periodic evaluation existed has no eval section: off. The value's
     # type and sign are checked when the config is composed (EvalSection).
-    every_steps = int(OmegaConf.select(config, "eval.every_steps", default=0))
+    every_steps = OmegaConf.select(config, "eval.every_steps", default=0)
     if every_steps == 0:
         return None
     protocol = OmegaConf.select(config, "eval.name")

@@ -15,6 +15,13 @@ from typing import Any
 from omegaconf import DictConfig
 
 from fmcore.config import as_dict
+from fmcore.config_sections import (
+    FeatureEvalSection,
+    FewshotSection,
+    KnnSection,
+    LinearSection,
+    eval_section,
+)
 from fmcore.distributed import pick_device
 from fmcore.errors import ConfigError
 from fmcore.eval.bootstrap import metrics_with_intervals
@@ -30,7 +37,7 @@ from fmcore.plugin_manager import Registry
 Protocol = Callable[[DictConfig, Registry, Sequence[str]], dict[str, Any]]
 # (eval settings, train features, test features, number of classes, seed) -> the protocol's
 # part of eval.json: "metrics" (name -> value) and what else it reports beside them.
-FeatureScoring = Callable[[DictConfig, Features, Features, int, int], dict[str, Any]]
+FeatureScoring = Callable[[Any, Features, Features, int, int], dict[str, Any]]
 
 
 def require_protocol(words: Sequence[str]) -> None:
@@ -57,23 +64,24 @@ def evaluate_features(
     scoring: FeatureScoring, config: DictConfig, registry: Registry, words: Sequence[str]
 ) -> dict[str, Any]:
     """Frozen features of ``eval.train_split`` and ``eval.test_split``, scored by ``scoring``."""
-    settings = config.eval
+    settings = eval_section(config)
+    assert isinstance(settings, FeatureEvalSection)  # PROTOCOLS maps only these to this function
     loaded = load_encoder(config, registry, words)
     splits = SplitFeatures.from_section(
-        settings, loaded.feature_kind(settings.get("features"), "eval.features")
+        settings, loaded.feature_kind(settings.features, "eval.features")
     )
     train, test = splits.extract(
         loaded.encoder,
         loaded.domain,
         pick_device(str(config.trainer.device), 0),
-        int(config.trainer.num_workers),
+        config.trainer.num_workers,
     )
     num_classes = int(max(train.labels.max(), test.labels.max())) + 1
-    seed = int(config.run.seed)
+    seed = config.run.seed
     result = {
-        "protocol": str(settings.name),
+        "protocol": settings.name,
         **scoring(settings, train, test, num_classes, seed),
-        "settings": as_dict(settings),
+        "settings": as_dict(config.eval),
         "checkpoint": loaded.checkpoint,
         "checkpoint_step": loaded.metadata.get("step"),
         "domain": str(config.domain.name),
@@ -88,32 +96,32 @@ def evaluate_features(
 
 
 def score_knn(
-    settings: DictConfig, train: Features, test: Features, num_classes: int, seed: int
+    settings: KnnSection, train: Features, test: Features, num_classes: int, seed: int
 ) -> dict[str, Any]:
     scores = KnnVote.from_section(settings).scores(train, test, num_classes)
     return metrics_with_intervals(
-        scores, test.labels, num_classes, resamples=int(settings.bootstrap), seed=seed
+        scores, test.labels, num_classes, resamples=settings.bootstrap, seed=seed
     )
 
 
 def score_linear(
-    settings: DictConfig, train: Features, test: Features, num_classes: int, seed: int
+    settings: LinearSection, train: Features, test: Features, num_classes: int, seed: int
 ) -> dict[str, Any]:
     probe = linear_probe(
         train.features,
         train.labels,
         test.features,
         num_classes,
-        lrs=[float(lr) for lr in settings.lrs],
-        val_fraction=float(settings.val_fraction),
-        epochs=int(settings.epochs),
-        batch_size=int(settings.probe_batch_size),
-        weight_decay=float(settings.weight_decay),
+        lrs=settings.lrs,
+        val_fraction=settings.val_fraction,
+        epochs=settings.epochs,
+        batch_size=settings.probe_batch_size,
+        weight_decay=settings.weight_decay,
         seed=seed,
     )
     return {
         **metrics_with_intervals(
-            probe.scores, test.labels, num_classes, resamples=int(settings.bootstrap), seed=seed
+            probe.scores, test.labels, num_classes, resamples=settings.bootstrap, seed=seed
         ),
         "chosen_lr": probe.lr,
         "chosen_lr_at_sweep_edge": probe.lr_at_edge,
@@ -122,7 +130,7 @@ def score_linear(
 
 
 def score_fewshot(
-    settings: DictConfig, train: Features, test: Features, num_classes: int, seed: int
+    settings: FewshotSection, train: Features, test: Features, num_classes: int, seed: int
 ) -> dict[str, Any]:
     per_seed = fewshot_metrics(
         train.features,
@@ -130,8 +138,8 @@ def score_fewshot(
         test.features,
         test.labels,
         num_classes,
-        shots=[int(count) for count in settings.shots],
-        seeds=[int(draw) for draw in settings.seeds],
+        shots=settings.shots,
+        seeds=settings.seeds,
     )
     return {**summarize(per_seed), "per_seed": {f"{k}shot": v for k, v in per_seed.items()}}
 
