@@ -122,6 +122,27 @@ def load_timm_state_dict(
     tokenizer = _tokenizer_2d(encoder)
     state = dict(state)
     ignored = [key for key in CLASSIFIER_KEYS if state.pop(key, None) is not None]
+    missing, unexpected, mismatched = _key_problems(encoder, state, ignored)
+    layout = None
+    if "pos_embed" in state:
+        layout = _pos_layout(encoder, state["pos_embed"], no_embed_class, source_grid, mismatched)
+    if missing or unexpected or mismatched:
+        raise _layout_error(missing, unexpected, mismatched)
+    assert layout is not None
+    prefix, grid = layout
+    mapped = _encoder_state(encoder, state, prefix, grid)
+    encoder.load_state_dict(mapped, strict=False)
+    if grid != tokenizer.native_grid:
+        logger.info("resampled pos_embed from grid %s to %s", grid, tokenizer.native_grid)
+    if ignored:
+        logger.info("ignored timm classifier keys: %s", ", ".join(ignored))
+    return ignored
+
+
+def _key_problems(
+    encoder: Encoder, state: dict[str, Tensor], ignored: list[str]
+) -> tuple[list[str], list[str], list[str]]:
+    """(missing keys, unexpected keys, shape mismatches) of a timm state dict, pos_embed aside."""
     expected = {k: v.shape for k, v in _timm_state(encoder, False).items() if k != "pos_embed"}
     missing = [key for key in expected if key not in state]
     missing += [] if "pos_embed" in state else ["pos_embed"]
@@ -133,64 +154,74 @@ def load_timm_state_dict(
         for key, shape in expected.items()
         if key in state and state[key].shape != shape
     ]
+    return missing, unexpected, mismatched
 
+
+def _pos_layout(
+    encoder: Encoder,
+    pos: Tensor,
+    no_embed_class: bool | None,
+    source_grid: tuple[int, int] | None,
+    mismatched: list[str],
+) -> tuple[int, tuple[int, int]] | None:
+    """(prefix rows in pos_embed, its patch grid), or None with the reason added to
+    ``mismatched`` when the table has no single reading."""
     registers = encoder.trunk.config.num_registers
-    native = tokenizer.native_grid
-    layout: tuple[int, tuple[int, int]] | None = None  # (prefix rows in pos_embed, its grid)
-    if "pos_embed" in state:
-        pos = state["pos_embed"]
-        if pos.dim() != 3 or pos.shape[0] != 1 or pos.shape[2] != encoder.embed_dim:
-            want = f"(1, L, {encoder.embed_dim})"
-            mismatched.append(f"pos_embed: checkpoint {tuple(pos.shape)}, encoder {want}")
-        else:
-            options = [False, True] if no_embed_class is None else [no_embed_class]
-            prefixes = [0 if option else 1 + registers for option in options]
-            found = _pos_layouts(pos.shape[1], prefixes, native, source_grid)
-            if len(found) == 1:
-                layout = found[0]
-            else:
-                reading = "more than one" if found else "no"
-                mismatched.append(
-                    f"pos_embed: checkpoint {tuple(pos.shape)} has {reading} reading as"
-                    f" [1 + {registers} prefix rows +] an (h, w) patch grid (square unless"
-                    " source_grid= is given); pass no_embed_class= and/or source_grid="
-                )
-    if missing or unexpected or mismatched:
-        raise ValueError(
-            "checkpoint does not match timm's layout for this encoder:"
-            + "".join(
-                f"\n  {title}: {separator.join(keys)}"
-                for title, keys, separator in (
-                    ("missing keys", missing, ", "),
-                    ("unexpected keys", unexpected, ", "),
-                    ("shape mismatches", mismatched, "\n    "),
-                )
-                if keys
-            )
-        )
-    assert layout is not None
-    prefix, grid = layout
+    if pos.dim() != 3 or pos.shape[0] != 1 or pos.shape[2] != encoder.embed_dim:
+        want = f"(1, L, {encoder.embed_dim})"
+        mismatched.append(f"pos_embed: checkpoint {tuple(pos.shape)}, encoder {want}")
+        return None
+    options = [False, True] if no_embed_class is None else [no_embed_class]
+    prefixes = [0 if option else 1 + registers for option in options]
+    found = _pos_layouts(pos.shape[1], prefixes, _tokenizer_2d(encoder).native_grid, source_grid)
+    if len(found) == 1:
+        return found[0]
+    reading = "more than one" if found else "no"
+    mismatched.append(
+        f"pos_embed: checkpoint {tuple(pos.shape)} has {reading} reading as"
+        f" [1 + {registers} prefix rows +] an (h, w) patch grid (square unless"
+        " source_grid= is given); pass no_embed_class= and/or source_grid="
+    )
+    return None
 
+
+def _layout_error(missing: list[str], unexpected: list[str], mismatched: list[str]) -> ValueError:
+    return ValueError(
+        "checkpoint does not match timm's layout for this encoder:"
+        + "".join(
+            f"\n  {title}: {separator.join(keys)}"
+            for title, keys, separator in (
+                ("missing keys", missing, ", "),
+                ("unexpected keys", unexpected, ", "),
+                ("shape mismatches", mismatched, "\n    "),
+            )
+            if keys
+        )
+    )
+
+
+def _encoder_state(
+    encoder: Encoder, state: dict[str, Tensor], prefix: int, grid: tuple[int, int]
+) -> dict[str, Tensor]:
+    """The timm state dict renamed to the encoder's keys, pos_embed resampled to its grid."""
+    state = dict(state)
     pos = state.pop("pos_embed")
     mapped = {
         "tokenizer.proj.weight": state.pop("patch_embed.proj.weight"),
         "tokenizer.proj.bias": state.pop("patch_embed.proj.bias"),
-        "tokenizer.pos_embed": resample_pos_embed(pos[:, prefix:], grid, native),
+        "tokenizer.pos_embed": resample_pos_embed(
+            pos[:, prefix:], grid, _tokenizer_2d(encoder).native_grid
+        ),
         "trunk.cls_pos": pos[:, :1] if prefix else torch.zeros_like(state["cls_token"]),
     }
-    if registers:
+    if encoder.trunk.config.num_registers:
         reg_token = state.pop("reg_token")
         mapped["trunk.reg_token"] = reg_token + pos[:, 1:prefix] if prefix else reg_token
     mapped.update({f"trunk.{key}": value for key, value in state.items()})  # cls_token, blocks...
     uncovered = sorted(set(encoder.state_dict()) - set(mapped) - {"mask_token"})
     if uncovered:  # only if the tokenizer gains parameters that timm's layout lacks
         raise ValueError(f"encoder keys not covered by timm's layout: {uncovered}")
-    encoder.load_state_dict(mapped, strict=False)
-    if grid != native:
-        logger.info("resampled pos_embed from grid %s to %s", grid, native)
-    if ignored:
-        logger.info("ignored timm classifier keys: %s", ", ".join(ignored))
-    return ignored
+    return mapped
 
 
 def export_timm(encoder: Encoder, path: str | PathLike[str], no_embed_class: bool = False) -> None:
