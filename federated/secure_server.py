@@ -36,7 +36,7 @@ from omegaconf import DictConfig
 
 from fmcore.errors import ConfigError
 from fmcore.federated.federation_config import FederatedSection, federated_section
-from fmcore.federated.publish import publish_round
+from fmcore.federated.publish import FailedRounds, publish_round
 from fmcore.federated.secure_layout import (
     CLIPPING_RANGE,
     FEDERATION,
@@ -139,7 +139,7 @@ class SecureFedAvg(FedAvg):
 
     SecAggPlusWorkflow calls ``configure_fit``, then ``aggregate_fit`` (every result carries the
     same securely averaged vector); DefaultWorkflow then calls ``evaluate`` with the round's
-    global weights, where the round is written.
+    global weights, where the round is written (or counted as failed, as the plain server does).
     """
 
     def __init__(
@@ -180,6 +180,7 @@ class SecureFedAvg(FedAvg):
         self.results: list[tuple[ClientProxy, FitRes]] = []
         self.errors: list[str] = []
         self.metrics: dict[str, Scalar] = {}
+        self.aggregated = False
 
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
@@ -212,38 +213,42 @@ class SecureFedAvg(FedAvg):
             return None, {}
         parameters, metrics = super().aggregate_fit(server_round, results, failures)
         self.metrics = dict(metrics)
+        self.aggregated = True
         return parameters, metrics
 
     def evaluate(self, server_round: int, parameters: Parameters) -> None:
         if server_round == 0:  # the initial weights, before any round
             return None
+        if not self.aggregated:
+            self.server.failures.failed({"round": self.offset + server_round, **self._record()})
+            return None
+        self.server.failures.aggregated()
         state = unflatten(self.layout, parameters_to_ndarrays(parameters))
         for group, key in self.layout:  # SecAgg+ dequantizes to float64
             state[group][key] = state[group][key].astype(self.dtypes[group, key])
+        self.server.finish_round(self.offset + server_round, state, self._record())
+        return None
+
+    def _record(self) -> dict[str, Any]:
+        """The round's rounds.jsonl line, but for its number and checkpoint."""
         contributed = {proxy.node_id: fitres for proxy, fitres in self.results}
         names = {node: self.sites[node].name for node in self.sampled}
-        self.server.finish_round(
-            self.offset + server_round,
-            state,
-            {
-                "contributors": len(contributed),
-                "failures": [
-                    f"{names[n]}: sent no masked update"
-                    for n in self.sampled
-                    if n not in contributed
-                ],
-                "errors": self.errors,
-                "rejected": [],
-                "site_train_seconds": {
-                    names[n]: float(r.metrics.get("train-seconds", float("nan")))
-                    for n, r in contributed.items()
-                },
-                "site_examples": {names[n]: r.num_examples for n, r in contributed.items()},
-                "wall_seconds": time.perf_counter() - self.started,
-                "metrics": self.metrics,
+        return {
+            "contributors": len(contributed),
+            "failures": [
+                f"{names[n]}: sent no masked update" for n in self.sampled if n not in contributed
+            ],
+            "errors": self.errors,
+            "rejected": [],
+            "site_train_seconds": {
+                names[n]: float(r.metrics.get("train-seconds", float("nan")))
+                for n, r in contributed.items()
             },
-        )
-        return None
+            "site_examples": {names[n]: r.num_examples for n, r in contributed.items()},
+            "wall_seconds": time.perf_counter() - self.started,
+            "metrics": self.metrics,
+            "secure_aggregation": True,
+        }
 
 
 class SecureFederation:
@@ -259,6 +264,7 @@ class SecureFederation:
         self.run_dir = run_dir
         self.registry = registry
         self.store = RoundStore(run_dir)
+        self.failures = FailedRounds(self.store, self.settings)
         self.min_sites = self.settings.min_sites
         self.federation = run_dir.name  # the federation id, once the run directory has one
 
@@ -289,5 +295,4 @@ class SecureFederation:
     def finish_round(self, server_round: int, state: GlobalState, record: dict[str, Any]) -> None:
         checkpoint = self.store.save(server_round, state)
         record = {"round": server_round, **record, "checkpoint": str(checkpoint)}
-        record["secure_aggregation"] = True
         publish_round(self.store, self.registry, self.settings.rounds, record)

@@ -22,13 +22,13 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from omegaconf import DictConfig
 
-from fmcore.errors import ConfigError, FmcoreError
+from fmcore.errors import ConfigError
 from fmcore.federated.federation_config import FederatedSection, federated_section
-from fmcore.federated.publish import publish_round
+from fmcore.federated.publish import FailedRounds, publish_round
 from fmcore.federated.scoped_strategy import ScopedAggregation, StateRecords
 from fmcore.federated.scopes import SHARED_GROUP
 from fmcore.federated.sites import open_federation
-from fmcore.federated.store import ROUNDS_LOG, RoundStore
+from fmcore.federated.store import RoundStore
 from fmcore.federated.strategies import StrategyWrapper, make_strategy
 from fmcore.federated.validated_strategy import ValidatedUpdates, content_bytes
 from fmcore.federated.wire import METRICS_RECORD
@@ -129,11 +129,9 @@ class RecordedRounds(StrategyWrapper):
         self.store = store
         self.registry = registry
         self.rounds = settings.rounds
-        self.max_failed = settings.max_failed_rounds
-        self.min_sites = settings.min_sites
+        self.failures = FailedRounds(store, settings)
         self.offset = first_round - 1
         self.last_round = first_round - 1
-        self.failed_in_a_row = 0
         self.started = time.perf_counter()
         self.record: dict[str, Any] = {}
 
@@ -161,17 +159,9 @@ class RecordedRounds(StrategyWrapper):
         self.record.update(asdict(self.updates.replies))
         if arrays is None:
             self.record.update(wall_seconds=time.perf_counter() - self.started, checkpoint=None)
-            self.store.log(self.record)
-            self.failed_in_a_row += 1
-            if self.failed_in_a_row >= self.max_failed:
-                raise FmcoreError(
-                    f"{self.failed_in_a_row} rounds in a row (up to round {number}) got fewer"
-                    f" than federated.min_sites={self.min_sites} usable updates"
-                    f" (federated.max_failed_rounds); the sites' failures are in"
-                    f" {self.store.run_dir / ROUNDS_LOG}"
-                )
+            self.failures.failed(self.record)
             return None, None
-        self.failed_in_a_row = 0
+        self.failures.aggregated()
         self.record["checkpoint"] = str(self.store.save(number, self.records.state_of(arrays)))
         self.record["metrics"] = dict(metrics or {})
         return arrays, metrics

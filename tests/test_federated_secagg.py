@@ -115,6 +115,32 @@ def test_a_site_that_drops_out_is_unmasked_from_its_shares(tmp_path: Path) -> No
             assert np.all(error <= secagg_tolerance(states, counts, key)), key
 
 
+@pytest.mark.slow
+def test_a_round_with_too_few_masked_updates_keeps_the_model_and_counts(tmp_path: Path) -> None:
+    """As on the plain server: two masked updates where federated.min_sites=3 leave the model as
+    it was, the round is logged without a file, and federated.max_failed_rounds stops it."""
+    run = tmp_path / "federation"
+    result = fmcore(
+        "federate",
+        *SECURE,
+        "federated.min_sites=3",
+        "federated.max_failed_rounds=1",
+        f"federated.site_data=[null, null, {tmp_path / 'nowhere'}]",
+        f"run.dir={run}",
+        cwd=tmp_path,
+        check=False,
+        timeout=300,
+    )
+    assert result.returncode == 2
+    assert "1 rounds in a row (up to round 1) got fewer than federated.min_sites=3" in (
+        result.stderr
+    )
+    assert not list((run / "rounds").glob("round_*"))
+    (record,) = rounds_log(run)
+    assert (record["round"], record["contributors"], record["checkpoint"]) == (1, 2, None)
+    assert record["failures"] == ["site-2: sent no masked update"]
+
+
 def test_a_mixed_domain_federation_is_refused_before_it_starts(tmp_path: Path) -> None:
     from fmcore.federated.federation_config import compose_federation, federation_words
     from fmcore.federated.simulation import simulate
