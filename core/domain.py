@@ -19,7 +19,13 @@ from typing import Any, ClassVar
 from omegaconf import DictConfig
 from torch import Tensor
 
-from fmcore.errors import BadSample, ConfigError, MissingExtra, MissingPath
+from fmcore.errors import (
+    BadSample,
+    ConfigError,
+    MissingExtra,
+    MissingPath,
+    extra_install_command,
+)
 from fmcore.labels import LabelTable, load_labels
 from fmcore.modalities.base import ViewStep
 
@@ -85,7 +91,7 @@ class Domain(ABC):
         missing = [m for m in cls.requires if importlib.util.find_spec(m) is None]
         if missing:
             command = cls.install or (
-                f'pip install "fmcore[{cls.extra}]"'
+                extra_install_command(cls.extra)
                 if cls.extra
                 else f"pip install {' '.join(missing)}"
             )

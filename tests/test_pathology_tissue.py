@@ -7,9 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip(
-    "openslide", reason="needs the pathology extra: pip install 'fmcore[pathology]'"
-)
+pytest.importorskip("openslide", reason="needs the pathology extra: pip install -e '.[pathology]'")
 
 from fmcore.config import compose, config_sources
 from fmcore.domains.pathology.sample_slide import pyramid, write_pyramidal_tiff

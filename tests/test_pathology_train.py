@@ -9,9 +9,7 @@ import numpy as np
 import pytest
 from conftest import SMALL_RUN, fmcore
 
-pytest.importorskip(
-    "openslide", reason="needs the pathology extra: pip install 'fmcore[pathology]'"
-)
+pytest.importorskip("openslide", reason="needs the pathology extra: pip install -e '.[pathology]'")
 
 from fmcore.config import compose, config_sources
 from fmcore.domains.pathology.sample_slide import (

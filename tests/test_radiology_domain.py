@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("monai", reason="needs the radiology extra: pip install 'fmcore[radiology]'")
+pytest.importorskip("monai", reason="needs the radiology extra: pip install -e '.[radiology]'")
 pytest.importorskip("nibabel")
 pytest.importorskip("pydicom")
 

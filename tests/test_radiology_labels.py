@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import fmcore
 
-pytest.importorskip("monai", reason="needs the radiology extra: pip install 'fmcore[radiology]'")
+pytest.importorskip("monai", reason="needs the radiology extra: pip install -e '.[radiology]'")
 pytest.importorskip("nibabel")
 pytest.importorskip("pydicom")
 pytest.importorskip("PIL")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import fmcore
 
-pytest.importorskip("monai", reason="needs the radiology extra: pip install 'fmcore[radiology]'")
+pytest.importorskip("monai", reason="needs the radiology extra: pip install -e '.[radiology]'")
 pytest.importorskip("nibabel")
 pytest.importorskip("pydicom")
 

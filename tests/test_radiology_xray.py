@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("monai", reason="needs the radiology extra: pip install 'fmcore[radiology]'")
+pytest.importorskip("monai", reason="needs the radiology extra: pip install -e '.[radiology]'")
 pytest.importorskip("pydicom")
 pytest.importorskip("PIL")
 

@@ -84,13 +84,13 @@ def write_pyramidal_tiff(
 def _require_imagecodecs() -> None:
     import importlib.util
 
-    from fmcore.errors import MissingExtra
+    from fmcore.errors import MissingExtra, extra_install_command
 
     if importlib.util.find_spec("imagecodecs") is None:
         raise MissingExtra(
             "writing the pathology sample slides (JPEG-compressed TIFF)",
             ["imagecodecs"],
-            'pip install "fmcore[pathology]"',
+            extra_install_command("pathology"),
         )
 
 
