@@ -6,10 +6,11 @@ writers); every other module is internal. ``fmcore.hookspecs`` documents every h
 
 from importlib.metadata import PackageNotFoundError, version
 
+from fmcore.distribution import DISTRIBUTION
 from fmcore.hookspecs import hookimpl
 
 try:
-    __version__ = version("fmcore")
+    __version__ = version(DISTRIBUTION)
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
 

@@ -19,12 +19,12 @@ from typing import Any, ClassVar
 from omegaconf import DictConfig
 from torch import Tensor
 
+from fmcore.distribution import extra_install_command
 from fmcore.errors import (
     BadSample,
     ConfigError,
     MissingExtra,
     MissingPath,
-    extra_install_command,
 )
 from fmcore.labels import LabelTable, load_labels
 from fmcore.modalities.base import ViewStep

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import re
-import shlex
 from collections.abc import Iterable
-from importlib import metadata
 from pathlib import Path
 
 
@@ -36,22 +33,6 @@ class MissingExtra(FmcoreError):
             f" run {install}"
         )
         self.install = install
-
-
-def extra_install_command(extra: str) -> str:
-    """The pip command that installs fmcore's optional ``extra``: the requirements the installed
-    distribution declares for it, named one by one, because "fmcore" on the package index is an
-    unrelated project (``pip install "fmcore[extra]"`` could fetch it)."""
-    distribution = metadata.packages_distributions().get("fmcore", ["fmcore"])[0]
-    marker = re.compile(rf"""extra\s*==\s*["']{re.escape(extra)}["']""")
-    wanted = [
-        requirement.split(";", 1)[0].strip()
-        for requirement in metadata.requires(distribution) or []
-        if marker.search(requirement)
-    ]
-    if not wanted:
-        raise ValueError(f"the installed fmcore declares no extra '{extra}'")
-    return "pip install " + " ".join(shlex.quote(requirement) for requirement in wanted)
 
 
 class ConfigError(FmcoreError, ValueError):

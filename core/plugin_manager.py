@@ -22,6 +22,7 @@ import pluggy
 from omegaconf import DictConfig
 
 from fmcore import hookspecs
+from fmcore.distribution import DISTRIBUTION
 from fmcore.domain import Domain
 from fmcore.errors import UnknownChoice
 from fmcore.method import Method
@@ -109,7 +110,7 @@ def _distribution(entry: EntryPoint) -> tuple[str, str]:
 def _discovery_order(entry: EntryPoint) -> tuple[bool, str, str]:
     # fmcore's own plugins first, so a third-party duplicate never shadows a built-in.
     dist_name = _distribution(entry)[0]
-    return (dist_name != "fmcore", dist_name, entry.name)
+    return (dist_name != DISTRIBUTION, dist_name, entry.name)
 
 
 def load_registry(entries: Iterable[EntryPoint] | None = None) -> Registry:

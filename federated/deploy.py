@@ -15,6 +15,7 @@ from pathlib import Path
 import tomli_w
 
 from fmcore import __version__
+from fmcore.distribution import DISTRIBUTION
 from fmcore.errors import ConfigError
 from fmcore.federated.federation_config import compose_federation, federation_words
 from fmcore.io import atomic_write_text
@@ -36,7 +37,7 @@ def app_pyproject(words: Sequence[str]) -> str:
         "license": "Apache-2.0",
         # Documentation of what the nodes need: SuperLinks started with
         # --disable-runtime-dependency-installation use the installed fmcore instead.
-        "dependencies": ["flwr>=1.41", f"fmcore[federated]=={__version__}"],
+        "dependencies": ["flwr>=1.41", f"{DISTRIBUTION}[federated]=={__version__}"],
     }
     app = {
         "publisher": PUBLISHER,

@@ -5,10 +5,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tomllib
 import zipfile
+from importlib import metadata
 from pathlib import Path
 
 import pytest
+
+import fmcore
+from fmcore.distribution import DISTRIBUTION
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = {
@@ -57,13 +62,15 @@ def test_wheel_maps_every_folder_into_fmcore_like_the_editable_install(tmp_path:
         check=True,
         capture_output=True,
     )
-    wheel = next(tmp_path.glob("fmcore-*.whl"))
+    wheel = next(tmp_path.glob("fmcore_ssl-*.whl"))
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         entry_points = next(n for n in names if n.endswith("entry_points.txt"))
         entry_point_text = archive.read(entry_points).decode()
         archive.extractall(tmp_path / "site")
-    packaged = {n for n in names if not n.startswith("fmcore-") and n.endswith((".py", ".yaml"))}
+    packaged = {
+        n for n in names if not n.startswith("fmcore_ssl-") and n.endswith((".py", ".yaml"))
+    }
     assert packaged == expected_files()
     assert "[fmcore]" in entry_point_text and "fmcore.domains.digits.plugin" in entry_point_text
 
@@ -74,3 +81,19 @@ def test_wheel_maps_every_folder_into_fmcore_like_the_editable_install(tmp_path:
     assert from_wheel["modules"] == from_editable["modules"]
     assert from_wheel["configs"] == from_editable["configs"]
     assert "domain/digits.yaml" in from_wheel["configs"]
+
+
+def test_the_distribution_is_fmcore_ssl_and_carries_the_builtin_plugins() -> None:
+    """ "fmcore" on the package index is another project: fmcore installs as fmcore-ssl, and the
+    import package, the command and the entry-point group keep the name fmcore."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["name"] == DISTRIBUTION == "fmcore-ssl"
+    installed = metadata.distribution(DISTRIBUTION)
+    assert installed.version == fmcore.__version__
+    assert set(metadata.packages_distributions()["fmcore"]) == {DISTRIBUTION}
+    builtins = {e.name: e.value for e in installed.entry_points.select(group="fmcore")}
+    assert builtins == project["entry-points"]["fmcore"]
+    (command,) = installed.entry_points.select(group="console_scripts", name="fmcore")
+    assert command.value == "fmcore.cli:main"
+    for extra in project["optional-dependencies"]:  # no extra points back at the index's fmcore
+        assert not any(r.startswith("fmcore[") for r in project["optional-dependencies"][extra])

@@ -95,7 +95,7 @@ def test_installed_registry_has_the_builtins_from_fmcore() -> None:
     builtins = [info for info in registry.plugins if info.name in BUILTINS]
     assert {info.name for info in builtins} == set(BUILTINS)
     for info in builtins:
-        assert info.distribution == "fmcore"
+        assert info.distribution == "fmcore-ssl"
         assert info.version == fmcore_package.__version__
         assert info.module.startswith("fmcore.")
         assert info.provides == BUILTINS[info.name]
@@ -441,10 +441,10 @@ def test_trace_hooks_prints_hook_calls_to_stderr(
 def test_cli_plugins_lists_builtins_with_distribution_and_provides(tmp_path: Path) -> None:
     out = fmcore("plugins", cwd=tmp_path).stdout
     version = fmcore_package.__version__
-    assert f"digits  (fmcore {version}, fmcore.domains.digits.plugin)" in out
-    assert f"simclr  (fmcore {version}, fmcore.plugins.simclr.plugin)" in out
-    assert f"vit  (fmcore {version}, fmcore.backbones.plugin)" in out
-    assert f"modalities  (fmcore {version}, fmcore.modalities.plugin)" in out
+    assert f"digits  (fmcore-ssl {version}, fmcore.domains.digits.plugin)" in out
+    assert f"simclr  (fmcore-ssl {version}, fmcore.plugins.simclr.plugin)" in out
+    assert f"vit  (fmcore-ssl {version}, fmcore.backbones.plugin)" in out
+    assert f"modalities  (fmcore-ssl {version}, fmcore.modalities.plugin)" in out
     assert "    domains: digits" in out
     assert "    methods: simclr" in out
     assert "    trunks: vit" in out

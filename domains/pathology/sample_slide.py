@@ -84,7 +84,8 @@ def write_pyramidal_tiff(
 def _require_imagecodecs() -> None:
     import importlib.util
 
-    from fmcore.errors import MissingExtra, extra_install_command
+    from fmcore.distribution import extra_install_command
+    from fmcore.errors import MissingExtra
 
     if importlib.util.find_spec("imagecodecs") is None:
         raise MissingExtra(

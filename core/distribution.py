@@ -1,0 +1,28 @@
+"""fmcore as an installed distribution: its name on the package index and its extras.
+
+The import package, the command and the plugin entry-point group are ``fmcore``; the distribution
+is ``fmcore-ssl``, because "fmcore" on the package index is an unrelated project.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from importlib import metadata
+
+DISTRIBUTION = "fmcore-ssl"
+
+
+def extra_install_command(extra: str) -> str:
+    """The pip command that installs fmcore's optional ``extra``: the requirements the installed
+    distribution declares for it, named one by one, because "fmcore" on the package index is an
+    unrelated project (``pip install "fmcore[extra]"`` could fetch it)."""
+    marker = re.compile(rf"""extra\s*==\s*["']{re.escape(extra)}["']""")
+    wanted = [
+        requirement.split(";", 1)[0].strip()
+        for requirement in metadata.requires(DISTRIBUTION) or []
+        if marker.search(requirement)
+    ]
+    if not wanted:
+        raise ValueError(f"the installed fmcore declares no extra '{extra}'")
+    return "pip install " + " ".join(shlex.quote(requirement) for requirement in wanted)
