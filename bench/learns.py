@@ -38,7 +38,7 @@ STEPS = {  # steps that fit the budget on 2 cores at batch 64 (vit_tiny)
     "simclr": 800,
     "simclr_small": 900,
     "dinov2": 300,
-    "dinov2_small": 380,
+    "dinov2_small": 750,
     "mae": 800,
     "mae_small": 1800,
 }
