@@ -20,12 +20,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from fmcore.distribution import extra_install_command
-from fmcore.errors import (
-    BadSample,
-    ConfigError,
-    MissingExtra,
-    MissingPath,
-)
+from fmcore.errors import BadSample, ConfigError, MissingExtra, MissingPath
 from fmcore.labels import LabelTable, load_labels
 from fmcore.modalities.base import ViewStep
 

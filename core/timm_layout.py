@@ -119,21 +119,21 @@ def load_timm_state_dict(
     unexpected keys and shape mismatches raise one ValueError naming every offending key; the
     encoder is left untouched then.
     """
-    tokenizer = _tokenizer_2d(encoder)
+    native = _tokenizer_2d(encoder).native_grid
     state = dict(state)
     ignored = [key for key in CLASSIFIER_KEYS if state.pop(key, None) is not None]
     missing, unexpected, mismatched = _key_problems(encoder, state, ignored)
     layout = None
     if "pos_embed" in state:
-        layout = _pos_layout(encoder, state["pos_embed"], no_embed_class, source_grid, mismatched)
+        pos = state["pos_embed"]
+        layout = _pos_layout(encoder, pos, native, no_embed_class, source_grid, mismatched)
     if missing or unexpected or mismatched:
         raise _layout_error(missing, unexpected, mismatched)
     assert layout is not None
     prefix, grid = layout
-    mapped = _encoder_state(encoder, state, prefix, grid)
-    encoder.load_state_dict(mapped, strict=False)
-    if grid != tokenizer.native_grid:
-        logger.info("resampled pos_embed from grid %s to %s", grid, tokenizer.native_grid)
+    encoder.load_state_dict(_encoder_state(encoder, state, prefix, grid, native), strict=False)
+    if grid != native:
+        logger.info("resampled pos_embed from grid %s to %s", grid, native)
     if ignored:
         logger.info("ignored timm classifier keys: %s", ", ".join(ignored))
     return ignored
@@ -160,6 +160,7 @@ def _key_problems(
 def _pos_layout(
     encoder: Encoder,
     pos: Tensor,
+    native: tuple[int, int],
     no_embed_class: bool | None,
     source_grid: tuple[int, int] | None,
     mismatched: list[str],
@@ -173,7 +174,7 @@ def _pos_layout(
         return None
     options = [False, True] if no_embed_class is None else [no_embed_class]
     prefixes = [0 if option else 1 + registers for option in options]
-    found = _pos_layouts(pos.shape[1], prefixes, _tokenizer_2d(encoder).native_grid, source_grid)
+    found = _pos_layouts(pos.shape[1], prefixes, native, source_grid)
     if len(found) == 1:
         return found[0]
     reading = "more than one" if found else "no"
@@ -201,7 +202,11 @@ def _layout_error(missing: list[str], unexpected: list[str], mismatched: list[st
 
 
 def _encoder_state(
-    encoder: Encoder, state: dict[str, Tensor], prefix: int, grid: tuple[int, int]
+    encoder: Encoder,
+    state: dict[str, Tensor],
+    prefix: int,
+    grid: tuple[int, int],
+    native: tuple[int, int],
 ) -> dict[str, Tensor]:
     """The timm state dict renamed to the encoder's keys, pos_embed resampled to its grid."""
     state = dict(state)
@@ -209,9 +214,7 @@ def _encoder_state(
     mapped = {
         "tokenizer.proj.weight": state.pop("patch_embed.proj.weight"),
         "tokenizer.proj.bias": state.pop("patch_embed.proj.bias"),
-        "tokenizer.pos_embed": resample_pos_embed(
-            pos[:, prefix:], grid, _tokenizer_2d(encoder).native_grid
-        ),
+        "tokenizer.pos_embed": resample_pos_embed(pos[:, prefix:], grid, native),
         "trunk.cls_pos": pos[:, :1] if prefix else torch.zeros_like(state["cls_token"]),
     }
     if encoder.trunk.config.num_registers:
