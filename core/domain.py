@@ -24,6 +24,8 @@ from fmcore.errors import BadSample, ConfigError, MissingExtra, MissingPath
 from fmcore.labels import LabelTable, load_labels
 from fmcore.modalities.base import ViewStep
 
+SAMPLE_LABELS = "labels.csv"  # a labelled embedded sample's data.labels file
+
 
 @dataclass
 class Sample:
@@ -57,6 +59,7 @@ class Domain(ABC):
     requires: ClassVar[tuple[str, ...]] = ()
     partition_keys: ClassVar[tuple[str, ...]] = ()  # see partition_key
     splits: ClassVar[tuple[str, ...]] = ("train", "all")  # what index() accepts
+    sample_kinds: ClassVar[tuple[str, ...]] = ("plain",)  # data.sample values: see sample_kind
 
     def __init__(self, data: DictConfig, cache_dir: Path) -> None:
         self.data = data
@@ -103,10 +106,23 @@ class Domain(ABC):
         return int(self.data.channels)
 
     @property
+    def sample_kind(self) -> str:
+        """``data.sample``: which embedded sample an unset ``data.root`` means, checked against
+        the domain's ``sample_kinds``."""
+        kind = str(self.data.get("sample") or "plain")
+        if kind not in self.sample_kinds:
+            raise ConfigError(
+                f"data.sample={kind}: domain={self.name} ships "
+                + " and ".join(f"data.sample={k}" for k in self.sample_kinds)
+            )
+        return kind
+
+    @property
     def sample_name(self) -> str:
         """The embedded sample's folder under ``cache_dir/sample-data``; a domain whose sample
         depends on its config names each variant."""
-        return self.name
+        kind = self.sample_kind
+        return self.name if kind == "plain" else f"{self.name}-{kind}"
 
     def resolve_root(self) -> Path:
         """``data.root``, or the embedded sample data written once into the cache directory."""
@@ -137,6 +153,8 @@ class Domain(ABC):
         """The labels and splits ``data.labels`` names (a CSV or a folder per class), or None
         when it is unset; ``index`` looks its inputs up in it (see :mod:`fmcore.labels`)."""
         source = self.data.get("labels")
+        if not source and not self.data.get("root") and self.sample_kind == "labelled":
+            source = self.resolve_root() / SAMPLE_LABELS
         return load_labels(source) if source else None
 
     def index(self, split: str = "train") -> Sequence[Any]:
@@ -178,7 +196,9 @@ class Domain(ABC):
         """
 
     def write_sample_data(self, directory: Path) -> None:
-        """Write a small embedded sample in the domain's real file format into ``directory``."""
+        """Write a small embedded sample in the domain's real file format into ``directory``:
+        the ``sample_kind`` one; a ``labelled`` sample also writes ``labels.csv`` there
+        (``data.labels``' CSV layout), which ``label_table`` then reads."""
         raise NotImplementedError(
             f"domain '{self.name}' has no embedded sample data: set data.root to your data"
         )

@@ -30,6 +30,22 @@ from fmcore.errors import ConfigError, MissingPath
 SPLITS = ("train", "val", "test")
 VAL_FRACTION = 0.2  # share of items (or patients) a hash sends to val when no split is given
 LAYOUTS = "a CSV (path,label[,split][,patient]) or a folder with one sub-folder per class"
+SAMPLE_SPLIT_CYCLE = ("train", "train", "val", "test")  # per pair of a labelled sample's patients
+
+
+def sample_patients(count: int, classes: tuple[str, str]) -> list[tuple[str, str, str]]:
+    """(patient, class, split) of a two-class labelled embedded sample's ``count`` patients:
+    classes alternate, and each pair of patients (one of each) goes to the next split of
+    ``SAMPLE_SPLIT_CYCLE``, so every split is balanced: half the patients train, a quarter
+    validate (kNN), a quarter test (MIL)."""
+    return [
+        (
+            f"patient_{number:02d}",
+            classes[number % 2],
+            SAMPLE_SPLIT_CYCLE[(number // 2) % len(SAMPLE_SPLIT_CYCLE)],
+        )
+        for number in range(count)
+    ]
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from omegaconf import DictConfig
 from fmcore.config import as_dict
 from fmcore.domain import Domain, Sample
 from fmcore.domains.pathology.inputs import IMAGE_EXTENSIONS, SPLITS, Input, find_inputs
+from fmcore.domains.pathology.labelled_sample import write_labelled_slides
 from fmcore.domains.pathology.orientation import RandomDihedral
 from fmcore.domains.pathology.refs import ImageTileRef, SlideRecord, TileRef, TileTable
 from fmcore.domains.pathology.sample_slide import write_sample_slides
@@ -56,6 +57,7 @@ class Pathology(Domain):
     partition_keys = ("slide", "label", "patient")
     extra = "pathology"
     splits = SPLITS
+    sample_kinds = ("plain", "labelled")
 
     def __init__(self, data: DictConfig, cache_dir: Path) -> None:
         super().__init__(data, cache_dir)
@@ -300,7 +302,10 @@ class Pathology(Domain):
     # --- sample data and views ---------------------------------------------------------------
 
     def write_sample_data(self, directory: Path) -> None:
-        write_sample_slides(directory)
+        if self.sample_kind == "labelled":
+            write_labelled_slides(directory)
+        else:
+            write_sample_slides(directory)
 
     def view_steps(self) -> list[ViewStep]:
         stain = as_dict(self.data.get("stain")) or {}

@@ -13,6 +13,7 @@ often have.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -133,11 +134,29 @@ def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray
     return np.asarray(Image.fromarray(coarse).resize((size, size), Image.Resampling.BICUBIC))
 
 
-def synthetic_section(rng: np.random.Generator, size: int) -> np.ndarray:
+@dataclass(frozen=True)
+class Crowding:
+    """A region of crowded nuclei drawn over a section's own: a tumour nest (large, pleomorphic
+    nuclei) or a lymphoid aggregate (small, round ones), with less eosin (stroma) inside."""
+
+    cover: float  # share of the tissue the region covers, about
+    area_per_nucleus: float  # tissue pixels (at 0.5 mpp) per nucleus inside the region
+    major: tuple[float, float]  # range of a nucleus's semi-axes in pixels
+    minor: tuple[float, float]
+    eosin: float = 0.6  # eosin inside the region, times the stroma's
+
+
+def synthetic_section(
+    rng: np.random.Generator,
+    size: int,
+    crowding: Sequence[Crowding] = (),
+    stain: tuple[float, float] = (1.0, 1.0),
+) -> np.ndarray:
     """A (size, size, 3) uint8 H&E-like field of view at 0.5 microns per pixel.
 
     Three to five overlapping tissue pieces with wavy borders cover about half of it; the
-    top-right corner stays glass and holds a marker-pen stroke.
+    top-right corner stays glass and holds a marker-pen stroke. ``crowding`` adds regions of
+    crowded nuclei; ``stain`` scales the haematoxylin and eosin amounts (a lab's staining).
     """
     from PIL import Image
 
@@ -184,6 +203,10 @@ def synthetic_section(rng: np.random.Generator, size: int) -> np.ndarray:
     rows, cols = centres[:, 1].astype(int), centres[:, 0].astype(int)
     accept = tissue[rows, cols] & (rng.uniform(size=len(centres)) < density[rows, cols])
     _stamp_nuclei(haematoxylin, rng, centres[accept][:count])
+    for region in crowding:
+        _crowd_nuclei(haematoxylin, eosin, tissue, rng, region)
+    haematoxylin *= stain[0]
+    eosin *= stain[1]
 
     stain_vectors = np.asarray(RGB_FROM_HED[:2], np.float32)
     density_rgb = (haematoxylin[..., None] * stain_vectors[0]) + (
@@ -198,14 +221,20 @@ def synthetic_section(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.clip(np.round(rgb * 255).astype(np.int16) + noise, 0, 255).astype(np.uint8)
 
 
-def _nucleus_stamps(rng: np.random.Generator, count: int = 24) -> np.ndarray:
-    """``count`` nucleus shapes (count, 21, 21): ellipses 8-18 px (4-9 um) across with speckled
-    chromatin, stamped many times each (cheaper than drawing thousands of nuclei one by one)."""
-    reach = 10
+def _nucleus_stamps(
+    rng: np.random.Generator,
+    count: int = 24,
+    major: tuple[float, float] = (5.0, 9.0),
+    minor: tuple[float, float] = (4.0, 7.0),
+) -> np.ndarray:
+    """``count`` nucleus shapes (count, s, s): ellipses with semi-axes drawn from ``major`` and
+    ``minor`` (by default 8-18 px, 4-9 um, across) with speckled chromatin, stamped many times
+    each (cheaper than drawing thousands of nuclei one by one)."""
+    reach = int(np.ceil(major[1])) + 1
     yy, xx = np.mgrid[-reach : reach + 1, -reach : reach + 1].astype(np.float32)
     stamps = []
     for _ in range(count):
-        radius_a, radius_b = rng.uniform(5.0, 9.0), rng.uniform(4.0, 7.0)
+        radius_a, radius_b = rng.uniform(*major), rng.uniform(*minor)
         angle = rng.uniform(0, np.pi)
         u = xx * np.cos(angle) + yy * np.sin(angle)
         v = -xx * np.sin(angle) + yy * np.cos(angle)
@@ -215,14 +244,40 @@ def _nucleus_stamps(rng: np.random.Generator, count: int = 24) -> np.ndarray:
     return np.stack(stamps).astype(np.float32)
 
 
-def _stamp_nuclei(haematoxylin: np.ndarray, rng: np.random.Generator, centres: np.ndarray) -> None:
-    stamps = _nucleus_stamps(rng)
+def _stamp_nuclei(
+    haematoxylin: np.ndarray,
+    rng: np.random.Generator,
+    centres: np.ndarray,
+    stamps: np.ndarray | None = None,
+) -> None:
+    stamps = _nucleus_stamps(rng) if stamps is None else stamps
     reach = stamps.shape[1] // 2
     padded = np.pad(haematoxylin, reach)
     choice = rng.integers(0, len(stamps), size=len(centres))
     for (cx, cy), k in zip(centres.astype(int), choice, strict=True):
         padded[cy : cy + 2 * reach + 1, cx : cx + 2 * reach + 1] += stamps[k]
     haematoxylin[:] = padded[reach:-reach, reach:-reach]
+
+
+def _crowd_nuclei(
+    haematoxylin: np.ndarray,
+    eosin: np.ndarray,
+    tissue: np.ndarray,
+    rng: np.random.Generator,
+    region: Crowding,
+) -> None:
+    """Stamp ``region``'s nuclei into blobs of smooth noise covering about ``region.cover`` of
+    the tissue, and thin the eosin there."""
+    size = haematoxylin.shape[0]
+    noise = _smooth_noise(rng, size, 6)
+    threshold = np.quantile(noise[tissue], 1.0 - region.cover) if tissue.any() else np.inf
+    inside = tissue & (noise > threshold)
+    eosin[inside] *= region.eosin
+    count = int(inside.sum() / region.area_per_nucleus)
+    centres = rng.uniform(0, size, size=(4 * count + 1, 2))
+    rows, cols = centres[:, 1].astype(int), centres[:, 0].astype(int)
+    stamps = _nucleus_stamps(rng, major=region.major, minor=region.minor)
+    _stamp_nuclei(haematoxylin, rng, centres[inside[rows, cols]][:count], stamps)
 
 
 def _draw_pen_stroke(rgb: np.ndarray, rng: np.random.Generator, size: int) -> None:

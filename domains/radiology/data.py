@@ -26,6 +26,7 @@ from fmcore.domains.radiology.preprocess import Preprocessing, preprocess
 from fmcore.domains.radiology.radiograph import XrayPreprocessing, preprocess_radiograph
 from fmcore.domains.radiology.refs import RadiographRef, VolumeRef
 from fmcore.domains.radiology.splits import SPLITS, check_split, select
+from fmcore.errors import ConfigError
 from fmcore.labels import LabelTable
 
 
@@ -34,6 +35,7 @@ class Radiology(Domain):
     requires = ("monai", "nibabel", "pydicom", "PIL")
     extra = "radiology"
     splits = SPLITS
+    sample_kinds = ("plain", "labelled")
 
     def __init__(self, data: DictConfig, cache_dir: Path) -> None:
         super().__init__(data, cache_dir)
@@ -53,7 +55,8 @@ class Radiology(Domain):
 
     @property
     def sample_name(self) -> str:
-        return f"{self.name}-xray" if self.mode.name == "xray" else self.name
+        plain = super().sample_name
+        return f"{plain}-xray" if self.mode.name == "xray" else plain
 
     @cached_property
     def preprocessing(self) -> Preprocessing:
@@ -149,10 +152,19 @@ class Radiology(Domain):
         )
 
     def write_sample_data(self, directory: Path) -> None:
+        if self.mode.name == "xray" and self.sample_kind == "labelled":
+            raise ConfigError(
+                "data.sample=labelled is a CT sample (nodules against clear lungs): with"
+                " data.mode=xray use data.sample=plain, or data.labels for your radiographs"
+            )
         if self.mode.name == "xray":
             from fmcore.domains.radiology.sample_radiographs import write_radiographs
 
             write_radiographs(directory)
+        elif self.sample_kind == "labelled":
+            from fmcore.domains.radiology.labelled_sample import write_labelled_volumes
+
+            write_labelled_volumes(directory)
         else:
             from fmcore.domains.radiology.sample_data import write_sample
 
