@@ -21,10 +21,8 @@ from torch import Tensor
 
 from fmcore.distribution import extra_install_command
 from fmcore.errors import BadSample, ConfigError, MissingExtra, MissingPath
-from fmcore.labels import LabelTable, load_labels
+from fmcore.labels import SAMPLE_LABELS, LabelTable, load_labels
 from fmcore.modalities.base import ViewStep
-
-SAMPLE_LABELS = "labels.csv"  # a labelled embedded sample's data.labels file
 
 
 @dataclass
@@ -66,6 +64,7 @@ class Domain(ABC):
         self.cache_dir = cache_dir
         self.bad_inputs: list[str] = []  # files index() skipped, each "path: reason"
         self.modality = self.modality_for(data)
+        self.sample_kind  # noqa: B018 -- a wrong data.sample fails here, root or not
 
     @classmethod
     def modality_for(cls, data: DictConfig) -> str:
@@ -150,8 +149,10 @@ class Domain(ABC):
         return directory
 
     def label_table(self) -> LabelTable | None:
-        """The labels and splits ``data.labels`` names (a CSV or a folder per class), or None
-        when it is unset; ``index`` looks its inputs up in it (see :mod:`fmcore.labels`)."""
+        """The labels and splits ``data.labels`` names (a CSV or a folder per class); unset, the
+        ``labels.csv`` of the labelled embedded sample (``data.sample=labelled`` and no
+        ``data.root``), else None. ``index`` looks its inputs up in it (see
+        :mod:`fmcore.labels`)."""
         source = self.data.get("labels")
         if not source and not self.data.get("root") and self.sample_kind == "labelled":
             source = self.resolve_root() / SAMPLE_LABELS

@@ -30,14 +30,16 @@ from fmcore.errors import ConfigError, MissingPath
 SPLITS = ("train", "val", "test")
 VAL_FRACTION = 0.2  # share of items (or patients) a hash sends to val when no split is given
 LAYOUTS = "a CSV (path,label[,split][,patient]) or a folder with one sub-folder per class"
+SAMPLE_LABELS = "labels.csv"  # a labelled embedded sample's data.labels file
+SAMPLE_SEED = 20261204  # seeds every labelled embedded sample's files
 SAMPLE_SPLIT_CYCLE = ("train", "train", "val", "test")  # per pair of a labelled sample's patients
 
 
 def sample_patients(count: int, classes: tuple[str, str]) -> list[tuple[str, str, str]]:
     """(patient, class, split) of a two-class labelled embedded sample's ``count`` patients:
     classes alternate, and each pair of patients (one of each) goes to the next split of
-    ``SAMPLE_SPLIT_CYCLE``, so every split is balanced: half the patients train, a quarter
-    validate (kNN), a quarter test (MIL)."""
+    ``SAMPLE_SPLIT_CYCLE``. With ``count`` a multiple of 8 every split holds both classes
+    equally: half the patients train, a quarter validate (kNN), a quarter test (MIL)."""
     return [
         (
             f"patient_{number:02d}",
@@ -72,6 +74,12 @@ class LabelTable:
             if found is not None:
                 return found
         return None
+
+
+def write_sample_labels(directory: Path, header: Sequence[str], rows: Sequence[Sequence]) -> None:
+    """A labelled embedded sample's ``labels.csv`` (``path,label,...`` rows) in ``directory``."""
+    with open(directory / SAMPLE_LABELS, "w", newline="") as handle:
+        csv.writer(handle).writerows([header, *rows])
 
 
 def load_labels(source: str | Path, val_fraction: float = VAL_FRACTION) -> LabelTable:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from fmcore.errors import ConfigError
 from fmcore.labels import load_labels, sample_patients
@@ -17,7 +17,7 @@ from fmcore.labels import load_labels, sample_patients
 CONFIGS = Path(__file__).parents[1] / "configs" / "domain"
 
 
-def domain_data(name: str, **data: object):
+def domain_data(name: str, **data: object) -> DictConfig:
     settings = OmegaConf.load(CONFIGS / f"{name}.yaml").data
     settings.merge_with({"sample": "labelled", **data})
     return settings
@@ -54,31 +54,50 @@ def test_the_labelled_ct_sample_is_read_with_its_labels_by_default(tmp_path: Pat
     wanted = sorted((row["path"], row["label"]) for row in rows if row["split"] == "val")
     names = ("clear", "effusion")  # class numbers in sorted order
     assert sorted((Path(ref.paths[0]).name, names[ref.label]) for ref in val) == wanted
-    assert load_labels(root / "labels.csv").source == root / "labels.csv"
+    assert domain.label_table().source == root / "labels.csv"
 
-    # The class is in the files: effusion fills part of the lungs, so less of the body is air.
-    def air_in_body(path: Path) -> float:
+    # The class is in the files: effusion fills the posterior part of the lungs, so less of the
+    # body is air and what air is left lies further forward (higher A: axes are R, A, S).
+    def lung_air(path: Path) -> tuple[float, float]:
         hu = ndimage.median_filter(np.asarray(nib.load(path).dataobj, np.float32), size=3)
-        body = np.stack(
-            [ndimage.binary_fill_holes(plane) for plane in np.moveaxis(hu > -500, 2, 0)]
-        )
-        return float((body & (np.moveaxis(hu, 2, 0) < -500)).sum() / body.sum())
+        axial = np.moveaxis(hu, 2, 0)  # (S, R, A)
+        body = np.stack([ndimage.binary_fill_holes(plane) for plane in axial > -500])
+        air = body & (axial < -500)
+        return float(air.sum() / body.sum()), float(np.nonzero(air)[2].mean() / hu.shape[1])
 
-    fractions = {label: [] for label in names}
+    measured = {label: [] for label in names}
     for row in rows:
-        fractions[row["label"]].append(air_in_body(root / row["path"]))
-    clear, effusion = (np.mean(fractions[label]) for label in names)
-    assert effusion < 0.8 * clear, (clear, effusion)
+        measured[row["label"]].append(lung_air(root / row["path"]))
+    (clear_air, clear_a), (effusion_air, effusion_a) = (
+        np.mean(measured[label], axis=0) for label in names
+    )
+    assert effusion_air < 0.8 * clear_air, (clear_air, effusion_air)
+    assert effusion_a > clear_a + 0.02, (clear_a, effusion_a)
+
+
+def test_labelled_samples_refuse_what_they_cannot_be(tmp_path: Path) -> None:
+    pytest.importorskip("monai", reason="needs the radiology extra")
+    from fmcore.domains.radiology.data import Radiology
+
+    xray = Radiology(domain_data("radiology", mode="xray"), tmp_path)
+    with pytest.raises(ConfigError, match=r"data\.sample=labelled is a CT sample"):
+        xray.label_table()
+    assert not (tmp_path / "sample-data").exists()  # refused before any folder is made
+
+    # With data.root set the sample is not used, and data.labels is the user's or nothing.
+    (tmp_path / "mine").mkdir()
+    own = Radiology(domain_data("radiology", root=str(tmp_path / "mine")), tmp_path)
+    assert own.label_table() is None
+    with pytest.raises(ConfigError, match=r"data\.sample=labeled"):
+        Radiology(domain_data("radiology", sample="labeled", root=str(tmp_path)), tmp_path)
 
 
 def test_a_domain_without_a_labelled_sample_says_which_it_ships(tmp_path: Path) -> None:
     from fmcore.domains.digits.data import Digits
 
-    domain = Digits(domain_data("digits"), tmp_path)
-    with pytest.raises(
-        ConfigError, match=r"data.sample=labelled: domain=digits ships data.sample=plain"
-    ):
-        domain.sample_name  # noqa: B018
+    match = r"data\.sample=labelled: domain=digits ships data\.sample=plain"
+    with pytest.raises(ConfigError, match=match):
+        Digits(domain_data("digits"), tmp_path)
 
 
 def test_the_labelled_slides_are_real_slides_of_two_classes(tmp_path: Path) -> None:
@@ -114,3 +133,29 @@ def test_the_labelled_slides_are_real_slides_of_two_classes(tmp_path: Path) -> N
     normal = [largest_nuclei(p) for p in paths[:2] + paths[4:6]]
     tumour = [largest_nuclei(p) for p in paths[2:4] + paths[6:]]
     assert min(tumour) > 1.3 * max(normal), (normal, tumour)
+
+
+def test_the_pathology_domain_tiles_the_labelled_slides_of_a_split(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("openslide", reason="needs the pathology extra")
+    pytest.importorskip("imagecodecs")
+    import fmcore.domains.pathology.data as pathology
+    from fmcore.domains.pathology.labelled_sample import write_labelled_slides
+
+    # 8 patients instead of 40: the same writer, a sample small enough for a unit test.
+    monkeypatch.setattr(
+        pathology, "write_labelled_slides", lambda folder: write_labelled_slides(folder, 8)
+    )
+    domain = pathology.Pathology(domain_data("pathology", tile_size=64, size=[64, 64]), tmp_path)
+    assert domain.sample_name == "pathology-labelled"
+    tiles = domain.index("val")
+    root = tmp_path / "sample-data" / "pathology-labelled"
+    with open(root / "labels.csv", newline="") as handle:
+        val = {
+            row["slide"]: row["label"] for row in csv.DictReader(handle) if row["split"] == "val"
+        }
+    assert len(val) == 4 and sorted(val.values()) == ["normal", "normal", "tumour", "tumour"]
+    names = ("normal", "tumour")
+    seen = {(Path(tiles[i].path).stem, names[tiles[i].label]) for i in range(len(tiles))}
+    assert seen == set(val.items())

@@ -273,11 +273,11 @@ def _crowd_nuclei(
     threshold = np.quantile(noise[tissue], 1.0 - region.cover) if tissue.any() else np.inf
     inside = tissue & (noise > threshold)
     eosin[inside] *= region.eosin
-    count = int(inside.sum() / region.area_per_nucleus)
-    centres = rng.uniform(0, size, size=(4 * count + 1, 2))
-    rows, cols = centres[:, 1].astype(int), centres[:, 0].astype(int)
+    rows, cols = np.nonzero(inside)
+    chosen = rng.integers(0, len(rows), size=int(len(rows) / region.area_per_nucleus))
+    centres = np.stack([cols[chosen], rows[chosen]], axis=1)  # (x, y), as _stamp_nuclei takes
     stamps = _nucleus_stamps(rng, major=region.major, minor=region.minor)
-    _stamp_nuclei(haematoxylin, rng, centres[inside[rows, cols]][:count], stamps)
+    _stamp_nuclei(haematoxylin, rng, centres, stamps)
 
 
 def _draw_pen_stroke(rgb: np.ndarray, rng: np.random.Generator, size: int) -> None:

@@ -55,8 +55,15 @@ class Radiology(Domain):
 
     @property
     def sample_name(self) -> str:
-        plain = super().sample_name
-        return f"{plain}-xray" if self.mode.name == "xray" else plain
+        name = super().sample_name
+        if self.mode.name != "xray":
+            return name
+        if self.sample_kind == "labelled":
+            raise ConfigError(
+                "data.sample=labelled is a CT sample (pleural effusion against clear lungs):"
+                " with data.mode=xray use data.sample=plain, or data.labels for your radiographs"
+            )
+        return f"{name}-xray"
 
     @cached_property
     def preprocessing(self) -> Preprocessing:
@@ -152,11 +159,6 @@ class Radiology(Domain):
         )
 
     def write_sample_data(self, directory: Path) -> None:
-        if self.mode.name == "xray" and self.sample_kind == "labelled":
-            raise ConfigError(
-                "data.sample=labelled is a CT sample (nodules against clear lungs): with"
-                " data.mode=xray use data.sample=plain, or data.labels for your radiographs"
-            )
         if self.mode.name == "xray":
             from fmcore.domains.radiology.sample_radiographs import write_radiographs
 

@@ -12,19 +12,16 @@ val and a quarter in test.
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 
-from fmcore.domain import SAMPLE_LABELS
 from fmcore.domains.radiology.sample_data import AIR, LUNG, SIZE, phantom, ras_affine, write_nifti
-from fmcore.labels import sample_patients
+from fmcore.labels import SAMPLE_SEED, sample_patients, write_sample_labels
 
 LABELLED_PATIENTS = 80
-LABELLED_SEED = 20261204
 CLASSES = ("clear", "effusion")
-FILLED = (0.2, 0.5)  # share of an effusion lung's height (posterior first) under fluid
+FILLED = (0.2, 0.5)  # share of an effusion lung's voxels (posterior first) under fluid
 FLUID_HU = (0.0, 25.0)
 NOISE_HU = (10.0, 60.0)  # scanner noise (std) per volume, on top of the phantom's own
 
@@ -59,10 +56,9 @@ def write_labelled_volumes(directory: Path, patients: int = LABELLED_PATIENTS) -
     paths, rows = [], []
     for number, (patient, label, split) in enumerate(sample_patients(patients, CLASSES)):
         path = directory / f"{patient}.nii.gz"
-        volume = labelled_volume(np.random.default_rng([LABELLED_SEED, number]), label)
+        volume = labelled_volume(np.random.default_rng([SAMPLE_SEED, number]), label)
         write_nifti(path, volume, affine)
         paths.append(path)
         rows.append((path.name, label, split, patient))
-    with open(directory / SAMPLE_LABELS, "w", newline="") as handle:
-        csv.writer(handle).writerows([("path", "label", "split", "patient"), *rows])
+    write_sample_labels(directory, ("path", "label", "split", "patient"), rows)
     return paths
