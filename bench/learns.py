@@ -1,14 +1,20 @@
-"""Do the methods learn? Every method preset pretrained on digits, scored against baselines.
+"""Do the methods learn? Every method preset pretrained on a labelled sample, scored against
+baselines.
 
-    python bench/learns.py                          # every preset of every method
+    python bench/learns.py                          # every preset of every method, on digits
     python bench/learns.py --presets simclr_small mae_small --out bench/results/learns.json
+    python bench/learns.py --domain pathology --presets dinov2_small
 
-For each ``method=`` option (the shipped presets and any plugin's), one ``fmcore train
-domain=digits`` run of ``--steps`` (default: the preset's entry in ``STEPS``) at the default
-encoder (vit_tiny) and batch (64), then ``fmcore eval`` on scikit-learn's digits (fmcore's own
-train/val split) with kNN (DINO's weighted 20-NN) and the linear probe, on the class token, the
-mean patch token and both. In the same run: the random encoder each preset starts from
-(``checkpoint=random method=<preset>``: same architecture, same init) and the raw pixels
+For each ``method=`` option (the shipped presets and any plugin's), one ``fmcore train`` run of
+``--steps`` (default: the preset's entry in the domain's ``steps``) at the default encoder
+(vit_tiny) and batch (64), then ``fmcore eval`` with kNN (DINO's weighted 20-NN) and the linear
+probe on the domain's validation split. On digits (fmcore's own train/val split of
+scikit-learn's digits) every feature kind is scored: the class token, the mean patch token and
+both. On the labelled embedded samples (``data.sample=labelled``: pathology's tumour/normal
+slides as 64-px tiles, radiology's effusion/clear CT crops) the kind each preset is evaluated
+on by default (``method.features``), and on pathology also ABMIL on the per-slide features
+``fmcore embed`` writes (test patients). In the same run: the random encoder each preset starts
+from (``checkpoint=random method=<preset>``: same architecture, same init) and the raw pixels
 (``checkpoint=pixels``). Wall-clock time of every training run is recorded beside its scores:
 the budget is 10 minutes of a 2-core CPU per preset, and a row over budget says so.
 
@@ -25,25 +31,57 @@ import platform
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 from fmcore.config import config_sources
+from fmcore.labels import SAMPLE_LABELS
 from fmcore.plugin_manager import registry
 
 BUDGET_S = 600.0  # 10 minutes per preset on the 2-core CPU the targets are set for
-DEFAULT_STEPS = 300  # a preset without an entry below (a plugin's)
-STEPS = {  # steps that fit the budget on 2 cores at batch 64 (vit_tiny)
-    "simclr": 800,
-    "simclr_small": 900,
-    "dinov2": 300,
-    "dinov2_small": 750,
-    "mae": 800,
-    "mae_small": 1800,
-}
+DEFAULT_STEPS = 300  # a preset without an entry in its domain's steps (a plugin's)
 FEATURES = ("cls", "mean", "cls+mean")
+DEFAULT_FEATURES = "default"  # eval.features unset: the kind the checkpoint's method names
 PROTOCOLS = ("knn", "linear")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A labelled domain the presets are pretrained and scored on."""
+
+    words: tuple[str, ...]  # the fmcore words that select it, for train, eval and embed
+    steps: dict[str, int]  # steps that fit the budget on 2 cores at batch 64 (vit_tiny)
+    features: tuple[str, ...] = (DEFAULT_FEATURES,)
+    mil_labels: str | None = None  # under run.cache_dir: ABMIL on per-slide features too
+
+
+TARGETS = {
+    "digits": Target(
+        ("domain=digits",),
+        {
+            "simclr": 800,
+            "simclr_small": 900,
+            "dinov2": 300,
+            "dinov2_small": 750,
+            "mae": 800,
+            "mae_small": 1800,
+        },
+        FEATURES,
+    ),
+    # 64-px tiles at 0.5 mpp with 16-px patches: 16 tokens, as digits.
+    "pathology": Target(
+        ("domain=pathology", "data.sample=labelled", "data.tile_size=64"),
+        {"simclr_small": 900, "dinov2_small": 750, "mae_small": 1800},
+        mil_labels=f"sample-data/pathology-labelled/{SAMPLE_LABELS}",
+    ),
+    # 32^3-voxel CT crops with 8^3 patches: 64 tokens; 8 crops of each volume.
+    "radiology": Target(
+        ("domain=radiology", "data.sample=labelled", "data.crops_per_volume=8"),
+        {"simclr_small": 250, "dinov2_small": 200, "mae_small": 500},
+    ),
+}
 
 
 def fmcore(*words: str) -> None:
@@ -59,98 +97,118 @@ def method_presets() -> list[str]:
     return sorted(config_sources(registry()).options("method"))
 
 
-def score(checkpoint: str, run_dir: Path, extra: list[str]) -> dict[str, Any]:
-    """Accuracy (and its 95% interval) of every protocol x feature kind for one checkpoint."""
+def score(
+    target: Target, checkpoint: str, run_dir: Path, cache: Path, extra: list[str]
+) -> dict[str, Any]:
+    """Accuracy (and its 95% interval) of every protocol x feature kind for one checkpoint,
+    and of ABMIL where the target has slides."""
+    extra = [f"run.cache_dir={cache}", *extra]
     scores: dict[str, Any] = {}
-    kinds = ("pixels",) if checkpoint == "pixels" else FEATURES
+    kinds = ("pixels",) if checkpoint == "pixels" else target.features
     for protocol in PROTOCOLS:
         for kind in kinds:
             out = run_dir / f"eval-{protocol}-{kind}"
-            words = [
-                "eval",
-                "domain=digits",
-                f"eval={protocol}",
-                f"checkpoint={checkpoint}",
-                f"run.dir={out}",
-                *extra,
-            ]
-            if kind != "pixels":
+            words = ["eval", *target.words, f"eval={protocol}", f"checkpoint={checkpoint}"]
+            if kind not in ("pixels", DEFAULT_FEATURES):
                 words.append(f"eval.features={kind}")
-            fmcore(*words)
-            result = json.loads((out / "eval.json").read_text())
-            scores[f"{protocol}/{kind}"] = {
-                "accuracy": result["metrics"]["accuracy"],
-                "ci95": result.get("ci95", {}).get("accuracy"),
-            }
+            fmcore(*words, f"run.dir={out}", *extra)
+            scores[f"{protocol}/{kind}"] = accuracy(out)
+    if target.mil_labels and checkpoint != "pixels":
+        features, out = run_dir / "slide-features", run_dir / "eval-mil"
+        fmcore("embed", *target.words, f"checkpoint={checkpoint}", f"embed.out={features}", *extra)
+        labels = cache / target.mil_labels
+        fmcore(
+            "eval",
+            "eval=mil",
+            f"eval.embeddings={features}",
+            f"eval.labels={labels}",
+            f"run.dir={out}",
+        )
+        scores["mil"] = accuracy(out)
     return scores
 
 
-def train(preset: str, steps: int, run_dir: Path) -> dict[str, Any]:
-    words = [
-        "train",
-        "domain=digits",
-        f"method={preset}",
-        f"trainer.max_steps={steps}",
-        f"run.dir={run_dir}",
-        "trainer.progress=lines",
-    ]
+def accuracy(eval_dir: Path) -> dict[str, Any]:
+    result = json.loads((eval_dir / "eval.json").read_text())
+    return {
+        "accuracy": result["metrics"]["accuracy"],
+        "ci95": result.get("ci95", {}).get("accuracy"),
+        "features": result.get("features"),
+    }
+
+
+def train(target: Target, preset: str, steps: int, run_dir: Path, cache: Path) -> dict[str, Any]:
+    words = ["train", *target.words, f"method={preset}", f"trainer.max_steps={steps}"]
     started = time.perf_counter()
-    fmcore(*words)
+    fmcore(*words, f"run.dir={run_dir}", f"run.cache_dir={cache}", "trainer.progress=lines")
     seconds = time.perf_counter() - started
-    return {"command": "fmcore " + " ".join(words[:-2]), "seconds": seconds}
+    return {"command": "fmcore " + " ".join(words), "seconds": seconds}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--domain", choices=sorted(TARGETS), default="digits")
     parser.add_argument("--presets", nargs="*", help="method options (default: all)")
-    parser.add_argument("--steps", type=int, help="steps for every preset (default: STEPS)")
+    parser.add_argument("--steps", type=int, help="steps for every preset (default: the domain's)")
     parser.add_argument("--work", type=Path, default=Path("bench/runs/learns"))
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
     args = parser.parse_args()
+    target = TARGETS[args.domain]
     presets = args.presets or method_presets()
+    work = args.work / args.domain
+    cache = work / "cache"  # the labelled samples are written here once
     results: dict[str, Any] = {
+        "domain": args.domain,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "date": date.today().isoformat(),
         "budget_s": BUDGET_S,
-        "pixels": score("pixels", args.work / "pixels", []),
+        "pixels": score(target, "pixels", work / "pixels", cache, []),
         "presets": {},
     }
     for preset in presets:
-        steps = args.steps or STEPS.get(preset, DEFAULT_STEPS)
-        run_dir = args.work / preset
-        run = train(preset, steps, run_dir)
+        steps = args.steps or target.steps.get(preset, DEFAULT_STEPS)
+        run_dir = work / preset
+        run = train(target, preset, steps, run_dir, cache)
         results["presets"][preset] = {
             **run,
             "steps": steps,
-            "trained": score(str(run_dir), run_dir, []),
-            "random": score("random", run_dir / "random", [f"method={preset}"]),
+            "trained": score(target, str(run_dir), run_dir, cache, []),
+            "random": score(target, "random", run_dir / "random", cache, [f"method={preset}"]),
         }
         print(f"{preset}: {steps} steps in {run['seconds']:.0f} s", file=sys.stderr, flush=True)
         if args.out:  # after every preset, so a long bench leaves what it measured
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(markdown(results))
+    print(markdown(target, results))
 
 
-def _cell(entry: dict[str, Any]) -> str:
+def _cell(entry: dict[str, Any] | None) -> str:
+    if entry is None:
+        return "-"
     interval = entry["ci95"]
     low_high = f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else ""
     return f"{entry['accuracy']:.3f}{low_high}"
 
 
-def markdown(results: dict[str, Any]) -> str:
-    header = "| preset | steps | minutes | encoder | " + " | ".join(
-        f"{p} {k}" for p in PROTOCOLS for k in FEATURES
-    )
-    lines = [header + " |", "|" + "---|" * (4 + len(PROTOCOLS) * len(FEATURES))]
+def markdown(target: Target, results: dict[str, Any]) -> str:
+    columns = [f"{p}/{k}" for p in PROTOCOLS for k in target.features]
+    names = [c.replace("/", " ").replace(f" {DEFAULT_FEATURES}", "") for c in columns]
+    if target.mil_labels:
+        columns, names = [*columns, "mil"], [*names, "ABMIL (slides)"]
+    by_kind = target.features == (DEFAULT_FEATURES,)
+    header = ["preset", "steps", "minutes", "encoder", *(["features"] if by_kind else []), *names]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     pixels = results["pixels"]
-    pixel_cells = [_cell(pixels[f"{p}/pixels"]) for p in PROTOCOLS for _ in FEATURES]
-    lines.append("| raw pixels | - | - | - | " + " | ".join(pixel_cells) + " |")
+    pixel_cells = [_cell(pixels.get(f"{c.split('/')[0]}/pixels")) for c in columns]
+    kind_cell = ["-"] if by_kind else []
+    lines.append("| raw pixels | - | - | - | " + " | ".join(kind_cell + pixel_cells) + " |")
     for preset, row in results["presets"].items():
         minutes = row["seconds"] / 60
         over = " (over budget)" if row["seconds"] > results["budget_s"] else ""
         for label, scores in (("trained", row["trained"]), ("random", row["random"])):
-            cells = [_cell(scores[f"{p}/{k}"]) for p in PROTOCOLS for k in FEATURES]
+            cells = [_cell(scores.get(c)) for c in columns]
+            if by_kind:
+                cells.insert(0, str(scores[columns[0]]["features"]))
             timing = f"{row['steps']} | {minutes:.1f}{over}" if label == "trained" else "- | -"
             lines.append(f"| {preset} | {timing} | {label} | " + " | ".join(cells) + " |")
     commands = [f"    {row['command']}" for row in results["presets"].values()]
