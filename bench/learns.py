@@ -4,6 +4,7 @@ baselines.
     python bench/learns.py                          # every preset of every method, on digits
     python bench/learns.py --presets simclr_small mae_small --out bench/results/learns.json
     python bench/learns.py --domain pathology --presets dinov2_small
+    python bench/learns.py --domain pathology --presets dinov2_small --set data.stain.scale=0.3
 
 For each ``method=`` option (the shipped presets and any plugin's), one ``fmcore train`` run of
 ``--steps`` (default: the preset's entry in the domain's ``steps``) at the default encoder
@@ -15,8 +16,10 @@ slides as 64-px tiles, radiology's effusion/clear CT crops) the kind each preset
 on by default (``method.features``), and on pathology also ABMIL on the per-slide features
 ``fmcore embed`` writes (test patients). In the same run: the random encoder each preset starts
 from (``checkpoint=random method=<preset>``: same architecture, same init) and the raw pixels
-(``checkpoint=pixels``). Wall-clock time of every training run is recorded beside its scores:
-the budget is 10 minutes of a 2-core CPU per preset, and a row over budget says so.
+(``checkpoint=pixels``). ``--set`` adds config words to every training run and to its random
+encoder (an ablation row: the same command with one setting changed). Wall-clock time of every
+training run is recorded beside its scores: the budget is 10 minutes of a 2-core CPU per preset,
+and a row over budget says so.
 
 Everything runs through the ``fmcore`` command, so a row is reproduced by the commands it
 prints. The table goes to stdout as markdown (for docs/benchmarks.md), the figures to --out.
@@ -137,8 +140,10 @@ def accuracy(eval_dir: Path) -> dict[str, Any]:
     }
 
 
-def train(target: Target, preset: str, steps: int, run_dir: Path, cache: Path) -> dict[str, Any]:
-    words = ["train", *target.words, f"method={preset}", f"trainer.max_steps={steps}"]
+def train(
+    target: Target, preset: str, steps: int, run_dir: Path, cache: Path, settings: list[str]
+) -> dict[str, Any]:
+    words = ["train", *target.words, f"method={preset}", f"trainer.max_steps={steps}", *settings]
     started = time.perf_counter()
     fmcore(*words, f"run.dir={run_dir}", f"run.cache_dir={cache}", "trainer.progress=lines")
     seconds = time.perf_counter() - started
@@ -150,6 +155,9 @@ def main() -> None:
     parser.add_argument("--domain", choices=sorted(TARGETS), default="digits")
     parser.add_argument("--presets", nargs="*", help="method options (default: all)")
     parser.add_argument("--steps", type=int, help="steps for every preset (default: the domain's)")
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="config words for every run"
+    )
     parser.add_argument("--work", type=Path, default=Path("bench/runs/learns"))
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
     args = parser.parse_args()
@@ -168,12 +176,14 @@ def main() -> None:
     for preset in presets:
         steps = args.steps or target.steps.get(preset, DEFAULT_STEPS)
         run_dir = work / preset
-        run = train(target, preset, steps, run_dir, cache)
+        run = train(target, preset, steps, run_dir, cache, args.set)
         results["presets"][preset] = {
             **run,
             "steps": steps,
             "trained": score(target, str(run_dir), run_dir, cache, []),
-            "random": score(target, "random", run_dir / "random", cache, [f"method={preset}"]),
+            "random": score(
+                target, "random", run_dir / "random", cache, [f"method={preset}", *args.set]
+            ),
         }
         print(f"{preset}: {steps} steps in {run['seconds']:.0f} s", file=sys.stderr, flush=True)
         if args.out:  # after every preset, so a long bench leaves what it measured
