@@ -7,7 +7,16 @@ and a plugin that imports them (or reaches into another plugin) is refused by fm
 import-graph test for the built-in plugins. docs/plugins.md explains each contract.
 """
 
-from fmcore.backbones.vit import Block, DropPath, ViTConfig
+from fmcore.backbones.attention import AttentionMask
+from fmcore.backbones.trunk import (
+    DropPath,
+    Trunk,
+    TrunkOutput,
+    TrunkSettings,
+    trunk_options,
+    trunk_settings,
+)
+from fmcore.backbones.vit import Block, ViTConfig, ViTOptions
 from fmcore.collapse import FEATURE_STD, feature_spread
 from fmcore.collapse import PREFIX as COLLAPSE_PREFIX
 from fmcore.config import as_dict
@@ -34,6 +43,7 @@ __all__ = [  # grouped by contract in the imports above
     "COLLAPSE_PREFIX",
     "FEATURE_KINDS",
     "FEATURE_STD",
+    "AttentionMask",
     "BadSample",
     "Batch",
     "Block",
@@ -54,7 +64,11 @@ __all__ = [  # grouped by contract in the imports above
     "Tokenizer",
     "TokenizerSettings",
     "Tokens",
+    "Trunk",
+    "TrunkOutput",
+    "TrunkSettings",
     "ViTConfig",
+    "ViTOptions",
     "ViewOp",
     "ViewSpec",
     "ViewStep",
@@ -73,6 +87,8 @@ __all__ = [  # grouped by contract in the imports above
     "random_token_mask",
     "split_indices",
     "takes_weight_decay",
+    "trunk_options",
+    "trunk_settings",
     "world_size",
     "write_png",
 ]

@@ -212,6 +212,17 @@ def type_sections(config: DictConfig, schemas: Mapping[str, type] | None = None)
         section(config, name, schema)  # runs the schema's checks now, not at the first step
 
 
+def structured(values: DictConfig, schema: type[Section], name: str) -> Section:
+    """The config node ``values`` (section ``name``) as ``schema``'s dataclass, each key typed
+    by omegaconf and the schema's checks run: a wrong type, a missing key or a key the schema
+    lacks fails naming ``name.<key>``."""
+    try:
+        typed = OmegaConf.merge(OmegaConf.structured(schema), values)
+        return OmegaConf.to_object(typed)  # type: ignore[return-value]
+    except OmegaConfBaseException as error:
+        raise _config_error(name, error) from error
+
+
 def section(config: DictConfig, name: str, schema: type[Section]) -> Section:
     """Section ``name`` of a composed config as its dataclass (added keys left out); nested
     dataclass fields become their dataclasses too."""

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from fmcore.backbones.vit import TrunkOutput, VisionTransformer
+from fmcore.backbones.attention import AttentionMask
+from fmcore.backbones.trunk import Trunk, TrunkOutput
 from fmcore.errors import ConfigError
 from fmcore.modalities.base import Tokenizer, Tokens
 
@@ -27,10 +28,12 @@ class Encoder(nn.Module):
     """Tokenizer + trunk, with a learned mask token for masked-token methods (iBOT, BEiT).
 
     ``forward(x, mask=...)`` replaces masked token embeddings by the mask token (the trunk still
-    sees every position); ``forward(x, keep=...)`` runs the trunk on the kept tokens only (MAE).
+    sees every position); ``forward(x, keep=...)`` runs the trunk on the kept tokens only (MAE);
+    ``attn_mask`` shapes the trunk's attention among the tokens it sees (after ``keep``).
+    Parameters under ``trunk.`` are the trunk's (federation shares them across domains).
     """
 
-    def __init__(self, tokenizer: Tokenizer, trunk: VisionTransformer) -> None:
+    def __init__(self, tokenizer: Tokenizer, trunk: Trunk) -> None:
         super().__init__()
         if tokenizer.embed_dim != trunk.embed_dim:
             raise ValueError(
@@ -47,12 +50,20 @@ class Encoder(nn.Module):
         return count
 
     def forward(
-        self, x: Tensor, mask: Tensor | None = None, keep: Tensor | None = None
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        keep: Tensor | None = None,
+        attn_mask: AttentionMask | None = None,
     ) -> EncoderOutput:
-        return self.encode_tokens(self.tokenizer(x), mask=mask, keep=keep)
+        return self.encode_tokens(self.tokenizer(x), mask=mask, keep=keep, attn_mask=attn_mask)
 
     def encode_tokens(
-        self, tokens: Tokens, mask: Tensor | None = None, keep: Tensor | None = None
+        self,
+        tokens: Tokens,
+        mask: Tensor | None = None,
+        keep: Tensor | None = None,
+        attn_mask: AttentionMask | None = None,
     ) -> EncoderOutput:
         if mask is not None:
             masked = mask.unsqueeze(-1).to(tokens.x.dtype)
@@ -65,7 +76,7 @@ class Encoder(nn.Module):
             )
         if keep is not None:
             tokens = tokens.select(keep)
-        out: TrunkOutput = self.trunk(tokens)
+        out: TrunkOutput = self.trunk(tokens, attn_mask)
         self.tokens_processed += tokens.x.shape[0] * tokens.x.shape[1]
         return EncoderOutput(
             cls=out.cls, registers=out.registers, patches=out.patches, tokens=tokens

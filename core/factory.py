@@ -8,6 +8,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from fmcore.backbones.trunk import Trunk
 from fmcore.config import as_dict, unresolved_by_modality
 from fmcore.domain import Domain
 from fmcore.encoder import Encoder
@@ -38,7 +39,13 @@ def build_encoder(config: DictConfig, registry: Registry, domain: Domain) -> Enc
         options=as_dict(config.encoder.tokenizer),
     )
     tokenizer = modality.build_tokenizer(settings)
-    trunk = registry.trunk(config.encoder.trunk)(config.encoder)
+    name = str(config.encoder.trunk)
+    trunk = registry.trunk(name)(config.encoder)
+    if not isinstance(trunk, Trunk):
+        raise ConfigError(
+            f"encoder.trunk={name}: its factory returned a {type(trunk).__name__}, not an"
+            " fmcore Trunk (fmcore.api.Trunk)"
+        )
     return Encoder(tokenizer, trunk)
 
 

@@ -66,10 +66,14 @@ def fmcore_modalities() -> list[Modality]:
 
 @hookspec
 def fmcore_trunks() -> dict[str, Any]:
-    """Return ``{name: factory}`` where ``factory(encoder_config) -> VisionTransformer``-like trunk.
+    """Return ``{name: factory}`` where ``factory(encoder_config)`` builds a
+    :class:`fmcore.backbones.trunk.Trunk` from the ``encoder`` config section.
 
-    ``encoder.trunk=<name>`` selects one. The trunk consumes :class:`fmcore.modalities.base.Tokens`
-    and returns a :class:`fmcore.backbones.vit.TrunkOutput`.
+    ``encoder.trunk=<name>`` selects one. A factory reads the shared keys with
+    ``trunk_settings(encoder_config)`` and its own, kept under ``encoder.<name>``, with
+    ``trunk_options(encoder_config, name, schema)``. The trunk consumes
+    :class:`fmcore.modalities.base.Tokens` and returns a
+    :class:`fmcore.backbones.trunk.TrunkOutput`.
     """
 
 

@@ -22,6 +22,7 @@ import pluggy
 from omegaconf import DictConfig
 
 from fmcore import hookspecs
+from fmcore.backbones.trunk import Trunk
 from fmcore.distribution import DISTRIBUTION
 from fmcore.domain import Domain
 from fmcore.errors import UnknownChoice
@@ -36,7 +37,7 @@ PROVIDER_HOOKS = (
     "fmcore_trunks",
     "fmcore_config_dirs",
 )
-TrunkFactory = Callable[[Any], Any]
+TrunkFactory = Callable[[DictConfig], Trunk]  # the encoder section -> a trunk
 
 
 @dataclass

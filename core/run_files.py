@@ -31,7 +31,7 @@ CHECKPOINTS_DIR = "checkpoints"
 EVAL_FILE = "eval.json"
 REPORT_DIR = "report"
 
-ENCODER_FORMAT = "fmcore.encoder/1"
+ENCODER_FORMAT = "fmcore.encoder/2"  # 2: a trunk's own keys under encoder.<trunk>
 # Keys of the encoder file's metadata (all strings; the encoder and data configs as YAML).
 FORMAT_KEY = "format"
 STEP_KEY = "step"

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from fmcore.backbones.vit import VisionTransformer
 from fmcore.encoder import Encoder
 from fmcore.modalities.grid import GridTokenizer
 
@@ -46,6 +47,15 @@ def _tokenizer_2d(encoder: Encoder) -> GridTokenizer:
     return tokenizer
 
 
+def _vit_trunk(encoder: Encoder) -> VisionTransformer:
+    if not isinstance(encoder.trunk, VisionTransformer):
+        raise ValueError(
+            "timm's VisionTransformer layout needs the vit trunk; this encoder has "
+            f"{type(encoder.trunk).__name__}"
+        )
+    return encoder.trunk
+
+
 @torch.no_grad()
 def to_timm_state_dict(encoder: Encoder, no_embed_class: bool = False) -> dict[str, Tensor]:
     """The encoder's weights under timm's VisionTransformer names, as detached copies.
@@ -53,14 +63,12 @@ def to_timm_state_dict(encoder: Encoder, no_embed_class: bool = False) -> dict[s
     ``no_embed_class`` picks the ``pos_embed`` layout (see the module docstring); use ``True``
     for timm models built with ``no_embed_class=True``, such as its register models.
     """
-    if encoder.trunk.config.causal:
-        logger.warning("exporting a causal trunk: timm's VisionTransformer attends bidirectionally")
     return _timm_state(encoder, no_embed_class)
 
 
 def _timm_state(encoder: Encoder, no_embed_class: bool) -> dict[str, Tensor]:
     tokenizer = _tokenizer_2d(encoder)
-    trunk_state = dict(encoder.trunk.state_dict())
+    trunk_state = dict(_vit_trunk(encoder).state_dict())
     cls_token, cls_pos = trunk_state.pop("cls_token"), trunk_state.pop("cls_pos")
     reg_token = trunk_state.pop("reg_token", None)
     out = {"cls_token": cls_token + cls_pos if no_embed_class else cls_token}
@@ -120,6 +128,7 @@ def load_timm_state_dict(
     encoder is left untouched then.
     """
     native = _tokenizer_2d(encoder).native_grid
+    _vit_trunk(encoder)
     state = dict(state)
     ignored = [key for key in CLASSIFIER_KEYS if state.pop(key, None) is not None]
     missing, unexpected, mismatched = _key_problems(encoder, state, ignored)
@@ -167,7 +176,7 @@ def _pos_layout(
 ) -> tuple[int, tuple[int, int]] | None:
     """(prefix rows in pos_embed, its patch grid), or None with the reason added to
     ``mismatched`` when the table has no single reading."""
-    registers = encoder.trunk.config.num_registers
+    registers = _vit_trunk(encoder).config.num_registers
     if pos.dim() != 3 or pos.shape[0] != 1 or pos.shape[2] != encoder.embed_dim:
         want = f"(1, L, {encoder.embed_dim})"
         mismatched.append(f"pos_embed: checkpoint {tuple(pos.shape)}, encoder {want}")
@@ -217,7 +226,7 @@ def _encoder_state(
         "tokenizer.pos_embed": resample_pos_embed(pos[:, prefix:], grid, native),
         "trunk.cls_pos": pos[:, :1] if prefix else torch.zeros_like(state["cls_token"]),
     }
-    if encoder.trunk.config.num_registers:
+    if _vit_trunk(encoder).config.num_registers:
         reg_token = state.pop("reg_token")
         mapped["trunk.reg_token"] = reg_token + pos[:, 1:prefix] if prefix else reg_token
     mapped.update({f"trunk.{key}": value for key, value in state.items()})  # cls_token, blocks...

@@ -31,7 +31,7 @@ def plugin_dir(tmp_path: Path) -> Path:
         "domain/digits.yaml": "domain:\n  name: hijacked\nencoder:\n  tokenizer:\n"
         "    patch_size: 99\n",
         "encoder/vit_p8.yaml": "encoder:\n  name: vit_p8\n  embed_dim: 32\n  depth: 1\n"
-        "  num_heads: 1\n  tokenizer:\n    patch_size: 8\n",
+        "  vit:\n    num_heads: 1\n  tokenizer:\n    patch_size: 8\n",
         "logger/wandb.yaml": "logger:\n  kind: wandb\n  project: demo\n",
         "logger/stdout.yaml": "logger:\n  kind: stdout\n",
     }
@@ -64,11 +64,11 @@ def test_choosing_an_encoder_keeps_the_common_encoder_keys() -> None:
     config = core("encoder=vit_small")
     assert config.encoder.name == "vit_small"
     assert config.encoder.embed_dim == 384
-    assert config.encoder.num_heads == 6
-    # Keys only train.yaml's encoder section defines survive the merge.
+    assert config.encoder.vit.num_heads == 6
+    # Keys only train.yaml's encoder section defines survive the merge, nested ones too.
     assert config.encoder.trunk == "vit"
-    assert config.encoder.mlp_ratio == 4.0
-    assert config.encoder.qkv_bias is True
+    assert config.encoder.vit.mlp_ratio == 4.0
+    assert config.encoder.vit.qkv_bias is True
     assert config.encoder.tokenizer.tubelet == 2
     assert config.encoder.tokenizer.num_groups == 64
     assert config.defaults.encoder == "vit_small"

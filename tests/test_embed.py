@@ -25,7 +25,7 @@ from fmcore.eval.loading import load_encoder
 from fmcore.io import atomic_save_tensors, read_metadata
 from fmcore.plugin_manager import Registry, load_registry
 
-TINY = ["encoder.depth=2", "encoder.embed_dim=64", "encoder.num_heads=2"]
+TINY = ["encoder.depth=2", "encoder.embed_dim=64", "encoder.vit.num_heads=2"]
 CPU = ["trainer.device=cpu", "trainer.num_workers=0"]
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import fmcore
+from safetensors.torch import save_file
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, roc_auc_score
 from sklearn.neighbors import KNeighborsClassifier
@@ -97,7 +98,7 @@ def test_metrics_equal_scikit_learn() -> None:
         assert ours[name] == pytest.approx(value, abs=1e-5), name
 
 
-TINY_ENCODER = ["encoder.depth=2", "encoder.embed_dim=64", "encoder.num_heads=2"]
+TINY_ENCODER = ["encoder.depth=2", "encoder.embed_dim=64", "encoder.vit.num_heads=2"]
 CPU = ["trainer.device=cpu", "trainer.num_workers=0"]
 
 
@@ -153,3 +154,15 @@ def test_fmcore_eval_needs_an_evaluation_and_a_checkpoint(tmp_path: Path) -> Non
         "eval", f"checkpoint={tmp_path}", "eval=knn", *CPU, cwd=tmp_path, check=False
     )
     assert missing_file.returncode == 2 and "checkpoint=random" in missing_file.stderr
+
+
+def test_fmcore_eval_refuses_an_encoder_file_of_an_older_format(tmp_path: Path) -> None:
+    """An encoder file from before a trunk's keys moved under ``encoder.<trunk>`` fails with
+    both formats named, not with a missing key deep in the trunk's factory."""
+    old = tmp_path / "encoder.safetensors"
+    flat_encoder = "trunk: vit\nembed_dim: 64\ndepth: 2\nnum_heads: 2\n"
+    metadata = {"format": "fmcore.encoder/1", "encoder": flat_encoder}
+    save_file({"mask_token": torch.zeros(1, 1, 64)}, str(old), metadata=metadata)
+    refused = fmcore("eval", f"checkpoint={old}", "eval=knn", *CPU, cwd=tmp_path, check=False)
+    assert refused.returncode == 2
+    assert "fmcore.encoder/1" in refused.stderr and "fmcore.encoder/2" in refused.stderr

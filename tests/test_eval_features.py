@@ -18,7 +18,7 @@ from fmcore.encoder import Encoder
 from fmcore.modalities.grid import GridTokenizer
 
 CPU = ["trainer.device=cpu", "trainer.num_workers=0", "eval.bootstrap=0"]
-TINY = ["encoder.depth=2", "encoder.embed_dim=64", "encoder.num_heads=2"]
+TINY = ["encoder.depth=2", "encoder.embed_dim=64", "encoder.vit.num_heads=2"]
 
 
 def _eval(tmp_path: Path, name: str, *words: str, check: bool = True):

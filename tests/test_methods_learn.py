@@ -22,7 +22,7 @@ from fmcore.eval.knn import knn_predict
 from fmcore.eval.loading import load_encoder
 from fmcore.plugin_manager import registry
 
-SMALL_ENCODER = ["encoder.depth=2", "encoder.embed_dim=64", "encoder.num_heads=2"]
+SMALL_ENCODER = ["encoder.depth=2", "encoder.embed_dim=64", "encoder.vit.num_heads=2"]
 CPU = ["trainer.device=cpu", "trainer.num_workers=0"]
 PRESETS = {  # preset -> (extra words for the small encoder, steps, margin over random)
     "simclr_small": (["method.hidden_dim=128", "method.projection_dim=64"], 200, 0.15),

@@ -123,7 +123,7 @@ def test_abmil_learns_slide_labels_from_embedded_slides(tmp_path: Path, one_thre
         f"run.cache_dir={tmp_path / 'cache'}",
         "encoder.depth=2",
         "encoder.embed_dim=64",
-        "encoder.num_heads=2",
+        "encoder.vit.num_heads=2",
         "trainer.device=cpu",
         "trainer.num_workers=0",
         f"embed.out={features}",

@@ -189,7 +189,7 @@ def test_mae_trains_on_the_embedded_slides(tmp_path: Path) -> None:
         "encoder.tokenizer.patch_size=8",
         "encoder.depth=2",
         "encoder.embed_dim=64",
-        "encoder.num_heads=2",
+        "encoder.vit.num_heads=2",
         "method.decoder.depth=1",
         "method.decoder.embed_dim=64",
         "method.decoder.num_heads=2",

@@ -250,7 +250,12 @@ def test_the_encoder_takes_one_input_channel_per_window(tmp_path: Path) -> None:
     from fmcore.factory import build_domain, build_encoder
     from fmcore.plugin_manager import registry
 
-    words = ["domain=radiology", "encoder.depth=1", "encoder.embed_dim=32", "encoder.num_heads=2"]
+    words = [
+        "domain=radiology",
+        "encoder.depth=1",
+        "encoder.embed_dim=32",
+        "encoder.vit.num_heads=2",
+    ]
     config = compose(
         [*words, "data.windows=[[-160,240],[-1350,150]]", f"run.cache_dir={tmp_path}"],
         config_sources(registry()),

@@ -184,7 +184,7 @@ def test_fmcore_eval_knn_on_labelled_radiographs_writes_eval_json(tmp_path: Path
         "eval.bootstrap=0",
         "encoder.depth=2",
         "encoder.embed_dim=64",
-        "encoder.num_heads=2",
+        "encoder.vit.num_heads=2",
         "trainer.device=cpu",
         "trainer.num_workers=0",
         f"run.dir={out}",

@@ -1,10 +1,11 @@
-"""The shared trunk: sizes, registers, causal attention, stochastic depth, masking and selection."""
+"""The ViT trunk: sizes, registers, causal attention, stochastic depth, masking and selection."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from fmcore.backbones.attention import AttentionMask
 from fmcore.backbones.plugin import build_vit
 from fmcore.backbones.vit import VisionTransformer, ViTConfig
 from fmcore.config import ConfigSources, compose, core_config_dir
@@ -41,17 +42,17 @@ def test_registers_are_returned_apart_from_cls_and_patches() -> None:
     assert out.patches.shape == (2, 10, 32)
 
 
-def test_causal_mode_makes_outputs_independent_of_later_tokens() -> None:
-    trunk = VisionTransformer(ViTConfig(embed_dim=32, depth=2, num_heads=4, causal=True)).eval()
+def test_a_causal_mask_makes_outputs_independent_of_later_tokens() -> None:
+    trunk = VisionTransformer(ViTConfig(embed_dim=32, depth=2, num_heads=4)).eval()
     base = tokens(1, 8, 32)
     changed = Tokens(x=base.x.clone(), pos=base.pos)
     changed.x[:, 5:] += torch.randn(1, 3, 32, generator=torch.Generator().manual_seed(1))
-    a, b = trunk(base).patches, trunk(changed).patches
+    causal = AttentionMask(causal=True)
+    a, b = trunk(base, causal).patches, trunk(changed, causal).patches
     torch.testing.assert_close(a[:, :5], b[:, :5])
     assert not torch.allclose(a[:, 5:], b[:, 5:])
-
-    bidirectional = VisionTransformer(ViTConfig(embed_dim=32, depth=2, num_heads=4)).eval()
-    a, b = bidirectional(base).patches, bidirectional(changed).patches
+    # the same trunk without a mask attends both ways: causality is per call, not per model
+    a, b = trunk(base).patches, trunk(changed).patches
     assert not torch.allclose(a[:, :5], b[:, :5])
 
 

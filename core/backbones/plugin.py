@@ -2,28 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
+from omegaconf import DictConfig
+
 from fmcore import hookimpl
-from fmcore.backbones.vit import VisionTransformer, ViTConfig
+from fmcore.backbones.trunk import trunk_options, trunk_settings
+from fmcore.backbones.vit import VisionTransformer, ViTConfig, ViTOptions
 
 
-def build_vit(encoder: Any) -> VisionTransformer:
-    """A ViT from the ``encoder`` config section."""
+def build_vit(encoder: DictConfig) -> VisionTransformer:
+    """A ViT from the ``encoder`` config section: its shared keys and ``encoder.vit``."""
+    shared = asdict(trunk_settings(encoder))
     return VisionTransformer(
-        ViTConfig(
-            embed_dim=int(encoder.embed_dim),
-            depth=int(encoder.depth),
-            num_heads=int(encoder.num_heads),
-            mlp_ratio=float(encoder.mlp_ratio),
-            qkv_bias=bool(encoder.qkv_bias),
-            num_registers=int(encoder.num_registers),
-            layerscale=None if encoder.layerscale is None else float(encoder.layerscale),
-            drop_path=float(encoder.drop_path),
-            drop_path_uniform=bool(encoder.drop_path_uniform),
-            causal=bool(encoder.causal),
-            activation_checkpointing=bool(encoder.activation_checkpointing),
-        )
+        ViTConfig(**shared, **asdict(trunk_options(encoder, "vit", ViTOptions)))
     )
 
 

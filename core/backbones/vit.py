@@ -7,6 +7,7 @@ from timm's layout by renaming only the tokenizer's keys (see ``timm_layout``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -14,47 +15,25 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from fmcore.backbones.attention import AttentionMask
+from fmcore.backbones.trunk import DropPath, Trunk, TrunkOutput, TrunkSettings, block_indices
 from fmcore.errors import ConfigError
 from fmcore.modalities.base import Tokens
 
 
-@dataclass(frozen=True)
-class ViTConfig:
-    embed_dim: int = 192
-    depth: int = 12
-    num_heads: int = 3
+@dataclass(frozen=True, kw_only=True)
+class ViTOptions:
+    """``encoder.vit``: the ViT's own keys."""
+
+    num_heads: int
     mlp_ratio: float = 4.0
     qkv_bias: bool = True
-    num_registers: int = 0
     layerscale: float | None = None  # initial LayerScale gamma; None disables LayerScale
-    drop_path: float = 0.0  # stochastic depth rate of the last block (linear from 0)
-    drop_path_uniform: bool = False  # every block at ``drop_path`` instead (DINOv2's choice)
-    causal: bool = False  # causal self-attention for autoregressive methods
-    activation_checkpointing: bool = False
 
 
-@dataclass
-class TrunkOutput:
-    """Final-normed outputs. cls (B, D); registers (B, R, D); patches (B, N, D)."""
-
-    cls: Tensor
-    registers: Tensor
-    patches: Tensor
-
-
-class DropPath(nn.Module):
-    """Stochastic depth: drop the whole residual branch per sample, rescaling the survivors."""
-
-    def __init__(self, rate: float) -> None:
-        super().__init__()
-        self.rate = rate
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.rate == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.rate
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-        return x * mask / keep
+@dataclass(frozen=True, kw_only=True)
+class ViTConfig(ViTOptions, TrunkSettings):
+    """Everything a ViT is built from: the shared trunk settings and the ViT's options."""
 
 
 class LayerScale(nn.Module):
@@ -67,20 +46,25 @@ class LayerScale(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool, causal: bool) -> None:
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool) -> None:
         super().__init__()
         if dim % num_heads:
-            raise ConfigError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
+            raise ConfigError(
+                f"embed_dim {dim} is not divisible by encoder.vit.num_heads {num_heads}"
+            )
         self.num_heads = num_heads
-        self.causal = causal
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(
+        self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False
+    ) -> Tensor:
         batch, tokens, dim = x.shape
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, dim // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, head_dim)
-        x = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        if attn_mask is not None and attn_mask.is_floating_point():
+            attn_mask = attn_mask.to(q.dtype)  # an additive mask in the autocast dtype
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
         x = x.transpose(1, 2).reshape(batch, tokens, dim)  # (B, N, D)
         return self.proj(x)
 
@@ -97,11 +81,10 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config: ViTConfig, drop_path: float) -> None:
+    def __init__(self, config: ViTOptions, dim: int, drop_path: float) -> None:
         super().__init__()
-        dim = config.embed_dim
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, config.num_heads, config.qkv_bias, config.causal)
+        self.attn = Attention(dim, config.num_heads, config.qkv_bias)
         self.ls1 = _layerscale(dim, config.layerscale)
         self.drop_path1 = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
@@ -109,8 +92,10 @@ class Block(nn.Module):
         self.ls2 = _layerscale(dim, config.layerscale)
         self.drop_path2 = DropPath(drop_path)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x))))
+    def forward(
+        self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False
+    ) -> Tensor:
+        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), attn_mask, is_causal)))
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
 
@@ -118,7 +103,7 @@ def _layerscale(dim: int, init_value: float | None) -> nn.Module:
     return nn.Identity() if init_value is None else LayerScale(dim, init_value)
 
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(Trunk):
     """Pre-norm ViT over already-embedded tokens: [CLS, registers..., tokens...] -> blocks -> norm.
 
     The class token carries its own positional embedding ``cls_pos`` (timm's ``pos_embed[:, :1]``);
@@ -129,6 +114,8 @@ class VisionTransformer(nn.Module):
         super().__init__()
         self.config = config
         self.embed_dim = config.embed_dim
+        self.depth = config.depth
+        self.num_prefix_tokens = 1 + config.num_registers
         dim = config.embed_dim
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.cls_pos = nn.Parameter(torch.zeros(1, 1, dim))
@@ -137,18 +124,9 @@ class VisionTransformer(nn.Module):
             if config.num_registers
             else None
         )
-        rates = (
-            [config.drop_path] * config.depth
-            if config.drop_path_uniform
-            else torch.linspace(0, config.drop_path, config.depth).tolist()
-        )
-        self.blocks = nn.ModuleList(Block(config, rate) for rate in rates)
+        self.blocks = nn.ModuleList(Block(config, dim, rate) for rate in config.drop_path_rates())
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self._init_weights()
-
-    @property
-    def num_prefix_tokens(self) -> int:
-        return 1 + self.config.num_registers
 
     def _init_weights(self) -> None:
         for parameter in (self.cls_pos, self.cls_token, self.reg_token):
@@ -160,28 +138,49 @@ class VisionTransformer(nn.Module):
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
 
-    def forward(self, tokens: Tokens) -> TrunkOutput:
+    def forward(
+        self,
+        tokens: Tokens,
+        attn_mask: AttentionMask | None = None,
+        return_blocks: Sequence[int] = (),
+    ) -> TrunkOutput:
         x = tokens.x + tokens.pos  # (B, N, D)
-        batch = x.shape[0]
+        batch, num_tokens, _ = x.shape
         prefix = [(self.cls_token + self.cls_pos).expand(batch, -1, -1)]
         if self.reg_token is not None:
             prefix.append(self.reg_token.expand(batch, -1, -1))
         x = torch.cat([*prefix, x], dim=1)  # (B, 1 + R + N, D)
-        for block in self.blocks:
+        mask, is_causal = self._sdpa_mask(attn_mask, num_tokens, x.device)
+        wanted = block_indices(return_blocks, self.depth)
+        kept: dict[int, Tensor] = {}
+        for index, block in enumerate(self.blocks):
             if self.config.activation_checkpointing and self.training:
-                x = checkpoint(block, x, use_reentrant=False)
+                x = checkpoint(block, x, mask, is_causal, use_reentrant=False)
             else:
-                x = block(x)
+                x = block(x, mask, is_causal)
+            if index in wanted:
+                kept[index] = x
         x = self.norm(x)
         registers_end = self.num_prefix_tokens
         return TrunkOutput(
-            cls=x[:, 0], registers=x[:, 1:registers_end], patches=x[:, registers_end:]
+            cls=x[:, 0],
+            registers=x[:, 1:registers_end],
+            patches=x[:, registers_end:],
+            intermediates=[kept[index] for index in wanted],
         )
 
+    def _sdpa_mask(
+        self, attn_mask: AttentionMask | None, num_tokens: int, device: torch.device
+    ) -> tuple[Tensor | None, bool]:
+        if attn_mask is None:
+            return None, False
+        if attn_mask.plain_causal:  # the prefix tokens come first: plain causal over them too
+            return None, True
+        return attn_mask.for_sdpa(self.num_prefix_tokens, num_tokens, device), False
+
     def forward_flops(self, num_tokens: int) -> int:
-        """Multiply-add FLOPs (x2) of one forward pass over ``num_tokens`` tokens (+ prefix)."""
         n = num_tokens + self.num_prefix_tokens
         d = self.embed_dim
         hidden = int(d * self.config.mlp_ratio)
         per_block = 2 * n * d * 3 * d + 2 * 2 * n * n * d + 2 * n * d * d + 2 * 2 * n * d * hidden
-        return per_block * self.config.depth
+        return per_block * self.depth

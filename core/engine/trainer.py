@@ -20,7 +20,7 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
-from fmcore.backbones.vit import VisionTransformer
+from fmcore.backbones.trunk import Trunk
 from fmcore.config import to_yaml
 from fmcore.config_sections import TrainerSection, trainer_section
 from fmcore.distributed import World, init_world, shutdown_world
@@ -100,7 +100,7 @@ def default_run_dir(config: DictConfig, world: World) -> Path:
 
 def _compile_trunks(method: Method) -> None:
     for module in method.modules():
-        if isinstance(module, VisionTransformer):
+        if isinstance(module, Trunk):
             module.compile()
 
 

@@ -32,7 +32,9 @@ from fmcore.run_files import (
     DOMAIN_KEY,
     ENCODER_CONFIG_KEY,
     ENCODER_FILE,
+    ENCODER_FORMAT,
     FEATURES_KEY,
+    FORMAT_KEY,
 )
 
 RANDOM = "random"
@@ -89,6 +91,12 @@ def checkpoint_config(
     (another ``data.root`` with the same preprocessing)."""
     if ENCODER_CONFIG_KEY not in metadata:
         raise ConfigError("the checkpoint's metadata has no encoder config: not an fmcore encoder")
+    if metadata.get(FORMAT_KEY) != ENCODER_FORMAT:
+        raise ConfigError(
+            f"the checkpoint's encoder file is of format {metadata.get(FORMAT_KEY)} and this fmcore"
+            f" reads {ENCODER_FORMAT} (a trunk's own keys moved under encoder.<trunk>): train it"
+            " again, or load its weights by hand into an encoder built from today's config"
+        )
     config = config.copy()
     with open_dict(config):
         config.encoder = OmegaConf.create(metadata[ENCODER_CONFIG_KEY])

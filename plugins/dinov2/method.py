@@ -19,7 +19,6 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from fmcore.backbones.vit import DropPath
 from fmcore.collapse import FEATURE_STD, PREFIX, feature_spread
 from fmcore.encoder import Encoder, feature_kind, pool
 from fmcore.errors import ConfigError
@@ -78,9 +77,7 @@ class DINOv2(Method):
             teacher["ibot_head"] = copy.deepcopy(self.ibot_head)
         self.teacher = nn.ModuleDict(teacher)
         self.teacher.requires_grad_(False)
-        for module in self.teacher.modules():
-            if isinstance(module, DropPath):
-                module.rate = 0.0  # the teacher never drops paths
+        self.teacher["encoder"].trunk.disable_stochastic_depth()
         if config.centering == "softmax":
             self.dino_centering = SoftmaxCentering(config.dino.prototypes, config.center_momentum)
             ibot_prototypes = (config.ibot if config.ibot.separate_head else config.dino).prototypes
@@ -250,7 +247,7 @@ class DINOv2(Method):
     def parameter_groups(self) -> list[dict[str, Any]]:
         return layerwise_groups(
             self,
-            depth=len(self.encoder.trunk.blocks),
+            self.encoder.trunk,
             layer_decay=float(self.config.layer_decay),
             patch_embed_lr=float(self.config.patch_embed_lr),
         )

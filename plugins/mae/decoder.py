@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from fmcore.backbones.vit import Block, ViTConfig
+from fmcore.backbones.vit import Block, ViTOptions
 
 
 @dataclass(frozen=True)
@@ -39,13 +39,8 @@ class MAEDecoder(nn.Module):
         self.embed = nn.Linear(encoder_dim, dim)
         self.pos = nn.Linear(encoder_dim, dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
-        block_config = ViTConfig(
-            embed_dim=dim,
-            depth=config.depth,
-            num_heads=config.num_heads,
-            mlp_ratio=config.mlp_ratio,
-        )
-        self.blocks = nn.ModuleList(Block(block_config, 0.0) for _ in range(config.depth))
+        block = ViTOptions(num_heads=config.num_heads, mlp_ratio=config.mlp_ratio)
+        self.blocks = nn.ModuleList(Block(block, dim, 0.0) for _ in range(config.depth))
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.head = nn.Linear(dim, target_dim)
         self._init_weights()
