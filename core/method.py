@@ -87,6 +87,7 @@ NO_DECAY_SUFFIXES = (
     "pos_embed",
     "cls_pos",
     "gamma",
+    "A_log",  # a selective scan's state matrix (Mamba keeps it out of weight decay)
 )
 
 

@@ -41,6 +41,13 @@ def plugin_dir(tmp_path: Path) -> Path:
     return root
 
 
+ENCODERS = [
+    *(f"mamba_{size}" for size in ("base", "small", "tiny")),
+    *(f"mambar_{size}" for size in ("base", "small", "tiny")),
+    *(f"vit_{size}" for size in ("base", "giant", "large", "small", "tiny")),
+]
+
+
 # --- defaults and group merge order ----------------------------------------------------------
 
 
@@ -175,7 +182,7 @@ def test_unknown_group_option_lists_the_valid_options() -> None:
     with pytest.raises(UnknownChoice) as caught:
         core("encoder=vit_huge")
     assert "vit_huge" in str(caught.value)
-    assert caught.value.choices == ["vit_base", "vit_giant", "vit_large", "vit_small", "vit_tiny"]
+    assert caught.value.choices == ENCODERS
     with pytest.raises(UnknownChoice, match=r"unknown domain 'nowhere'; valid choices: digits"):
         core("domain=nowhere")
 
@@ -300,7 +307,7 @@ def test_cli_config_groups_lists_groups_and_options(tmp_path: Path) -> None:
     lines = fmcore("config", "groups", cwd=tmp_path).stdout.splitlines()
     groups = {line.split(":")[0]: line.split(":")[1].strip().split(", ") for line in lines}
     assert list(groups)[:3] == ["encoder", "domain", "method"]
-    assert groups["encoder"] == ["vit_base", "vit_giant", "vit_large", "vit_small", "vit_tiny"]
+    assert groups["encoder"] == ENCODERS
     assert "digits" in groups["domain"]
     assert "simclr" in groups["method"]
 

@@ -22,7 +22,7 @@ BUILTINS = {
     "digits": {"domains": ["digits"]},
     "simclr": {"methods": ["simclr"]},
     "modalities": {"modalities": ["image2d", "volume3d", "video", "points"]},
-    "vit": {"trunks": ["vit"]},
+    "trunks": {"trunks": ["vit", "mamba"]},
 }
 
 # A minimal valid domain; plugin sources below import it with ``from fmcore.domain import ...``.
@@ -443,11 +443,11 @@ def test_cli_plugins_lists_builtins_with_distribution_and_provides(tmp_path: Pat
     version = fmcore_package.__version__
     assert f"digits  (fmcore-ssl {version}, fmcore.domains.digits.plugin)" in out
     assert f"simclr  (fmcore-ssl {version}, fmcore.plugins.simclr.plugin)" in out
-    assert f"vit  (fmcore-ssl {version}, fmcore.backbones.plugin)" in out
+    assert f"trunks  (fmcore-ssl {version}, fmcore.backbones.plugin)" in out
     assert f"modalities  (fmcore-ssl {version}, fmcore.modalities.plugin)" in out
     assert "    domains: digits" in out
     assert "    methods: simclr" in out
-    assert "    trunks: vit" in out
+    assert "    trunks: vit, mamba" in out
     assert "    modalities: image2d, volume3d, video, points" in out
     assert "BROKEN" not in out
 

@@ -1,4 +1,4 @@
-"""Registers the ViT trunk (entry point ``vit`` in fmcore's pyproject.toml)."""
+"""Registers fmcore's trunks, the ViT and Mamba (entry point ``trunks`` in pyproject.toml)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from fmcore import hookimpl
+from fmcore.backbones.mamba import Mamba, MambaConfig, MambaOptions
 from fmcore.backbones.trunk import trunk_options, trunk_settings
 from fmcore.backbones.vit import VisionTransformer, ViTConfig, ViTOptions
 
@@ -20,6 +21,13 @@ def build_vit(encoder: DictConfig) -> VisionTransformer:
     )
 
 
+def build_mamba(encoder: DictConfig) -> Mamba:
+    """Vim, or Mamba-R with ``encoder.num_registers``: the shared keys and ``encoder.mamba``."""
+    shared = asdict(trunk_settings(encoder))
+    options = asdict(trunk_options(encoder, "mamba", MambaOptions))
+    return Mamba(MambaConfig(**shared, **options))
+
+
 @hookimpl
 def fmcore_trunks() -> dict[str, Any]:
-    return {"vit": build_vit}
+    return {"vit": build_vit, "mamba": build_mamba}

@@ -28,8 +28,9 @@ Options = TypeVar("Options")
 
 @dataclass
 class TrunkOutput:
-    """Final-normed outputs. cls (B, D) the token global features pool from (a class or pooling
-    token); registers (B, R, D); patches (B, N, D), one per input token and in its order;
+    """Final-normed outputs. cls (B, D) the global feature (a class or pooling token, or what
+    the trunk makes of its registers); registers (B, R, D); patches (B, N, D), one per input
+    token and in its order;
     intermediates: the outputs of the blocks asked for (each (B, P + N, D), unnormed, prefix
     tokens first)."""
 
