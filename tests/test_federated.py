@@ -174,6 +174,27 @@ def poison_site_1(message, context, call_next):
 
 
 @pytest.mark.slow
+def test_a_mamba_r_trunk_federates_by_the_same_scopes(tmp_path: Path) -> None:
+    """Scopes follow the encoder's layout, not the trunk's kind: a Mamba-R trunk (scan
+    parameters, registers, the recycling neck) is shared and averaged like the ViT."""
+    run = tmp_path / "federation"
+    mamba = ["encoder.trunk=mamba", "encoder.num_registers=2", "federated.rounds=1"]
+    fmcore("federate", *FEDERATION, *mamba, f"run.dir={run}", cwd=tmp_path, timeout=300)
+    states = [site_state(run, "site-0"), site_state(run, "site-1")]
+    weights = [len(range(0, DIGITS_TRAIN, 2)), len(range(1, DIGITS_TRAIN, 2))]
+    final = global_round(run, 1)
+    assert set(final) == {"shared", "domain:digits:image2d"}
+    shared = final["shared"]
+    assert all(".trunk." in f".{key}" for key in shared)
+    assert {"encoder.trunk.reg_token", "encoder.trunk.neck.weight"} <= set(shared)
+    assert any(key.endswith("scan.A_log") for key in shared)
+    for group in final.values():
+        for key, value in group.items():
+            expected = weighted_average(states, weights, key)
+            np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
 def test_a_failing_site_and_a_poisoned_update_do_not_stop_the_rounds(tmp_path: Path) -> None:
     """Three sites: site-2 is misconfigured and fails every round, site-1 sends NaN. Each round
     aggregates site-0 alone, logs both with their names, and the federation finishes."""
