@@ -112,11 +112,12 @@ def markdown(results: dict[str, dict[int, dict]], args: argparse.Namespace) -> s
     for other in others:
         if REFERENCE not in results:
             break
-        faster = [
+        faster = [  # a reference that failed (out of memory) counts as infinitely slow
             length
             for length in args.lengths
             if "seconds" in results[other][length]
-            and results[other][length]["seconds"] < results[REFERENCE][length].get("seconds", 0)
+            and results[other][length]["seconds"]
+            < results[REFERENCE][length].get("seconds", float("inf"))
         ]
         lines.append(
             f"\n{other} is faster than {REFERENCE} from {faster[0]} tokens"

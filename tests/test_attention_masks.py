@@ -38,6 +38,17 @@ def test_a_prefix_per_sample_gives_each_sample_its_own_rows() -> None:
     assert torch.equal(built[1, 0], torch.ones(3, 3, dtype=torch.bool))
 
 
+def test_per_sample_prefixes_with_a_class_token_and_causal_padding_match_hand_built_masks() -> None:
+    prefixes = AttentionMask.prefix_causal(torch.tensor([1, 3])).for_sdpa(1, 3, CPU)
+    first = [[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]]  # a prefix of 1 is causal
+    second = [[1, 0, 0, 0], [1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 1]]  # the whole sequence
+    assert torch.equal(prefixes[:, 0], torch.tensor([first, second], dtype=torch.bool))
+    valid = torch.tensor([[True, False, True]])
+    padded = AttentionMask(causal=True, valid=valid).for_sdpa(1, 3, CPU)
+    expected = [[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 0, 1]]  # token 1 is padding
+    assert torch.equal(padded[0, 0], torch.tensor(expected, dtype=torch.bool))
+
+
 def test_block_causal_mask_lets_a_cluster_see_itself_and_earlier_clusters_only() -> None:
     # tokens 0 and 2 form the cluster predicted second, tokens 1 and 3 the first
     expected = torch.tensor(

@@ -73,7 +73,8 @@ class AttentionMask:
             ).tril()
         else:
             prefix_rows[:, :, :num_prefix] = True
-            prefix_rows[:, :, num_prefix:] = True if self.valid is None else self.valid[:, None]
+            valid = True if self.valid is None else self.valid.to(device)[:, None]
+            prefix_rows[:, :, num_prefix:] = valid
         if self.allowed is None or self.allowed.dtype == torch.bool:
             return full.unsqueeze(1)
         structure = torch.zeros(full.shape, dtype=self.allowed.dtype, device=device)

@@ -24,6 +24,7 @@ from torch.utils.checkpoint import checkpoint
 from fmcore.backbones.attention import AttentionMask
 from fmcore.backbones.selective_scan import KERNELS, causal_conv1d, selective_scan
 from fmcore.backbones.trunk import DropPath, Trunk, TrunkOutput, TrunkSettings, block_indices
+from fmcore.config_sections import at_least
 from fmcore.errors import ConfigError
 from fmcore.modalities.base import Tokens
 
@@ -43,6 +44,12 @@ class MambaOptions:
     kernel: str = "auto"  # auto: CUDA kernels where installed and on a GPU; torch; cuda
 
     def __post_init__(self) -> None:
+        at_least("encoder.mamba.d_state", self.d_state, 1)
+        at_least("encoder.mamba.expand", self.expand, 1)
+        if self.dt_rank is not None:
+            at_least("encoder.mamba.dt_rank", self.dt_rank, 1)
+        if not 2 <= self.d_conv <= 4:  # the widths the causal-conv1d kernel takes
+            raise ConfigError(f"encoder.mamba.d_conv must be 2, 3 or 4, not {self.d_conv}")
         if self.kernel not in KERNELS:
             raise ConfigError(
                 f"encoder.mamba.kernel must be one of {', '.join(KERNELS)}, not '{self.kernel}'"
@@ -162,7 +169,8 @@ class Mamba(Trunk):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        # Vim: truncated normal linears and tokens; Mamba: its dt initialisation, and out_proj
+        # Truncated normal (0.02) linears and tokens, as the ViT here (Vim and Mamba-R keep
+        # PyTorch's default for in_proj and x_proj); Mamba's dt initialisation, and its out_proj
         # scaled by 1 / sqrt(depth)
         nn.init.trunc_normal_(self._prefix_parameter(), std=0.02)
         for module in self.modules():

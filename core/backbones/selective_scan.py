@@ -93,7 +93,8 @@ def selective_scan_torch(
     dtype = x.dtype
     work = torch.promote_types(dtype, torch.float32)
     tensors = [t.to(work) for t in (x, delta, A, B, C, D)]
-    return SelectiveScanFunction.apply(*tensors).to(dtype)
+    with torch.autocast(device_type=x.device.type, enabled=False):  # einsum would drop to bf16
+        return SelectiveScanFunction.apply(*tensors).to(dtype)
 
 
 def causal_conv1d_torch(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -143,12 +144,13 @@ def selective_scan(
     if not use_cuda_kernels(kernel, x):
         return selective_scan_torch(x, delta, A, B, C, D)
     scan, _ = cuda_kernels()  # type: ignore[misc]
+    dtype = x.dtype  # the kernel wants delta, B and C in x's dtype (autocast runs softplus in fp32)
     y = scan(
         x.transpose(1, 2).contiguous(),
-        delta.transpose(1, 2).contiguous(),
+        delta.to(dtype).transpose(1, 2).contiguous(),
         A,
-        B.transpose(1, 2).contiguous(),
-        C.transpose(1, 2).contiguous(),
+        B.to(dtype).transpose(1, 2).contiguous(),
+        C.to(dtype).transpose(1, 2).contiguous(),
         D.float(),
     )
     return y.transpose(1, 2)
