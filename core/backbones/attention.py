@@ -89,11 +89,9 @@ class AttentionMask:
             earlier = position[None, :] <= position[:, None]  # [query, key]
             prefix = torch.as_tensor(self.prefix, device=device).reshape(-1, 1, 1)
             mask = mask & (earlier | (position < prefix))
-        if self.allowed is not None:
+        if self.allowed is not None and self.allowed.dtype == torch.bool:  # additive: for_sdpa
             allowed = self.allowed.to(device)
-            allowed = allowed if allowed.dim() == 3 else allowed.unsqueeze(0)
-            if allowed.dtype == torch.bool:
-                mask = mask & allowed
+            mask = mask & (allowed if allowed.dim() == 3 else allowed.unsqueeze(0))
         if self.valid is not None:
             mask = mask & self.valid.to(device)[:, None, :]
         return mask

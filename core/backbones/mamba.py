@@ -24,7 +24,7 @@ from torch.utils.checkpoint import checkpoint
 from fmcore.backbones.attention import AttentionMask
 from fmcore.backbones.selective_scan import KERNELS, causal_conv1d, selective_scan
 from fmcore.backbones.trunk import DropPath, Trunk, TrunkOutput, TrunkSettings, block_indices
-from fmcore.config_sections import at_least
+from fmcore.config_sections import at_least, one_of
 from fmcore.errors import ConfigError
 from fmcore.modalities.base import Tokens
 
@@ -50,12 +50,13 @@ class MambaOptions:
             at_least("encoder.mamba.dt_rank", self.dt_rank, 1)
         if not 2 <= self.d_conv <= 4:  # the widths the causal-conv1d kernel takes
             raise ConfigError(f"encoder.mamba.d_conv must be 2, 3 or 4, not {self.d_conv}")
-        if self.kernel not in KERNELS:
-            raise ConfigError(
-                f"encoder.mamba.kernel must be one of {', '.join(KERNELS)}, not '{self.kernel}'"
-            )
+        one_of("encoder.mamba.kernel", self.kernel, KERNELS)
         if not 0 < self.dt_min <= self.dt_max:
             raise ConfigError("encoder.mamba needs 0 < dt_min <= dt_max")
+
+    def rank_for(self, dim: int) -> int:
+        """The rank of dt's projection for a trunk of width ``dim``."""
+        return self.dt_rank or math.ceil(dim / 16)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -107,7 +108,7 @@ class MambaMixer(nn.Module):
     def __init__(self, dim: int, options: MambaOptions) -> None:
         super().__init__()
         inner = options.expand * dim
-        dt_rank = options.dt_rank or math.ceil(dim / 16)
+        dt_rank = options.rank_for(dim)
         self.in_proj = nn.Linear(dim, 2 * inner, bias=False)
         self.scan = SelectiveScan(inner, dt_rank, options)
         self.scan_backward = (
@@ -202,8 +203,8 @@ class Mamba(Trunk):
         x = tokens.x + tokens.pos  # (B, N, D)
         batch, num_tokens, _ = x.shape
         prefix = self._prefix_parameter().expand(batch, -1, -1)
-        order, inverse = sequence_order(num_tokens, self.config.num_registers)
-        x = torch.cat([prefix, x], dim=1)[:, order.to(x.device)]  # in sequence order
+        order, inverse = sequence_order(num_tokens, self.config.num_registers, x.device)
+        x = torch.cat([prefix, x], dim=1)[:, order]  # in sequence order
         wanted = block_indices(return_blocks, self.depth)
         kept: dict[int, Tensor] = {}
         for index, block in enumerate(self.blocks):
@@ -213,7 +214,6 @@ class Mamba(Trunk):
                 x = block(x)
             if index in wanted:
                 kept[index] = x
-        inverse = inverse.to(x.device)
         x = self.norm(x)[:, inverse]  # prefix tokens first, then the patches in input order
         prefix_out, patches = x[:, : self.num_prefix_tokens], x[:, self.num_prefix_tokens :]
         if self.config.num_registers:
@@ -233,7 +233,7 @@ class Mamba(Trunk):
         options = self.config
         length, dim = num_tokens + self.num_prefix_tokens, self.embed_dim
         inner = options.expand * dim
-        rank = options.dt_rank or math.ceil(dim / 16)
+        rank = options.rank_for(dim)
         state = options.d_state
         directions = 2 if options.bidirectional else 1
         per_direction = inner * (options.d_conv + rank + 2 * state + rank + 3 * state)
@@ -242,9 +242,12 @@ class Mamba(Trunk):
 
 
 @cache
-def sequence_order(num_tokens: int, num_registers: int) -> tuple[Tensor, Tensor]:
+def sequence_order(
+    num_tokens: int, num_registers: int, device: torch.device | None = None
+) -> tuple[Tensor, Tensor]:
     """(order, inverse) for the tokens [prefix..., patches...]: ``order[i]`` is the token at
-    sequence position i, ``inverse`` puts a sequence back into [prefix..., patches...].
+    sequence position i, ``inverse`` puts a sequence back into [prefix..., patches...]. Kept per
+    device, so a forward pass copies no index to the GPU.
 
     No registers: the class token at position N // 2 (Vim). R registers: one after every
     N // (R + 1) patch tokens, the remaining patches at the end (Mamba-R's ``get_cls_idx``)."""
@@ -257,5 +260,5 @@ def sequence_order(num_tokens: int, num_registers: int) -> tuple[Tensor, Tensor]
     place = {position: index for index, position in enumerate(positions)}
     patches = iter(range(prefix, prefix + num_tokens))
     order = [place[i] if i in place else next(patches) for i in range(prefix + num_tokens)]
-    order_tensor = torch.tensor(order)
+    order_tensor = torch.tensor(order, device=device)
     return order_tensor, order_tensor.argsort()

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fmcore.config_sections import one_of
 from fmcore.errors import ConfigError
 
 CHUNK = 64  # tokens per parallel scan: memory of the backward pass grows with CHUNK x log2(CHUNK)
@@ -122,10 +123,7 @@ def cuda_kernels() -> tuple[Any, Any] | None:
 def use_cuda_kernels(kernel: str, x: Tensor) -> bool:
     """Whether this call runs the CUDA kernels: ``auto`` where they are installed and x is on
     a GPU, ``cuda`` always (failing clearly without them), ``torch`` never."""
-    if kernel not in KERNELS:
-        raise ConfigError(
-            f"encoder.mamba.kernel must be one of {', '.join(KERNELS)}, not '{kernel}'"
-        )
+    one_of("encoder.mamba.kernel", kernel, KERNELS)
     if kernel == "torch":
         return False
     available = x.is_cuda and cuda_kernels() is not None
