@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +20,10 @@ from torch import Tensor
 PREFIX = "collapse/"  # metrics.jsonl keys of collapse signals; fmcore report draws them together
 FEATURE_STD = PREFIX + "feature_std"
 FEATURE_STD_WARNING = 0.05  # of about 1 for features spread over the sphere
+# Reconstruction objectives (MAE, AIM): their loss over that of always predicting the mean target;
+# below 1 the prediction uses what the encoder saw.
+LOSS_VS_MEAN = PREFIX + "loss_vs_mean_predictor"
+MEAN_PREDICTOR_AFTER = 0.2  # share of training after which the loss must beat the mean
 
 
 @torch.no_grad()
@@ -39,6 +43,33 @@ def spread_warning(metrics: Mapping[str, float]) -> dict[str, str]:
     return {
         FEATURE_STD: f"features are collapsing: {FEATURE_STD} {spread:.3f} across the batch"
         f" (about 1 when spread, 0 when every sample gets the same features)"
+    }
+
+
+@torch.no_grad()
+def loss_vs_mean_predictor(
+    loss_fn: Callable[[Tensor, Tensor, Tensor], Tensor],
+    loss: Tensor,
+    target: Tensor,
+    scored: Tensor,
+) -> float:
+    """``loss`` over the loss of a constant prediction, the mean of the scored targets, under the
+    same ``loss_fn(pred, target, scored)``: target (B, N, P), scored (B, N) bool."""
+    mean_target = target[scored].float().mean(dim=0).expand_as(target)
+    baseline = loss_fn(mean_target, target, scored)
+    return float(loss.detach() / baseline.clamp(min=1e-12))
+
+
+def mean_predictor_warning(
+    metrics: Mapping[str, float], progress: float, remedy: str
+) -> dict[str, str]:
+    """The warning of a reconstruction objective whose prediction ignores the encoder."""
+    ratio = metrics.get(LOSS_VS_MEAN)
+    if ratio is None or progress < MEAN_PREDICTOR_AFTER or ratio < 1.0:
+        return {}
+    return {
+        LOSS_VS_MEAN: f"the reconstruction is no better than predicting the mean target"
+        f" ({LOSS_VS_MEAN} {ratio:.3f}): the prediction ignores the encoder; {remedy}"
     }
 
 

@@ -5,11 +5,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 import torch
+from torch import Tensor
+
+from fmcore.backbones.vit import VisionTransformer, ViTConfig
+from fmcore.encoder import Encoder
+from fmcore.modalities.base import Modality, TokenizerSettings
 
 # A small, fast configuration of the real digits + SimCLR path (CPU, a few seconds).
 SMALL_RUN = [
@@ -53,3 +58,25 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def tiny_encoder(
+    modality: Modality, sample_size: Sequence[int], channels: int, options: dict
+) -> Encoder:
+    """A modality's tokenizer on a 2-block ViT of width 32, seeded."""
+    torch.manual_seed(0)
+    settings = TokenizerSettings(32, tuple(sample_size), channels, options)
+    trunk = VisionTransformer(ViTConfig(embed_dim=32, depth=2, num_heads=2))
+    return Encoder(modality.build_tokenizer(settings), trunk)
+
+
+def normalised_patches_by_hand(image: Tensor, patch: int) -> Tensor:
+    """Per-patch normalised pixels (N, p * p * C) of one (C, H, W) image, patch by patch in
+    raster order, each patch's pixels row by row with the channels innermost (MAE's target,
+    computed one patch at a time)."""
+    rows = []
+    for top in range(0, image.shape[1], patch):
+        for left in range(0, image.shape[2], patch):
+            pixels = image[:, top : top + patch, left : left + patch].permute(1, 2, 0).flatten()
+            rows.append((pixels - pixels.mean()) / (pixels.var() + 1e-6).sqrt())
+    return torch.stack(rows)

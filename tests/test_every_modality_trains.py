@@ -78,16 +78,24 @@ DINOV2_SMALL_HEADS = [
 ]
 
 
-@pytest.mark.parametrize("method", ["simclr", "dinov2"])
-@pytest.mark.parametrize("modality", sorted(CASES))
+AIM_SMALL_HEAD = ["method=aim_small", "method.head.width=32", "method.head.depth=1"]
+METHOD_WORDS = {"dinov2": DINOV2_SMALL_HEADS, "aim": AIM_SMALL_HEAD}
+GRID_MODALITIES = sorted(set(CASES) - {"points"})  # AIM predicts tokens in raster order
+
+
+@pytest.mark.parametrize(
+    ("method", "modality"),
+    [(method, modality) for method in ("simclr", "dinov2") for modality in sorted(CASES)]
+    + [("aim", modality) for modality in GRID_MODALITIES],
+)
 def test_every_method_trains_on_every_modality(method: str, modality: str, tmp_path: Path) -> None:
     registry = load_registry()
     domain = make_domain(modality)
     registry.domains[domain.name] = domain
     run = tmp_path / "run"
     words = [w for w in SMALL_RUN if not w.startswith("domain=")]
-    if method == "dinov2":
-        words = [w for w in words if not w.startswith("method")] + DINOV2_SMALL_HEADS
+    if method in METHOD_WORDS:
+        words = [w for w in words if not w.startswith("method")] + METHOD_WORDS[method]
     scale_key = "global" if method == "simclr" else "local"
     extra = [f"method.views.{scale_key}.scale=[0.6,1.0]"] if modality == "points" else []
     config = compose(

@@ -30,8 +30,12 @@ def apply_schedules(optimizer: torch.optim.Optimizer, schedules: StepSchedules) 
 
 
 def clip_gradients(method: Method, max_norm: float | None) -> float:
-    """Clip each of the method's clip groups to ``max_norm``; the largest norm before clipping."""
+    """Clip each of the method's clip groups to ``max_norm`` (None: no clipping); the largest
+    group norm before clipping, logged either way."""
+    groups = method.clip_groups()
     if max_norm is None:
-        return float("nan")
-    norms = [torch.nn.utils.clip_grad_norm_(group, max_norm) for group in method.clip_groups()]
-    return float(torch.stack(norms).max())
+        grads = [[p.grad for p in group if p.grad is not None] for group in groups]
+        norms = [torch.nn.utils.get_total_norm(g) for g in grads if g]
+    else:
+        norms = [torch.nn.utils.clip_grad_norm_(group, max_norm) for group in groups]
+    return float(torch.stack(norms).max()) if norms else 0.0

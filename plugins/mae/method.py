@@ -17,7 +17,13 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
-from fmcore.collapse import FEATURE_STD, PREFIX, feature_spread
+from fmcore.collapse import (
+    FEATURE_STD,
+    LOSS_VS_MEAN,
+    feature_spread,
+    loss_vs_mean_predictor,
+    mean_predictor_warning,
+)
 from fmcore.config import as_dict
 from fmcore.encoder import Encoder, EncoderOutput
 from fmcore.errors import ConfigError
@@ -25,9 +31,6 @@ from fmcore.method import Batch, Method, StepContext, StepOutput
 from fmcore.modalities.base import Modality, Tokens
 from fmcore.modalities.masking import split_indices
 from fmcore.plugins.mae.decoder import DecoderConfig, MAEDecoder
-
-LOSS_VS_MEAN = PREFIX + "loss_vs_mean_predictor"  # < 1: the reconstruction uses what was visible
-MEAN_PREDICTOR_AFTER = 0.2  # share of training after which the loss must beat the mean
 
 
 @dataclass
@@ -83,27 +86,21 @@ class MAE(Method):
         out = self.reconstruct(view, ctx.generator)
         target = self.encoder.tokenizer.reconstruction_target(view, out.tokens)  # (B, N, P)
         loss = self.modality.reconstruction_loss(out.pred, target, out.mask)
-        with torch.no_grad():  # a constant prediction: the mean target of the hidden tokens
-            mean_target = target[out.mask].float().mean(dim=0).expand_as(target)
-            baseline = self.modality.reconstruction_loss(mean_target, target, out.mask)
+        loss_fn = self.modality.reconstruction_loss
         return StepOutput(
             loss=loss,
             metrics={
                 "mask_ratio": out.masked_fraction,
                 FEATURE_STD: feature_spread(out.encoded.patches.mean(dim=1)),
-                LOSS_VS_MEAN: float(loss.detach() / baseline.clamp(min=1e-12)),
+                LOSS_VS_MEAN: loss_vs_mean_predictor(loss_fn, loss, target, out.mask),
             },
         )
 
     def collapse_warnings(self, metrics: Mapping[str, float], progress: float) -> dict[str, str]:
-        warnings = super().collapse_warnings(metrics, progress)
-        if progress >= MEAN_PREDICTOR_AFTER and metrics[LOSS_VS_MEAN] >= 1.0:
-            warnings[LOSS_VS_MEAN] = (
-                f"the reconstruction is no better than predicting the mean target"
-                f" ({LOSS_VS_MEAN} {metrics[LOSS_VS_MEAN]:.3f}): the decoder ignores the"
-                " encoder; check trainer.lr and method.mask_ratio"
-            )
-        return warnings
+        remedy = "check trainer.lr and method.mask_ratio"
+        return super().collapse_warnings(metrics, progress) | mean_predictor_warning(
+            metrics, progress, remedy
+        )
 
     def reconstruct(self, view: Tensor, generator: torch.Generator) -> Reconstruction:
         """Mask ``view``'s tokens at ``mask_ratio``, encode the visible ones, decode all of them."""
