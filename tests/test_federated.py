@@ -173,6 +173,21 @@ def poison_site_1(message, context, call_next):
     return reply
 
 
+def assert_round_is_the_weighted_average(run: Path) -> dict[str, dict[str, np.ndarray]]:
+    """Round 1 of a 2-site digits federation: every group is the sample-weighted average of
+    the two sites' states; returns the round's groups."""
+    states = [site_state(run, "site-0"), site_state(run, "site-1")]
+    weights = [len(range(0, DIGITS_TRAIN, 2)), len(range(1, DIGITS_TRAIN, 2))]
+    final = global_round(run, 1)
+    assert set(final) == {"shared", "domain:digits:image2d"}
+    assert all(".trunk." in f".{key}" for key in final["shared"])
+    for group in final.values():
+        for key, value in group.items():
+            expected = weighted_average(states, weights, key)
+            np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-6)
+    return final
+
+
 @pytest.mark.slow
 def test_a_mamba_r_trunk_federates_by_the_same_scopes(tmp_path: Path) -> None:
     """Scopes follow the encoder's layout, not the trunk's kind: a Mamba-R trunk (scan
@@ -180,18 +195,24 @@ def test_a_mamba_r_trunk_federates_by_the_same_scopes(tmp_path: Path) -> None:
     run = tmp_path / "federation"
     mamba = ["encoder.trunk=mamba", "encoder.num_registers=2", "federated.rounds=1"]
     fmcore("federate", *FEDERATION, *mamba, f"run.dir={run}", cwd=tmp_path, timeout=300)
-    states = [site_state(run, "site-0"), site_state(run, "site-1")]
-    weights = [len(range(0, DIGITS_TRAIN, 2)), len(range(1, DIGITS_TRAIN, 2))]
-    final = global_round(run, 1)
-    assert set(final) == {"shared", "domain:digits:image2d"}
-    shared = final["shared"]
-    assert all(".trunk." in f".{key}" for key in shared)
+    shared = assert_round_is_the_weighted_average(run)["shared"]
     assert {"encoder.trunk.reg_token", "encoder.trunk.neck.weight"} <= set(shared)
     assert any(key.endswith("scan.A_log") for key in shared)
-    for group in final.values():
-        for key, value in group.items():
-            expected = weighted_average(states, weights, key)
-            np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_an_autoregressive_method_federates_its_trunk_and_keeps_its_head_per_domain(
+    tmp_path: Path,
+) -> None:
+    """AIM under prefix-causal masks: the trunk is averaged across sites, the pixel head (whose
+    output is the modality's patch size) with the tokenizer in the domain's group."""
+    run = tmp_path / "federation"
+    aim = ["method=aim_small", "method.head.width=32", "method.head.depth=1"]
+    words = [w for w in FEDERATION if not w.startswith("method")]
+    fmcore("federate", *words, *aim, "federated.rounds=1", f"run.dir={run}", cwd=tmp_path)
+    final = assert_round_is_the_weighted_average(run)
+    domain = final["domain:digits:image2d"]
+    assert {"head.proj_out.weight", "encoder.tokenizer.proj.weight"} <= set(domain)
 
 
 @pytest.mark.slow
