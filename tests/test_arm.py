@@ -23,6 +23,7 @@ from fmcore.plugins.autoregressive.arm import ARM
 from fmcore.plugins.autoregressive.clusters import (
     cluster_layout,
     cluster_ranks,
+    fit_cluster,
     next_cluster_tokens,
 )
 from fmcore.view_maker import ViewMaker
@@ -81,6 +82,22 @@ def test_a_cluster_shape_that_does_not_tile_the_grid_is_named(
 ) -> None:
     with pytest.raises(ConfigError, match=rf"method\.cluster=.*{message}"):
         cluster_layout((4, 4), shape, "method.cluster")
+
+
+@pytest.mark.parametrize(
+    ("grid", "requested", "fitted"),
+    [
+        ((12, 12), (4, 4), (4, 4)),  # ARM's 192-px images: 9 clusters of 4 x 4
+        ((14, 14), (4, 4), (2, 2)),  # 224-px tiles: 4 does not divide 14, 2 does
+        ((4, 4), (4, 4), (2, 4)),  # one cluster would leave nothing to predict
+        ((2, 2, 2), (2, 2, 2), (1, 2, 2)),
+        ((8, 6), (3, 3), (2, 3)),
+    ],
+)
+def test_the_cluster_is_fitted_to_the_grid(
+    grid: tuple[int, ...], requested: tuple[int, ...], fitted: tuple[int, ...]
+) -> None:
+    assert fit_cluster(grid, requested, "method.cluster") == fitted
 
 
 def test_random_orders_are_permutations_and_raster_is_the_identity() -> None:
@@ -184,8 +201,8 @@ def test_video_defaults_to_arvideos_random_order() -> None:
 def test_config_errors_name_the_key() -> None:
     with pytest.raises(ConfigError, match=r"method\.order must be one of raster, random"):
         build_arm(order="spiral")
-    with pytest.raises(ConfigError, match="nothing is left to predict"):
-        method = build_arm(cluster=[4, 4])
+    with pytest.raises(ConfigError, match=r"method\.cluster=\[2\] has 1 axes"):
+        method = build_arm(cluster=[2])
         method.layout(method.encoder.tokenizer(torch.rand(1, 3, 16, 16)))
     with pytest.raises(ConfigError, match="points modality's tokens have no grid"):
         method = build_arm(Points(), (128,), 3, {"num_groups": 16, "group_size": 8})

@@ -27,6 +27,7 @@ from fmcore.plugins.autoregressive.clusters import (
     ORDERS,
     cluster_layout,
     cluster_ranks,
+    fit_cluster,
     next_cluster_tokens,
     token_places,
 )
@@ -56,19 +57,15 @@ class ARM(TokenRegression):
         return self.step_output(out, {CLUSTERS: float(layout.shape[0])})
 
     def layout(self, tokens: Tokens) -> Tensor:
-        """The (C, K) cluster layout of ``tokens``' grid (see :func:`cluster_layout`)."""
+        """The (C, K) cluster layout of ``tokens``' grid: ``method.cluster`` fitted to the grid
+        (:func:`fit_cluster`), then laid out (:func:`cluster_layout`)."""
         if tokens.grid is None:
             raise ConfigError(
                 f"method=arm groups tokens into boxes on the token grid; the"
                 f" {self.modality.name} modality's tokens have no grid"
             )
-        layout = cluster_layout(tokens.grid, self.cluster, "method.cluster")
-        if layout.shape[0] < 2:
-            raise ConfigError(
-                f"method.cluster={list(self.cluster)} makes one cluster of the whole token grid"
-                f" {tokens.grid}: nothing is left to predict"
-            )
-        return layout.to(tokens.x.device)
+        shape = fit_cluster(tokens.grid, self.cluster, "method.cluster")
+        return cluster_layout(tokens.grid, shape, "method.cluster").to(tokens.x.device)
 
     def predict(self, view: Tensor, tokens: Tokens, layout: Tensor, ranks: Tensor) -> Prediction:
         """Every token's prediction of its counterpart in the next cluster, with clusters in the

@@ -35,6 +35,31 @@ def cluster_layout(grid: Sequence[int], shape: Sequence[int], key: str) -> Tenso
     return index.reshape(math.prod(split[::2]), math.prod(shape))
 
 
+def fit_cluster(grid: Sequence[int], requested: Sequence[int], key: str) -> tuple[int, ...]:
+    """The cluster box used on ``grid``: per axis the largest size that divides the grid and is
+    at most the ``requested`` size, then, while that leaves a single cluster, the largest box
+    side shrunk to its next divisor (a 14 x 14 grid of 224-px tiles takes 2 x 2 for a requested
+    4 x 4; a 4 x 4 grid takes 2 x 4). ``key`` names the config key in errors."""
+    if len(requested) != len(grid):
+        raise ConfigError(
+            f"{key}={list(requested)} has {len(requested)} axes; the token grid {tuple(grid)}"
+            f" has {len(grid)}"
+        )
+    if any(size < 1 for size in requested):
+        raise ConfigError(f"{key}={list(requested)}: every size must be at least 1")
+    shape = [max(d for d in divisors(g) if d <= r) for g, r in zip(grid, requested, strict=True)]
+    while math.prod(shape) == math.prod(grid) and max(shape) > 1:
+        axis = shape.index(max(shape))
+        shape[axis] = max(d for d in divisors(grid[axis]) if d < shape[axis])
+    if math.prod(shape) == 1 and math.prod(grid) < 2:
+        raise ConfigError(f"a token grid of {tuple(grid)} has nothing to predict ({key})")
+    return tuple(shape)
+
+
+def divisors(number: int) -> list[int]:
+    return [d for d in range(1, number + 1) if number % d == 0]
+
+
 def cluster_ranks(batch: int, clusters: int, order: str, generator: torch.Generator) -> Tensor:
     """(B, C) long: the place of each cluster in its sample's prediction order, raster (the
     clusters' own order) or a random permutation per sample."""
