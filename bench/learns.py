@@ -74,6 +74,8 @@ TARGETS = {
             "aim_small": 1200,
             "arm": 300,
             "arm_small": 1200,
+            "ijepa": 300,
+            "ijepa_small": 1200,
         },
         FEATURES,
     ),

@@ -10,7 +10,7 @@ calls ``after_optimizer_step(ctx)`` (EMA updates and the like).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar
@@ -89,6 +89,16 @@ NO_DECAY_SUFFIXES = (
     "gamma",
     "A_log",  # a selective scan's state matrix (Mamba keeps it out of weight decay)
 )
+
+
+@torch.no_grad()
+def ema_update(pairs: Sequence[tuple[nn.Module, nn.Module]], momentum: float) -> None:
+    """teacher <- momentum * teacher + (1 - momentum) * student, for each (teacher, student)
+    pair of modules with the same parameters (an EMA teacher's update after a step)."""
+    teacher_params = [p for teacher, _ in pairs for p in teacher.parameters()]
+    student_params = [p for _, student in pairs for p in student.parameters()]
+    torch._foreach_mul_(teacher_params, momentum)
+    torch._foreach_add_(teacher_params, student_params, alpha=1 - momentum)
 
 
 def takes_weight_decay(name: str, parameter: nn.Parameter) -> bool:

@@ -79,13 +79,24 @@ DINOV2_SMALL_HEADS = [
 
 
 AIM_SMALL_HEAD = ["method=aim_small", "method.head.width=32", "method.head.depth=1"]
-METHOD_WORDS = {"dinov2": DINOV2_SMALL_HEADS, "aim": AIM_SMALL_HEAD}
+IJEPA_SMALL_PREDICTOR = [
+    "method=ijepa_small",
+    "method.predictor.embed_dim=32",
+    "method.predictor.depth=1",
+    "method.predictor.num_heads=2",
+    "method.masks.min_context=1",
+]
+METHOD_WORDS = {
+    "dinov2": DINOV2_SMALL_HEADS,
+    "aim": AIM_SMALL_HEAD,
+    "ijepa": IJEPA_SMALL_PREDICTOR,
+}
 GRID_MODALITIES = sorted(set(CASES) - {"points"})  # AIM predicts tokens in raster order
 
 
 @pytest.mark.parametrize(
     ("method", "modality"),
-    [(method, modality) for method in ("simclr", "dinov2") for modality in sorted(CASES)]
+    [(method, modality) for method in ("simclr", "dinov2", "ijepa") for modality in sorted(CASES)]
     + [("aim", modality) for modality in GRID_MODALITIES],
 )
 def test_every_method_trains_on_every_modality(method: str, modality: str, tmp_path: Path) -> None:
@@ -96,7 +107,7 @@ def test_every_method_trains_on_every_modality(method: str, modality: str, tmp_p
     words = [w for w in SMALL_RUN if not w.startswith("domain=")]
     if method in METHOD_WORDS:
         words = [w for w in words if not w.startswith("method")] + METHOD_WORDS[method]
-    scale_key = "global" if method == "simclr" else "local"
+    scale_key = "local" if method == "dinov2" else "global"
     extra = [f"method.views.{scale_key}.scale=[0.6,1.0]"] if modality == "points" else []
     config = compose(
         [

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from fmcore.errors import ConfigError
-from fmcore.modalities.masking import block_mask, random_token_mask
+from fmcore.modalities.masking import block_extents, block_mask, place_box, random_token_mask
 
 
 @dataclass
@@ -208,6 +208,33 @@ class Modality(ABC):
         Uniformly random by default; modalities with structure override it (tube masking for video).
         """
         return random_token_mask(batch_size, tokens.num_tokens, ratio, generator, tokens.x.device)
+
+    def block_extents(
+        self,
+        tokens: Tokens,
+        scale: tuple[float, float],
+        aspect: tuple[float, float],
+        rng: np.random.Generator,
+    ) -> tuple[int, ...]:
+        """The size of one I-JEPA block for ``tokens``' layout: a box covering a share of the
+        tokens uniform in ``scale`` with a log-uniform ``aspect`` (:func:`block_extents`);
+        without a grid (point groups), a count of tokens."""
+        if tokens.grid is None:
+            return (max(1, round(rng.uniform(*scale) * tokens.num_tokens)),)
+        return tuple(block_extents(tokens.grid, scale, aspect, rng))
+
+    def place_block(
+        self, tokens: Tokens, extents: Sequence[int], rng: np.random.Generator
+    ) -> np.ndarray:
+        """(N,) bool: a block of ``extents`` (from :meth:`block_extents`) at a random place;
+        without a grid, that many random tokens."""
+        if tokens.grid is None:
+            mask = np.zeros(tokens.num_tokens, dtype=bool)
+            mask[rng.choice(tokens.num_tokens, size=extents[0], replace=False)] = True
+            return mask
+        mask = np.zeros(tokens.grid, dtype=bool)
+        mask[place_box(extents, tokens.grid, rng)] = True
+        return mask.reshape(-1)
 
     def block_token_mask(
         self,

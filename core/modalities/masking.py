@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -79,22 +80,48 @@ def _add_block(
     log_aspect: tuple[float, float],
     rng: np.random.Generator,
 ) -> int:
-    rank = mask.ndim
     for _ in range(10):
-        area = rng.uniform(min_block, max(min_block, budget))
-        # Each axis's ratio to the first is log-uniform in ``aspect`` (BEiT's h/w in 2D); centring
-        # keeps the box's volume at ``area``.
-        ratios = np.concatenate([[0.0], rng.uniform(*log_aspect, size=rank - 1)])
-        ratios -= ratios.mean()
-        extents = [round(area ** (1 / rank) * math.exp(r)) for r in ratios]
+        extents = box_extents(
+            rng.uniform(min_block, max(min_block, budget)), mask.ndim, log_aspect, rng
+        )
         if any(e < 1 or e >= size for e, size in zip(extents, mask.shape, strict=True)):
             continue
-        corner = [
-            int(rng.integers(0, size - e + 1)) for e, size in zip(extents, mask.shape, strict=True)
-        ]
-        box = tuple(slice(c, c + e) for c, e in zip(corner, extents, strict=True))
+        box = place_box(extents, mask.shape, rng)
         new = int(math.prod(extents)) - int(mask[box].sum())
         if 0 < new <= budget:
             mask[box] = True
             return new
     return 0
+
+
+def box_extents(
+    volume: float, rank: int, log_aspect: tuple[float, float], rng: np.random.Generator
+) -> list[int]:
+    """Side lengths of a box of about ``volume`` tokens on a grid of ``rank`` axes: each axis's
+    ratio to the first is log-uniform in ``log_aspect`` (h/w in 2D), centred so the product of
+    the sides stays ``volume``."""
+    ratios = np.concatenate([[0.0], rng.uniform(*log_aspect, size=rank - 1)])
+    ratios -= ratios.mean()
+    return [round(volume ** (1 / rank) * math.exp(r)) for r in ratios]
+
+
+def place_box(
+    extents: Sequence[int], grid: Sequence[int], rng: np.random.Generator
+) -> tuple[slice, ...]:
+    """A box of ``extents`` at a uniformly random corner inside ``grid``."""
+    corner = [int(rng.integers(0, size - e + 1)) for e, size in zip(extents, grid, strict=True)]
+    return tuple(slice(c, c + e) for c, e in zip(corner, extents, strict=True))
+
+
+def block_extents(
+    grid: Sequence[int],
+    scale: tuple[float, float],
+    aspect: tuple[float, float],
+    rng: np.random.Generator,
+) -> list[int]:
+    """I-JEPA's block size on a token grid: a share of the tokens uniform in ``scale``, an aspect
+    (h/w in 2D) log-uniform in ``aspect``, every side clamped to 1 .. the grid's."""
+    volume = rng.uniform(*scale) * math.prod(grid)
+    log_aspect = (math.log(aspect[0]), math.log(aspect[1]))
+    extents = box_extents(volume, len(grid), log_aspect, rng)
+    return [min(max(1, e), size) for e, size in zip(extents, grid, strict=True)]

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from fmcore.modalities import views
 from fmcore.modalities.base import Tokens, ViewOp, ViewSpec, ViewStep
 from fmcore.modalities.grid import GridModality
-from fmcore.modalities.masking import random_token_mask
+from fmcore.modalities.masking import block_extents, random_token_mask
 
 TIME_AXIS = 0
 
@@ -49,3 +50,17 @@ class Video(GridModality):
         steps, height, width = tokens.grid
         spatial = random_token_mask(batch_size, height * width, ratio, generator, tokens.x.device)
         return spatial.unsqueeze(1).expand(-1, steps, -1).reshape(batch_size, -1)
+
+    def block_extents(
+        self,
+        tokens: Tokens,
+        scale: tuple[float, float],
+        aspect: tuple[float, float],
+        rng: np.random.Generator,
+    ) -> tuple[int, ...]:
+        """Tubes (V-JEPA): a spatial block of ``scale`` of each frame's tokens, over every
+        temporal token."""
+        if tokens.grid is None:
+            return super().block_extents(tokens, scale, aspect, rng)
+        steps, height, width = tokens.grid
+        return (steps, *block_extents((height, width), scale, aspect, rng))

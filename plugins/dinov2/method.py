@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from fmcore.collapse import FEATURE_STD, PREFIX, feature_spread
 from fmcore.encoder import Encoder, feature_kind, pool
 from fmcore.errors import ConfigError
-from fmcore.method import Batch, Method, Scope, StepContext, StepOutput
+from fmcore.method import Batch, Method, Scope, StepContext, StepOutput, ema_update
 from fmcore.modalities.base import Modality, Tokens
 from fmcore.plugins.dinov2.centering import SoftmaxCentering, sinkhorn_knopp
 from fmcore.plugins.dinov2.head import DINOHead
@@ -227,7 +227,6 @@ class DINOv2(Method):
                 if head is not None:
                     head.prototypes.grad = None
 
-    @torch.no_grad()
     def after_optimizer_step(self, ctx: StepContext) -> None:
         """Teacher <- momentum * teacher + (1 - momentum) * student."""
         pairs = [
@@ -236,10 +235,7 @@ class DINOv2(Method):
         ]
         if self.ibot_head is not None:
             pairs.append((self.teacher["ibot_head"], self.ibot_head))
-        teacher_params = [p for t, _ in pairs for p in t.parameters()]
-        student_params = [p for _, s in pairs for p in s.parameters()]
-        torch._foreach_mul_(teacher_params, ctx.ema_momentum)
-        torch._foreach_add_(teacher_params, student_params, alpha=1 - ctx.ema_momentum)
+        ema_update(pairs, ctx.ema_momentum)
 
     def export_encoder(self) -> Encoder:
         return self.teacher["encoder"]  # DINOv2 evaluates and releases the teacher
