@@ -179,8 +179,8 @@ def test_forward_loss_does_not_depend_on_the_visible_tokens_targets(
     plain = forward_loss(method, batch, seed=5)
     original_target = method.encoder.tokenizer.reconstruction_target
 
-    def scrambled(x: torch.Tensor, tokens: Tokens) -> torch.Tensor:
-        target = original_target(x, tokens)
+    def scrambled(x: torch.Tensor, tokens: Tokens, normalize: bool = True) -> torch.Tensor:
+        target = original_target(x, tokens, normalize)
         noise = 50 * torch.randn(target.shape, generator=gen(9))
         return torch.where(masks[-1].unsqueeze(-1), target, noise)
 
@@ -336,6 +336,34 @@ def test_a_perfect_prediction_reconstructs_the_input_and_masked_patches_are_grey
     assert original.min() == 0.0 and original.amax(dim=(2, 3)).eq(1.0).all()
     assert (masked[0, :, :4, 4:] == 0.5).all() and (masked[1, :, 4:, 4:] == 0.5).all()
     assert torch.equal(masked[0, :, :4, :4], original[0, :, :4, :4])
+
+
+def test_a_perfect_raw_pixel_prediction_also_reconstructs_the_input() -> None:
+    """method.normalize_target=false: the prediction is of the patches' own pixels."""
+    view = torch.randn(2, 3, 8, 8, generator=gen())
+    mask = torch.ones(2, 4, dtype=torch.bool)
+    original, _, reconstruction = reconstruction_panels(
+        view, patchify(view, (4, 4)), mask, (4, 4), normalized=False
+    )
+    assert torch.allclose(reconstruction, original, atol=1e-5)
+
+
+def test_unnormalised_targets_are_the_raw_patches_and_the_loss_uses_them() -> None:
+    """The hidden tokens' loss under normalize_target=false is the MSE against the patches'
+    pixels as they are (by hand), not against normalised ones."""
+    method = image_mae(normalize_target=False)
+    view = 3 + torch.rand(2, 3, 16, 16, generator=gen())  # a level normalisation would remove
+    out = method.reconstruct(view, gen())
+    target = method.encoder.tokenizer.reconstruction_target(view, out.tokens, False)
+    for sample in range(2):
+        for token in out.mask[sample].nonzero().flatten().tolist():
+            row, col = divmod(token, 4)
+            pixels = view[sample, :, row * 4 : row * 4 + 4, col * 4 : col * 4 + 4]
+            assert torch.equal(target[sample, token], pixels.permute(1, 2, 0).flatten())
+    loss = method.modality.reconstruction_loss(out.pred, target, out.mask)
+    hand = ((out.pred - target) ** 2).mean(dim=-1)[out.mask].mean()
+    assert float(loss) == pytest.approx(float(hand), rel=1e-5)
+    assert float(target[out.mask].mean()) > 2.5  # the level is kept
 
 
 def test_the_grid_is_a_valid_png_of_three_panels_per_sample(tmp_path: Path) -> None:

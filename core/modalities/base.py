@@ -73,8 +73,10 @@ class Tokenizer(nn.Module, ABC):
     def forward(self, x: Tensor) -> Tokens: ...
 
     @abstractmethod
-    def reconstruction_target(self, x: Tensor, tokens: Tokens) -> Tensor:
-        """Per-token reconstruction target (B, N, P) for the tokens made from ``x``."""
+    def reconstruction_target(self, x: Tensor, tokens: Tokens, normalize: bool = True) -> Tensor:
+        """Per-token reconstruction target (B, N, P) for the tokens made from ``x``;
+        ``normalize`` asks for each token's values at zero mean and unit variance (MAE's
+        normalised pixels) where the modality's target has an intensity to remove."""
 
     @property
     @abstractmethod

@@ -146,8 +146,8 @@ class GridTokenizer(Tokenizer):
         tokens = embedded.flatten(2).transpose(1, 2)  # (B, N, D)
         return Tokens(x=tokens, pos=self.positional_embedding(grid), grid=grid)
 
-    def reconstruction_target(self, x: Tensor, tokens: Tokens) -> Tensor:
-        return normalized_patches(x, self.patch)
+    def reconstruction_target(self, x: Tensor, tokens: Tokens, normalize: bool = True) -> Tensor:
+        return normalized_patches(x, self.patch) if normalize else patchify(x, self.patch)
 
 
 def normalized_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:

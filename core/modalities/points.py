@@ -182,8 +182,9 @@ class PointTokenizer(Tokenizer):
             centers=centers,
         )
 
-    def reconstruction_target(self, x: Tensor, tokens: Tokens) -> Tensor:
-        """Each patch's xyz relative to its centre, flattened: (B, G, K * 3)."""
+    def reconstruction_target(self, x: Tensor, tokens: Tokens, normalize: bool = True) -> Tensor:
+        """Each patch's xyz relative to its centre, flattened: (B, G, K * 3), with or without
+        ``normalize`` (relative coordinates carry no intensity to remove)."""
         if tokens.groups is None:
             raise ValueError("point tokens carry no groups; make them with PointTokenizer")
         return tokens.groups.flatten(2)

@@ -65,7 +65,9 @@ class AIM(TokenRegression):
         encoded = self.encoder.encode_tokens(tokens, attn_mask=AttentionMask.prefix_causal(prefix))
         return Prediction(
             pred=self.head(encoded.patches[:, :-1]),
-            target=self.encoder.tokenizer.reconstruction_target(view, tokens)[:, 1:],
+            target=self.encoder.tokenizer.reconstruction_target(
+                view, tokens, self.normalize_target
+            )[:, 1:],
             scored=next_token_scored(prefix, num_tokens),
             encoded=encoded,
         )

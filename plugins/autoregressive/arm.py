@@ -76,7 +76,7 @@ class ARM(TokenRegression):
             tokens, attn_mask=AttentionMask.block_causal(token_rank)
         )
         following = next_cluster_tokens(layout, ranks)  # (B, N)
-        target = self.encoder.tokenizer.reconstruction_target(view, tokens)
+        target = self.encoder.tokenizer.reconstruction_target(view, tokens, self.normalize_target)
         target = target.gather(1, following.unsqueeze(-1).expand(-1, -1, target.shape[-1]))
         position = tokens.pos.expand(len(following), -1, -1)
         position = position.gather(1, following.unsqueeze(-1).expand(-1, -1, position.shape[-1]))

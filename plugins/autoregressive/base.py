@@ -50,6 +50,7 @@ class TokenRegression(Method):
             raise ConfigError(
                 f"method.views.global.count must be 1 for method={self.name} (one view per sample)"
             )
+        self.normalize_target = bool(config.normalize_target)
         head = structured(config.head, HeadConfig, "method.head")
         self.head = PixelHead(encoder.embed_dim, encoder.tokenizer.target_dim, head)
         # No token is replaced; a trainable parameter without a gradient would stall DDP.

@@ -70,6 +70,7 @@ class MAE(Method):
         if self.view_specs["global"].count != 1:
             raise ConfigError("method.views.global.count must be 1 for MAE (one view per sample)")
         self.mask_ratio = float(config.mask_ratio)
+        self.normalize_target = bool(config.normalize_target)
         if not 0.0 < self.mask_ratio < 1.0:
             raise ConfigError(f"method.mask_ratio must be in (0, 1), got {self.mask_ratio}")
         self.decoder = MAEDecoder(
@@ -84,7 +85,9 @@ class MAE(Method):
     def forward(self, batch: Batch, ctx: StepContext) -> StepOutput:
         (view,) = ctx.views(batch.data, self.view_specs["global"], ctx.generator)
         out = self.reconstruct(view, ctx.generator)
-        target = self.encoder.tokenizer.reconstruction_target(view, out.tokens)  # (B, N, P)
+        target = self.encoder.tokenizer.reconstruction_target(
+            view, out.tokens, self.normalize_target
+        )  # (B, N, P)
         loss = self.modality.reconstruction_loss(out.pred, target, out.mask)
         loss_fn = self.modality.reconstruction_loss
         return StepOutput(

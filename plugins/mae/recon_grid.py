@@ -59,18 +59,20 @@ def target_to_pixels(pred: Tensor, view: Tensor, patch: Sequence[int]) -> Tensor
 
 
 def reconstruction_panels(
-    view: Tensor, pred: Tensor, mask: Tensor, patch: Sequence[int]
+    view: Tensor, pred: Tensor, mask: Tensor, patch: Sequence[int], normalized: bool = True
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Input, masked input and reconstruction (B, C, *S), each scaled to [0, 1] for display.
 
     The reconstruction shows the visible patches as they were and the prediction in the hidden
     ones. Each sample and channel is scaled by its input's range, so a domain's per-channel
     normalisation needs no undoing (it is affine per channel, and so is the scaling).
+    ``normalized``: the prediction is of normalised patches (``method.normalize_target``).
     """
     patches = patchify(view, patch)  # (B, N, P)
     grid = [s // p for s, p in zip(view.shape[2:], patch, strict=True)]
     hidden = mask.unsqueeze(-1).expand_as(patches)  # (B, N, P)
-    filled = torch.where(hidden, target_to_pixels(pred.float(), view, patch), patches)
+    predicted = target_to_pixels(pred.float(), view, patch) if normalized else pred.float()
+    filled = torch.where(hidden, predicted, patches)
     spatial = tuple(range(2, view.dim()))
     low = view.amin(dim=spatial, keepdim=True)  # (B, C, 1, ...)
     span = (view.amax(dim=spatial, keepdim=True) - low).clamp(min=1e-8)
@@ -94,11 +96,12 @@ def _as_rgb_2d(x: Tensor) -> Tensor:
     return x.permute(0, 2, 3, 1)
 
 
-def reconstruction_grid(view: Tensor, pred: Tensor, mask: Tensor, patch: Sequence[int]) -> Tensor:
+def reconstruction_grid(
+    view: Tensor, pred: Tensor, mask: Tensor, patch: Sequence[int], normalized: bool = True
+) -> Tensor:
     """One row per sample of [input | masked | reconstruction]: a uint8 RGB image (H, W, 3)."""
-    panels = [
-        _as_rgb_2d(p.detach().float().cpu()) for p in reconstruction_panels(view, pred, mask, patch)
-    ]
+    panels = reconstruction_panels(view, pred, mask, patch, normalized)
+    panels = [_as_rgb_2d(p.detach().float().cpu()) for p in panels]
     batch, height, width, _ = panels[0].shape
     zoom = max(1, math.ceil(MIN_PANEL_PIXELS / height))
     height, width = height * zoom, width * zoom
@@ -178,7 +181,7 @@ def draw_reconstructions(
             out = method.reconstruct(view, generator)
     finally:
         method.train(was_training)
-    return reconstruction_grid(view, out.pred, out.mask, tokenizer.patch)
+    return reconstruction_grid(view, out.pred, out.mask, tokenizer.patch, method.normalize_target)
 
 
 def picture_path(run_dir: Path, checkpoint: Path) -> Path:
