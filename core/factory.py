@@ -6,16 +6,19 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import load_file
 
 from fmcore.backbones.trunk import Trunk
 from fmcore.config import as_dict, unresolved_by_modality
 from fmcore.domain import Domain
 from fmcore.encoder import Encoder
-from fmcore.errors import ConfigError
+from fmcore.errors import ConfigError, MissingPath
+from fmcore.io import read_metadata
 from fmcore.method import Method
 from fmcore.modalities.base import Modality, TokenizerSettings
 from fmcore.plugin_manager import Registry
+from fmcore.run_files import ENCODER_CONFIG_KEY, ENCODER_FILE, ENCODER_FORMAT, FORMAT_KEY
 from fmcore.view_maker import ViewMaker
 
 
@@ -49,6 +52,47 @@ def build_encoder(config: DictConfig, registry: Registry, domain: Domain) -> Enc
     return Encoder(tokenizer, trunk)
 
 
+def encoder_file(value: str | Path, key: str) -> Path:
+    """``encoder.safetensors`` itself, or the one inside a run directory, named by the config
+    key ``key``."""
+    path = Path(str(value)).expanduser()
+    if path.is_dir():
+        path = path / ENCODER_FILE
+    if not path.is_file():
+        raise MissingPath(
+            f"{key}={value}: no {ENCODER_FILE} there; give a run directory or an encoder file"
+        )
+    return path
+
+
+def check_encoder_format(metadata: dict[str, str], path: Path) -> None:
+    """Refuse a file that is not an fmcore encoder of the format this fmcore reads."""
+    if ENCODER_CONFIG_KEY not in metadata:
+        raise ConfigError(f"{path}: the metadata has no encoder config: not an fmcore encoder")
+    if metadata.get(FORMAT_KEY) != ENCODER_FORMAT:
+        raise ConfigError(
+            f"{path} is an encoder file of format {metadata.get(FORMAT_KEY)} and this fmcore"
+            f" reads {ENCODER_FORMAT} (a trunk's own keys moved under encoder.<trunk>): train it"
+            " again, or load its weights by hand into an encoder built from today's config"
+        )
+
+
+def encoder_from_file(path: Path, registry: Registry, domain: Domain) -> Encoder:
+    """The encoder saved at ``path`` (an ``encoder.safetensors``) for ``domain``'s data: the
+    architecture its metadata describes, its weights loaded."""
+    metadata = read_metadata(path)
+    check_encoder_format(metadata, path)
+    encoder_config = OmegaConf.create({"encoder": OmegaConf.create(metadata[ENCODER_CONFIG_KEY])})
+    encoder = build_encoder(encoder_config, registry, domain)
+    try:
+        encoder.load_state_dict(load_file(str(path)))
+    except RuntimeError as error:
+        raise ConfigError(
+            f"{path} does not fit the encoder its metadata describes: {error}"
+        ) from error
+    return encoder
+
+
 @dataclass
 class Parts:
     domain: Domain
@@ -68,6 +112,10 @@ def build_parts(config: DictConfig, registry: Registry) -> Parts:
     modality = registry.modality(domain.modality)
     encoder = build_encoder(config, registry, domain)
     method = registry.method(config.method.name)(config.method, encoder, modality)
+    teacher = config.method.get("teacher")
+    if teacher:  # a frozen target model on disk (D-iGPT's), for the method to distil
+        path = encoder_file(teacher, "method.teacher")
+        method.attach_teacher(encoder_from_file(path, registry, domain))
     views = ViewMaker(
         modality,
         domain.sample_size,

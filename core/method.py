@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from fmcore.collapse import spread_warning
 from fmcore.encoder import Encoder
+from fmcore.errors import ConfigError
 from fmcore.modalities.base import Modality
 from fmcore.view_maker import ViewMaker
 
@@ -142,6 +143,11 @@ class Method(nn.Module, ABC):
     def clip_groups(self) -> list[list[nn.Parameter]]:
         """Parameter sets whose gradient norms are clipped separately (one set by default)."""
         return [[p for p in self.parameters() if p.requires_grad]]
+
+    def attach_teacher(self, teacher: Encoder) -> None:
+        """Take a frozen encoder read from ``method.teacher`` (a target model on disk, as
+        D-iGPT distils); a method without such a teacher refuses it."""
+        raise ConfigError(f"method={self.name} takes no teacher file (method.teacher)")
 
     def export_encoder(self) -> Encoder:
         """The encoder users keep (DINO-style methods return the teacher's)."""

@@ -78,7 +78,7 @@ DINOV2_SMALL_HEADS = [
 ]
 
 
-AIM_SMALL_HEAD = ["method=aim_small", "method.head.width=32", "method.head.depth=1"]
+SMALL_HEAD = ["method.head.width=32", "method.head.depth=1"]
 IJEPA_SMALL_PREDICTOR = [
     "method=ijepa_small",
     "method.predictor.embed_dim=32",
@@ -88,16 +88,18 @@ IJEPA_SMALL_PREDICTOR = [
 ]
 METHOD_WORDS = {
     "dinov2": DINOV2_SMALL_HEADS,
-    "aim": AIM_SMALL_HEAD,
+    "aim": ["method=aim_small", *SMALL_HEAD],
+    "arm": ["method=arm_small", *SMALL_HEAD],
+    "digpt": ["method=digpt_small", *SMALL_HEAD],
     "ijepa": IJEPA_SMALL_PREDICTOR,
 }
-GRID_MODALITIES = sorted(set(CASES) - {"points"})  # AIM predicts tokens in raster order
+GRID_MODALITIES = sorted(set(CASES) - {"points"})  # the autoregressive methods need a grid
 
 
 @pytest.mark.parametrize(
     ("method", "modality"),
     [(method, modality) for method in ("simclr", "dinov2", "ijepa") for modality in sorted(CASES)]
-    + [("aim", modality) for modality in GRID_MODALITIES],
+    + [(method, modality) for method in ("aim", "arm", "digpt") for modality in GRID_MODALITIES],
 )
 def test_every_method_trains_on_every_modality(method: str, modality: str, tmp_path: Path) -> None:
     registry = load_registry()
@@ -109,6 +111,9 @@ def test_every_method_trains_on_every_modality(method: str, modality: str, tmp_p
         words = [w for w in words if not w.startswith("method")] + METHOD_WORDS[method]
     scale_key = "local" if method == "dinov2" else "global"
     extra = [f"method.views.{scale_key}.scale=[0.6,1.0]"] if modality == "points" else []
+    if method in ("arm", "digpt") and modality != "image2d":
+        # composed for digits (2D), so the 3D recipes of method.by_modality do not apply
+        extra.append("method.cluster=[2,2,2]")
     config = compose(
         [
             "domain=digits",

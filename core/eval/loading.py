@@ -17,14 +17,14 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
-from safetensors.torch import load_file
 
 from fmcore.config import as_dict, parse_overrides
 from fmcore.domain import Domain
 from fmcore.encoder import Encoder, feature_kind
 from fmcore.errors import ConfigError, MissingPath
 from fmcore.eval.features import PIXELS, RawPixels
-from fmcore.factory import build_domain, build_encoder
+from fmcore.factory import build_domain, build_encoder, check_encoder_format, encoder_from_file
+from fmcore.factory import encoder_file as factory_encoder_file
 from fmcore.io import read_metadata
 from fmcore.plugin_manager import Registry
 from fmcore.run_files import (
@@ -32,9 +32,7 @@ from fmcore.run_files import (
     DOMAIN_KEY,
     ENCODER_CONFIG_KEY,
     ENCODER_FILE,
-    ENCODER_FORMAT,
     FEATURES_KEY,
-    FORMAT_KEY,
 )
 
 RANDOM = "random"
@@ -71,32 +69,22 @@ class LoadedEncoder:
 
 def encoder_file(checkpoint: str | Path) -> Path:
     """``encoder.safetensors`` itself, or the one inside a run directory."""
-    path = Path(str(checkpoint)).expanduser()
-    if path.is_dir():
-        path = path / ENCODER_FILE
-    if not path.is_file():
+    try:
+        return factory_encoder_file(checkpoint, "checkpoint")
+    except MissingPath as error:
         raise MissingPath(
-            f"checkpoint={checkpoint}: no {ENCODER_FILE} there; give a run directory, an encoder"
-            f" file, checkpoint={RANDOM} for a randomly initialised encoder or checkpoint={PIXELS}"
-            " for the raw input"
-        )
-    return path
+            f"{error}, checkpoint={RANDOM} for a randomly initialised encoder or"
+            f" checkpoint={PIXELS} for the raw input"
+        ) from None
 
 
 def checkpoint_config(
-    config: DictConfig, metadata: dict[str, str], words: Sequence[str] = ()
+    config: DictConfig, metadata: dict[str, str], path: Path, words: Sequence[str] = ()
 ) -> DictConfig:
     """``config`` with the encoder section of the checkpoint, and its data section when the
     evaluated domain is the trained one; ``data.*`` words of the command line still apply on top
     (another ``data.root`` with the same preprocessing)."""
-    if ENCODER_CONFIG_KEY not in metadata:
-        raise ConfigError("the checkpoint's metadata has no encoder config: not an fmcore encoder")
-    if metadata.get(FORMAT_KEY) != ENCODER_FORMAT:
-        raise ConfigError(
-            f"the checkpoint's encoder file is of format {metadata.get(FORMAT_KEY)} and this fmcore"
-            f" reads {ENCODER_FORMAT} (a trunk's own keys moved under encoder.<trunk>): train it"
-            " again, or load its weights by hand into an encoder built from today's config"
-        )
+    check_encoder_format(metadata, path)
     config = config.copy()
     with open_dict(config):
         config.encoder = OmegaConf.create(metadata[ENCODER_CONFIG_KEY])
@@ -126,15 +114,11 @@ def load_encoder(
     if checkpoint != RANDOM:
         path = encoder_file(checkpoint)
         metadata = read_metadata(path)
-        config = checkpoint_config(config, metadata, words)
+        config = checkpoint_config(config, metadata, path, words)
     domain = build_domain(config, registry)
-    torch.manual_seed(int(config.run.seed))  # checkpoint=random: the same encoder every time
-    encoder = build_encoder(config, registry, domain)
-    if path is not None:
-        try:
-            encoder.load_state_dict(load_file(str(path)))
-        except RuntimeError as error:
-            raise ConfigError(
-                f"{path} does not fit the encoder its metadata describes: {error}"
-            ) from error
+    if path is None:
+        torch.manual_seed(int(config.run.seed))  # checkpoint=random: the same encoder every time
+        encoder = build_encoder(config, registry, domain)
+    else:
+        encoder = encoder_from_file(path, registry, domain)
     return LoadedEncoder(encoder.eval(), domain, config, str(path or RANDOM), metadata)

@@ -47,21 +47,22 @@ class Tokens:
 
     def select(self, keep: Tensor) -> Tokens:
         """Keep only the tokens at indices ``keep`` (B, M); the grid no longer applies."""
-        index = keep.unsqueeze(-1).expand(-1, -1, self.x.shape[-1])
-        pos = self.pos.expand(self.x.shape[0], -1, -1)
         return Tokens(
-            x=torch.gather(self.x, 1, index),
-            pos=torch.gather(pos, 1, index),
+            x=gather_rows(self.x, keep),
+            pos=gather_rows(self.pos, keep),
             grid=None,
-            groups=None if self.groups is None else _gather_rows(self.groups, keep),
-            centers=None if self.centers is None else _gather_rows(self.centers, keep),
+            groups=None if self.groups is None else gather_rows(self.groups, keep),
+            centers=None if self.centers is None else gather_rows(self.centers, keep),
         )
 
 
-def _gather_rows(values: Tensor, keep: Tensor) -> Tensor:
-    shape = keep.shape + values.shape[2:]
-    index = keep.reshape(*keep.shape, *([1] * (values.dim() - 2))).expand(shape)
-    return torch.gather(values, 1, index)
+def gather_rows(values: Tensor, index: Tensor) -> Tensor:
+    """Rows ``index`` (B, M) of ``values`` (B or 1, N, ...), as (B, M, ...): per-sample tokens,
+    positions or targets at per-sample indices (a shared table is broadcast)."""
+    values = values.expand(index.shape[0], *values.shape[1:])
+    shape = index.shape + values.shape[2:]
+    expanded = index.reshape(*index.shape, *([1] * (values.dim() - 2))).expand(shape)
+    return torch.gather(values, 1, expanded)
 
 
 class Tokenizer(nn.Module, ABC):

@@ -13,15 +13,17 @@ patch token (``method.features: mean``), as for AIM.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from fmcore.backbones.attention import AttentionMask
 from fmcore.config_sections import one_of
-from fmcore.encoder import Encoder
+from fmcore.encoder import Encoder, EncoderOutput
 from fmcore.errors import ConfigError
 from fmcore.method import Batch, StepContext, StepOutput
-from fmcore.modalities.base import Modality, Tokens
+from fmcore.modalities.base import Modality, Tokens, gather_rows
 from fmcore.plugins.autoregressive.base import Prediction, TokenRegression
 from fmcore.plugins.autoregressive.clusters import (
     ORDERS,
@@ -33,6 +35,17 @@ from fmcore.plugins.autoregressive.clusters import (
 )
 
 CLUSTERS = "clusters"  # how many clusters a view's tokens fall into
+
+
+@dataclass
+class ClusterPass:
+    """The trunk's output under the block-causal mask; following (B, N): each token's
+    counterpart in the next cluster; scored (B, N): tokens outside their sample's last cluster
+    (whose next cluster does not exist)."""
+
+    encoded: EncoderOutput
+    following: Tensor
+    scored: Tensor
 
 
 class ARM(TokenRegression):
@@ -67,20 +80,28 @@ class ARM(TokenRegression):
         shape = fit_cluster(tokens.grid, self.cluster, "method.cluster")
         return cluster_layout(tokens.grid, shape, "method.cluster").to(tokens.x.device)
 
-    def predict(self, view: Tensor, tokens: Tokens, layout: Tensor, ranks: Tensor) -> Prediction:
-        """Every token's prediction of its counterpart in the next cluster, with clusters in the
-        order ``ranks`` (B, C) gives; scored for tokens outside their sample's last cluster."""
+    def cluster_pass(self, tokens: Tokens, layout: Tensor, ranks: Tensor) -> ClusterPass:
+        """The trunk under the block-causal mask of clusters in the order ``ranks`` (B, C)."""
         cluster_of, _ = token_places(layout)
         token_rank = ranks[:, cluster_of]  # (B, N)
         encoded = self.encoder.encode_tokens(
             tokens, attn_mask=AttentionMask.block_causal(token_rank)
         )
-        following = next_cluster_tokens(layout, ranks)  # (B, N)
+        return ClusterPass(
+            encoded=encoded,
+            following=next_cluster_tokens(layout, ranks),
+            scored=token_rank < layout.shape[0] - 1,
+        )
+
+    def predict(self, view: Tensor, tokens: Tokens, layout: Tensor, ranks: Tensor) -> Prediction:
+        """Every token's prediction of its counterpart in the next cluster, with clusters in the
+        order ``ranks`` (B, C) gives; scored for tokens outside their sample's last cluster."""
+        clusters = self.cluster_pass(tokens, layout, ranks)
         target = self.encoder.tokenizer.reconstruction_target(view, tokens, self.normalize_target)
-        target = target.gather(1, following.unsqueeze(-1).expand(-1, -1, target.shape[-1]))
-        position = tokens.pos.expand(len(following), -1, -1)
-        position = position.gather(1, following.unsqueeze(-1).expand(-1, -1, position.shape[-1]))
-        pred = self.head(encoded.patches + self.target_position(position))
+        position = gather_rows(tokens.pos, clusters.following)
         return Prediction(
-            pred=pred, target=target, scored=token_rank < layout.shape[0] - 1, encoded=encoded
+            pred=self.head(clusters.encoded.patches + self.target_position(position)),
+            target=gather_rows(target, clusters.following),
+            scored=clusters.scored,
+            encoded=clusters.encoded,
         )

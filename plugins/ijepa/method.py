@@ -22,18 +22,12 @@ from fmcore.config_sections import structured
 from fmcore.encoder import Encoder
 from fmcore.errors import ConfigError
 from fmcore.method import Batch, Method, StepContext, StepOutput, ema_update
-from fmcore.modalities.base import Modality, Tokens
+from fmcore.modalities.base import Modality, Tokens, gather_rows
 from fmcore.plugins.ijepa.masks import BlockMasks, MaskConfig, sample_block_masks
 from fmcore.plugins.ijepa.predictor import Predictor, PredictorConfig
 
 CONTEXT_FRACTION = "context_fraction"  # share of a view's tokens the student sees
 TARGET_FRACTION = "target_fraction"  # share of a view's tokens in the target blocks
-
-
-def gather_tokens(values: Tensor, index: Tensor) -> Tensor:
-    """Rows ``index`` (B, K) of ``values`` (B or 1, N, D), as (B, K, D)."""
-    values = values.expand(index.shape[0], -1, -1)
-    return values.gather(1, index.unsqueeze(-1).expand(-1, -1, values.shape[-1]))
 
 
 def representation_mse(pred: Tensor, target: Tensor, scored: Tensor) -> Tensor:
@@ -88,15 +82,15 @@ class IJEPA(Method):
         blocks stacked along the batch: (num_targets * B, T, D)."""
         patches = self.teacher(view).patches
         patches = F.layer_norm(patches, patches.shape[-1:])
-        return torch.cat([gather_tokens(patches, index) for index in masks.targets])
+        return torch.cat([gather_rows(patches, index) for index in masks.targets])
 
     def predict(self, tokens: Tokens, masks: BlockMasks) -> Tensor:
         """The predictor's guess of every target block from the student's encoded context,
         blocks stacked along the batch as :meth:`target_representations` stacks them."""
         context = self.encoder.encode_tokens(tokens, keep=masks.context).patches  # (B, K, D)
-        context_pos = gather_tokens(tokens.pos, masks.context)
+        context_pos = gather_rows(tokens.pos, masks.context)
         repeats = len(masks.targets)
-        target_pos = torch.cat([gather_tokens(tokens.pos, index) for index in masks.targets])
+        target_pos = torch.cat([gather_rows(tokens.pos, index) for index in masks.targets])
         return self.predictor(
             context.repeat(repeats, 1, 1), context_pos.repeat(repeats, 1, 1), target_pos
         )
