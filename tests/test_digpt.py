@@ -94,29 +94,35 @@ def test_the_file_teacher_is_not_moved_and_the_ema_teacher_is(tmp_path: Path) ->
             not torch.equal(a, b) for a, b in zip(before, method.teacher.parameters(), strict=True)
         )
         assert changed == moves
+        # against its own EMA a visible token's feature is the student's own: no such branch
+        assert (method.visible_head is None) == moves
 
 
 def test_targets_are_the_teachers_features_at_the_next_cluster_and_at_the_token(
     tmp_path: Path,
 ) -> None:
-    """The loss equals, by hand, the next-cluster and visible-token cosine distances to the
-    teacher's patch tokens of the whole view (raster order: cluster c predicts cluster c+1)."""
-    parts = build_parts(compose_run(tmp_path, *DIGPT, "method.order=raster"), registry())
-    method = parts.method.eval()
+    """The loss equals, by hand, the next-cluster and visible-token cosine distances to the file
+    teacher's layer-normed patch tokens of the whole view (raster order: cluster c predicts
+    cluster c + 1; the visible branch needs a teacher from disk)."""
+    path = write_teacher(tmp_path, width=48)
+    words = [*DIGPT, "method.order=raster", f"method.teacher={path}"]
+    method = build_parts(compose_run(tmp_path, *words), registry()).method.eval()
     view = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
     tokens = method.encoder.tokenizer(view)
     layout = method.layout(tokens)  # 2 x 2 clusters of a 4 x 4 grid
     ranks = torch.arange(4).expand(2, 4)
     with torch.no_grad():
         clusters = method.cluster_pass(tokens, layout, ranks)
-        teacher = method.teacher(view).patches
+        raw = method.teacher(view).patches
         features = clusters.encoded.patches
-        pos = method.target_position
+        position = method.target_position
         next_pred = method.next_head(
-            features + pos(tokens.pos.expand(2, -1, -1)[:, clusters.following[0]])
+            features + position(tokens.pos.expand(2, -1, -1)[:, clusters.following[0]])
         )
-        visible_pred = method.visible_head(features + pos(tokens.pos))
-    distances = []
+        visible_pred = method.visible_head(features + position(tokens.pos))
+    mean, var = raw.mean(dim=-1, keepdim=True), raw.var(dim=-1, unbiased=False, keepdim=True)
+    teacher = (raw - mean) / torch.sqrt(var + 1e-5)
+    next_distance = visible_distance = 0.0
     for sample in range(2):
         for cluster in range(3):  # the last cluster is not scored
             for place in range(4):
@@ -128,15 +134,16 @@ def test_targets_are_the_teachers_features_at_the_next_cluster_and_at_the_token(
                 cos_visible = torch.cosine_similarity(
                     visible_pred[sample, token], teacher[sample, token], dim=0
                 )
-                distances.append((2 - 2 * cos_next, 2 - 2 * cos_visible))
-    expected = sum(d[0] for d in distances) / 24 + sum(d[1] for d in distances) / 24
-    scored = clusters.scored
-    following = clusters.following
-    teacher_next = teacher.gather(1, following.unsqueeze(-1).expand(-1, -1, teacher.shape[-1]))
-    got = cosine_distance(next_pred, teacher_next, scored) + cosine_distance(
-        visible_pred, teacher, scored
-    )
-    assert float(got) == pytest.approx(float(expected), rel=1e-5)
+                next_distance += float(2 - 2 * cos_next) / 24
+                visible_distance += float(2 - 2 * cos_visible) / 24
+
+    def unchanged(data: torch.Tensor, spec: object, generator: object) -> list[torch.Tensor]:
+        return [view]  # forward's view: the same pixels
+
+    ctx = StepContext(0, 1, 1e-3, 0.05, 0.9, unchanged, torch.Generator())  # type: ignore[arg-type]
+    with torch.no_grad():
+        out = method(Batch(view, torch.full((2,), -1)), ctx)
+    assert float(out.loss) == pytest.approx(next_distance + visible_distance, rel=1e-5)
 
 
 @pytest.mark.parametrize("pixel_weight", [0.0, 0.5])
