@@ -76,6 +76,8 @@ TARGETS = {
             "arm_small": 1200,
             "ijepa": 300,
             "ijepa_small": 1200,
+            "digpt": 300,
+            "digpt_small": 1000,
         },
         FEATURES,
     ),

@@ -35,7 +35,9 @@ PRESETS = {  # preset -> (extra words for the small encoder, steps, margin over 
     # 400 steps: 0.556 (AIM) and 0.669 (ARM) against 0.361 for the random encoder
     "aim_small": (["method.head.width=64", "method.head.depth=1"], 400, 0.08),
     "arm_small": (["method.head.width=64", "method.head.depth=1"], 400, 0.15),
-    # 400 steps: 0.489 against 0.361 (configs/method/ijepa_small.yaml, its ablation)
+    # 400 steps: 0.503 (D-iGPT, its EMA teacher) and 0.489 (I-JEPA) against 0.361 (their
+    # presets' YAML, ablations)
+    "digpt_small": (["method.head.width=64", "method.head.depth=1"], 400, 0.07),
     "ijepa_small": (["method.predictor.embed_dim=64", "method.predictor.num_heads=2"], 400, 0.06),
 }
 
