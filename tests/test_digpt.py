@@ -105,7 +105,7 @@ def test_targets_are_the_teachers_features_at_the_next_cluster_and_at_the_token(
     teacher's layer-normed patch tokens of the whole view (raster order: cluster c predicts
     cluster c + 1; the visible branch needs a teacher from disk)."""
     path = write_teacher(tmp_path, width=48)
-    words = [*DIGPT, "method.order=raster", f"method.teacher={path}"]
+    words = [*DIGPT, "method.order=raster", "method.pixel_weight=0", f"method.teacher={path}"]
     method = build_parts(compose_run(tmp_path, *words), registry()).method.eval()
     view = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
     tokens = method.encoder.tokenizer(view)
