@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
@@ -90,6 +91,21 @@ NO_DECAY_SUFFIXES = (
     "gamma",
     "A_log",  # a selective scan's state matrix (Mamba keeps it out of weight decay)
 )
+
+
+def as_teacher(encoder: Encoder) -> Encoder:
+    """``encoder`` made a teacher, in place: no gradients, no stochastic depth."""
+    encoder.requires_grad_(False)
+    encoder.trunk.disable_stochastic_depth()
+    return encoder
+
+
+@torch.no_grad()
+def layer_normed_tokens(teacher: Encoder, view: Tensor) -> Tensor:
+    """The teacher's patch tokens (B, N, D) of the whole view, each layer-normed without
+    affine parameters (I-JEPA's targets)."""
+    patches = teacher(view).patches
+    return F.layer_norm(patches, patches.shape[-1:])
 
 
 @torch.no_grad()

@@ -19,7 +19,7 @@ from fmcore.errors import ConfigError, MissingPath
 from fmcore.factory import build_encoder, build_parts
 from fmcore.method import Batch, Scope, StepContext
 from fmcore.plugin_manager import registry
-from fmcore.plugins.autoregressive.digpt import DiGPT, cosine_distance
+from fmcore.plugins.autoregressive.digpt import DiGPT, cosine_loss
 from fmcore.run_files import encoder_metadata, write_encoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -54,12 +54,14 @@ def write_teacher(tmp_path: Path, width: int) -> Path:
     return path
 
 
-def test_cosine_distance_is_two_minus_twice_the_cosine_over_scored_tokens() -> None:
+def test_cosine_loss_is_two_minus_twice_the_cosine_over_scored_tokens() -> None:
     pred = torch.tensor([[[1.0, 0.0], [1.0, 1.0], [0.0, 3.0]]])
     target = torch.tensor([[[2.0, 0.0], [1.0, 0.0], [0.0, -1.0]]])
     scored = torch.tensor([[True, True, False]])
     expected = ((2 - 2 * 1.0) + (2 - 2 * (1 / math.sqrt(2)))) / 2
-    assert float(cosine_distance(pred, target, scored)) == pytest.approx(expected)
+    loss, mean_cosine = cosine_loss(pred, target, scored)
+    assert float(loss) == pytest.approx(expected)
+    assert mean_cosine == pytest.approx((1.0 + 1 / math.sqrt(2)) / 2)
 
 
 def test_a_teacher_file_is_read_frozen_at_its_own_width_and_stays_on_the_site(

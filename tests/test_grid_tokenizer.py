@@ -13,7 +13,7 @@ from fmcore.errors import ConfigError
 from fmcore.modalities.base import TokenizerSettings
 from fmcore.modalities.grid import (
     GridTokenizer,
-    normalized_mse,
+    masked_mse,
     normalized_patches,
     patchify,
     sincos_table,
@@ -194,14 +194,14 @@ def test_sample_size_not_multiple_of_patch_is_explained():
         GridTokenizer(16, 3, (8, 8), (32, 32, 32))
 
 
-def test_normalized_mse_counts_masked_tokens_only():
+def test_masked_mse_counts_masked_tokens_only():
     target = torch.zeros(2, 3, 4)
     pred = torch.zeros(2, 3, 4)
     pred[0, 0] = 2.0  # masked: squared error 4
     pred[1, 2] = 1.0  # masked: squared error 1
     pred[0, 1] = 100.0  # visible: ignored
     mask = torch.tensor([[True, False, False], [False, False, True]])
-    assert normalized_mse(pred, target, mask).item() == pytest.approx((4 + 1) / 2)
+    assert masked_mse(pred, target, mask).item() == pytest.approx((4 + 1) / 2)
 
 
 def test_sincos_table_on_a_hand_example() -> None:

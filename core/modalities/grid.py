@@ -150,8 +150,9 @@ class GridTokenizer(Tokenizer):
         return normalized_patches(x, self.patch) if normalize else patchify(x, self.patch)
 
 
-def normalized_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
-    """Mean squared error over masked tokens only (MAE's loss)."""
+def masked_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """Mean squared error per element over the masked tokens (B, N) only (MAE's loss on its
+    targets; I-JEPA's on representations)."""
     per_token = (pred.float() - target.float()).pow(2).mean(dim=-1)
     weights = mask.to(per_token.dtype)
     return (per_token * weights).sum() / weights.sum().clamp(min=1)
@@ -203,4 +204,4 @@ class GridModality(Modality):
         )
 
     def reconstruction_loss(self, pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
-        return normalized_mse(pred, target, mask)
+        return masked_mse(pred, target, mask)

@@ -97,10 +97,20 @@ class ARM(TokenRegression):
         """Every token's prediction of its counterpart in the next cluster, with clusters in the
         order ``ranks`` (B, C) gives; scored for tokens outside their sample's last cluster."""
         clusters = self.cluster_pass(tokens, layout, ranks)
+        return self.pixel_prediction(view, tokens, clusters, self.next_position(tokens, clusters))
+
+    def next_position(self, tokens: Tokens, clusters: ClusterPass) -> Tensor:
+        """Where each token's target lies: the projected position of its counterpart in the
+        next cluster (B, N, D), added to the token's features before a head."""
+        return self.target_position(gather_rows(tokens.pos, clusters.following))
+
+    def pixel_prediction(
+        self, view: Tensor, tokens: Tokens, clusters: ClusterPass, next_position: Tensor
+    ) -> Prediction:
+        """The pixel head's prediction of each token's counterpart in the next cluster."""
         target = self.encoder.tokenizer.reconstruction_target(view, tokens, self.normalize_target)
-        position = gather_rows(tokens.pos, clusters.following)
         return Prediction(
-            pred=self.head(clusters.encoded.patches + self.target_position(position)),
+            pred=self.head(clusters.encoded.patches + next_position),
             target=gather_rows(target, clusters.following),
             scored=clusters.scored,
             encoded=clusters.encoded,

@@ -51,8 +51,8 @@ class TokenRegression(Method):
                 f"method.views.global.count must be 1 for method={self.name} (one view per sample)"
             )
         self.normalize_target = bool(config.normalize_target)
-        head = structured(config.head, HeadConfig, "method.head")
-        self.head = PixelHead(encoder.embed_dim, encoder.tokenizer.target_dim, head)
+        self.head_config = structured(config.head, HeadConfig, "method.head")
+        self.head = PixelHead(encoder.embed_dim, encoder.tokenizer.target_dim, self.head_config)
         # No token is replaced; a trainable parameter without a gradient would stall DDP.
         encoder.mask_token.requires_grad_(False)
 

@@ -14,36 +14,38 @@ from __future__ import annotations
 
 import copy
 
-import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor
 
 from fmcore.collapse import FEATURE_STD, feature_spread
-from fmcore.config_sections import structured
 from fmcore.encoder import Encoder
 from fmcore.errors import ConfigError
-from fmcore.method import Batch, Scope, StepContext, StepOutput, ema_update
+from fmcore.method import (
+    Batch,
+    Scope,
+    StepContext,
+    StepOutput,
+    as_teacher,
+    ema_update,
+    layer_normed_tokens,
+)
 from fmcore.modalities.base import Modality, gather_rows
 from fmcore.plugins.autoregressive.arm import ARM, CLUSTERS
 from fmcore.plugins.autoregressive.clusters import cluster_ranks
-from fmcore.plugins.autoregressive.head import HeadConfig, PixelHead
+from fmcore.plugins.autoregressive.head import PixelHead
 
 NEXT_COSINE = "next_cosine"  # mean cosine of the next-cluster predictions to the teacher's
 VISIBLE_COSINE = "visible_cosine"  # mean cosine of the visible-token predictions
 
 
-def cosine_distance(pred: Tensor, target: Tensor, scored: Tensor) -> Tensor:
+def cosine_loss(pred: Tensor, target: Tensor, scored: Tensor) -> tuple[Tensor, float]:
     """2 - 2 cos(pred, target) per token (the MSE of the L2-normalised vectors), averaged over
-    the scored tokens (B, N)."""
+    the scored tokens (B, N); and the mean cosine of those tokens, for the log."""
     cosine = F.cosine_similarity(pred.float(), target.float(), dim=-1)
     weights = scored.to(cosine.dtype)
-    return ((2 - 2 * cosine) * weights).sum() / weights.sum().clamp(min=1)
-
-
-def mean_cosine(pred: Tensor, target: Tensor, scored: Tensor) -> float:
-    cosine = F.cosine_similarity(pred.detach().float(), target.float(), dim=-1)
-    return float(cosine[scored].mean())
+    loss = ((2 - 2 * cosine) * weights).sum() / weights.sum().clamp(min=1)
+    return loss, float(cosine.detach()[scored].mean())
 
 
 class DiGPT(ARM):
@@ -59,9 +61,7 @@ class DiGPT(ARM):
             raise ConfigError(f"method.pixel_weight must be 0 or more, not {self.pixel_weight}")
         if self.pixel_weight == 0:
             self.head = None  # ARM's pixel head: kept only for the pixel loss
-        self.head_config = structured(config.head, HeadConfig, "method.head")
-        self.teacher = copy.deepcopy(encoder).requires_grad_(False)
-        self.teacher.trunk.disable_stochastic_depth()
+        self.teacher = as_teacher(copy.deepcopy(encoder))
         self.teacher_from_file = False
         self.build_feature_heads(encoder.embed_dim)
 
@@ -77,8 +77,7 @@ class DiGPT(ARM):
 
     def attach_teacher(self, teacher: Encoder) -> None:
         """A frozen encoder from disk replaces the EMA teacher; the heads predict its width."""
-        self.teacher = teacher.requires_grad_(False)
-        self.teacher.trunk.disable_stochastic_depth()
+        self.teacher = as_teacher(teacher)
         self.teacher_from_file = True
         self.build_feature_heads(teacher.embed_dim)
 
@@ -88,28 +87,23 @@ class DiGPT(ARM):
         layout = self.layout(tokens)
         ranks = cluster_ranks(tokens.x.shape[0], layout.shape[0], self.order, ctx.generator)
         clusters = self.cluster_pass(tokens, layout, ranks)
-        with torch.no_grad():  # the whole view, bidirectional; layer-normed as I-JEPA's targets
-            teacher = self.teacher(view).patches
-            teacher = F.layer_norm(teacher, teacher.shape[-1:])  # (B, N, Dt)
+        teacher = layer_normed_tokens(self.teacher, view)  # (B, N, Dt), the whole view
         features = clusters.encoded.patches
-        next_position = self.target_position(gather_rows(tokens.pos, clusters.following))
-        next_pred = self.next_head(features + next_position)
+        next_position = self.next_position(tokens, clusters)
         next_target = gather_rows(teacher, clusters.following)
         scored = clusters.scored  # as the reference, the last cluster is neither input nor target
-        loss = cosine_distance(next_pred, next_target, scored)
-        metrics = {NEXT_COSINE: mean_cosine(next_pred, next_target, scored)}
+        loss, next_cosine = cosine_loss(
+            self.next_head(features + next_position), next_target, scored
+        )
+        metrics = {NEXT_COSINE: next_cosine}
         if self.visible_head is not None:
             visible_pred = self.visible_head(features + self.target_position(tokens.pos))
-            loss = loss + cosine_distance(visible_pred, teacher, scored)
-            metrics[VISIBLE_COSINE] = mean_cosine(visible_pred, teacher, scored)
+            visible_loss, metrics[VISIBLE_COSINE] = cosine_loss(visible_pred, teacher, scored)
+            loss = loss + visible_loss
         if self.head is not None:
-            pixels = self.encoder.tokenizer.reconstruction_target(
-                view, tokens, self.normalize_target
-            )
-            pixel_pred = self.head(features + next_position)
-            pixel_target = gather_rows(pixels, clusters.following)
+            pixels = self.pixel_prediction(view, tokens, clusters, next_position)
             loss = loss + self.pixel_weight * self.modality.reconstruction_loss(
-                pixel_pred, pixel_target, scored
+                pixels.pred, pixels.target, scored
             )
         return StepOutput(
             loss=loss,

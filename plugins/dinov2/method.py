@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from fmcore.collapse import FEATURE_STD, PREFIX, feature_spread
 from fmcore.encoder import Encoder, feature_kind, pool
 from fmcore.errors import ConfigError
-from fmcore.method import Batch, Method, Scope, StepContext, StepOutput, ema_update
+from fmcore.method import Batch, Method, Scope, StepContext, StepOutput, as_teacher, ema_update
 from fmcore.modalities.base import Modality, Tokens
 from fmcore.plugins.dinov2.centering import SoftmaxCentering, sinkhorn_knopp
 from fmcore.plugins.dinov2.head import DINOHead
@@ -72,12 +72,14 @@ class DINOv2(Method):
         self.dino_head = _head(config.dino, dim)
         # iBOT shares the DINO head unless ibot.separate_head is set (DINOv2's default: shared)
         self.ibot_head = _head(config.ibot, dim) if config.ibot.separate_head else None
-        teacher = {"encoder": copy.deepcopy(encoder), "dino_head": copy.deepcopy(self.dino_head)}
+        teacher = {
+            "encoder": as_teacher(copy.deepcopy(encoder)),
+            "dino_head": copy.deepcopy(self.dino_head),
+        }
         if self.ibot_head is not None:
             teacher["ibot_head"] = copy.deepcopy(self.ibot_head)
         self.teacher = nn.ModuleDict(teacher)
         self.teacher.requires_grad_(False)
-        self.teacher["encoder"].trunk.disable_stochastic_depth()
         if config.centering == "softmax":
             self.dino_centering = SoftmaxCentering(config.dino.prototypes, config.center_momentum)
             ibot_prototypes = (config.ibot if config.ibot.separate_head else config.dino).prototypes

@@ -13,7 +13,6 @@ import copy
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor
 
@@ -21,20 +20,22 @@ from fmcore.collapse import FEATURE_STD, LOSS_VS_MEAN, feature_spread, loss_vs_m
 from fmcore.config_sections import structured
 from fmcore.encoder import Encoder
 from fmcore.errors import ConfigError
-from fmcore.method import Batch, Method, StepContext, StepOutput, ema_update
+from fmcore.method import (
+    Batch,
+    Method,
+    StepContext,
+    StepOutput,
+    as_teacher,
+    ema_update,
+    layer_normed_tokens,
+)
 from fmcore.modalities.base import Modality, Tokens, gather_rows
+from fmcore.modalities.grid import masked_mse
 from fmcore.plugins.ijepa.masks import BlockMasks, MaskConfig, sample_block_masks
 from fmcore.plugins.ijepa.predictor import Predictor, PredictorConfig
 
 CONTEXT_FRACTION = "context_fraction"  # share of a view's tokens the student sees
 TARGET_FRACTION = "target_fraction"  # share of a view's tokens in the target blocks
-
-
-def representation_mse(pred: Tensor, target: Tensor, scored: Tensor) -> Tensor:
-    """Mean squared error per element over the scored tokens (B, T)."""
-    per_token = (pred.float() - target.float()).pow(2).mean(dim=-1)
-    weights = scored.to(per_token.dtype)
-    return (per_token * weights).sum() / weights.sum().clamp(min=1)
 
 
 class IJEPA(Method):
@@ -49,8 +50,7 @@ class IJEPA(Method):
         self.masks = structured(config.masks, MaskConfig, "method.masks")
         predictor = structured(config.predictor, PredictorConfig, "method.predictor")
         self.predictor = Predictor(encoder.embed_dim, predictor)
-        self.teacher = copy.deepcopy(encoder).requires_grad_(False)
-        self.teacher.trunk.disable_stochastic_depth()
+        self.teacher = as_teacher(copy.deepcopy(encoder))
         # Context tokens are dropped, never replaced: the student's mask token gets no gradient.
         encoder.mask_token.requires_grad_(False)
 
@@ -64,7 +64,7 @@ class IJEPA(Method):
         targets = self.target_representations(view, masks)
         pred = self.predict(tokens, masks)
         scored = torch.ones(pred.shape[:2], dtype=torch.bool, device=pred.device)
-        loss = representation_mse(pred, targets, scored)
+        loss = masked_mse(pred, targets, scored)
         num_tokens = tokens.x.shape[1]
         return StepOutput(
             loss=loss,
@@ -72,7 +72,7 @@ class IJEPA(Method):
                 CONTEXT_FRACTION: masks.context.shape[1] / num_tokens,
                 TARGET_FRACTION: sum(t.shape[1] for t in masks.targets) / num_tokens,
                 FEATURE_STD: feature_spread(targets.mean(dim=1)),
-                LOSS_VS_MEAN: loss_vs_mean_predictor(representation_mse, loss, targets, scored),
+                LOSS_VS_MEAN: loss_vs_mean_predictor(masked_mse, loss, targets, scored),
             },
         )
 
@@ -80,8 +80,7 @@ class IJEPA(Method):
     def target_representations(self, view: Tensor, masks: BlockMasks) -> Tensor:
         """The teacher's layer-normed patch tokens of the whole view at every target block,
         blocks stacked along the batch: (num_targets * B, T, D)."""
-        patches = self.teacher(view).patches
-        patches = F.layer_norm(patches, patches.shape[-1:])
+        patches = layer_normed_tokens(self.teacher, view)
         return torch.cat([gather_rows(patches, index) for index in masks.targets])
 
     def predict(self, tokens: Tokens, masks: BlockMasks) -> Tensor:
