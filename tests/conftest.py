@@ -5,16 +5,20 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from fmcore.backbones.vit import VisionTransformer, ViTConfig
+from fmcore.config import core_config_dir, for_modality
 from fmcore.encoder import Encoder
+from fmcore.method import Method
 from fmcore.modalities.base import Modality, TokenizerSettings
+from fmcore.modalities.image2d import Image2D
 
 # A small, fast configuration of the real digits + SimCLR path (CPU, a few seconds).
 SMALL_RUN = [
@@ -68,6 +72,35 @@ def tiny_encoder(
     settings = TokenizerSettings(32, tuple(sample_size), channels, options)
     trunk = VisionTransformer(ViTConfig(embed_dim=32, depth=2, num_heads=2))
     return Encoder(modality.build_tokenizer(settings), trunk)
+
+
+def shipped_method_config(preset: str, modality: str, settings: Mapping[str, object]) -> DictConfig:
+    """configs/method/<preset>.yaml's method section as composed for ``modality`` (its
+    ``by_modality`` recipe applied), with ``settings`` (dotted keys) replacing what it says."""
+    raw = OmegaConf.load(core_config_dir() / "method" / f"{preset}.yaml").method
+    config = for_modality(raw, modality, "method")
+    for key, value in settings.items():
+        OmegaConf.update(config, key, value, merge=False)
+    return config
+
+
+def tiny_method(
+    method_class: type[Method],
+    preset: str,
+    settings: Mapping[str, object],
+    modality: Modality | None = None,
+    sample_size: Sequence[int] = (16, 16),
+    channels: int = 3,
+    options: dict | None = None,
+    **overrides: object,
+) -> Method:
+    """A shipped method preset with small ``settings`` and then ``overrides``, on a
+    :func:`tiny_encoder` of ``modality`` (16 x 16 RGB images in 4 x 4 patches by default), in
+    eval mode."""
+    modality = modality or Image2D()
+    config = shipped_method_config(preset, modality.name, {**settings, **overrides})
+    encoder = tiny_encoder(modality, sample_size, channels, options or {"patch_size": 4})
+    return method_class(config, encoder, modality).eval()
 
 
 def normalised_patches_by_hand(image: Tensor, patch: int) -> Tensor:

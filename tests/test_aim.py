@@ -4,14 +4,12 @@ the config errors."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from functools import partial
 
 import pytest
 import torch
-from conftest import normalised_patches_by_hand, tiny_encoder
-from omegaconf import DictConfig, OmegaConf
+from conftest import normalised_patches_by_hand, tiny_method
 
-from fmcore.config import core_config_dir
 from fmcore.errors import ConfigError
 from fmcore.method import Batch, Scope, StepContext
 from fmcore.modalities.base import Modality
@@ -22,31 +20,10 @@ from fmcore.modalities.volume3d import Volume3D
 from fmcore.plugins.autoregressive.aim import AIM, next_token_scored, random_prefix
 from fmcore.view_maker import ViewMaker
 
-WIDTH = 32
 SMALL_HEAD = {"width": 24, "depth": 1, "mlp_ratio": 2.0}
+build_aim = partial(tiny_method, AIM, "aim", {"head": SMALL_HEAD})
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def aim_config(**overrides: object) -> DictConfig:
-    """The shipped method config (configs/method/aim.yaml) with a small head."""
-    config = OmegaConf.load(core_config_dir() / "method" / "aim.yaml").method
-    config.head = dict(SMALL_HEAD)
-    for key, value in overrides.items():
-        OmegaConf.update(config, key, value)
-    return config
-
-
-def build_aim(
-    modality: Modality | None = None,
-    sample_size: Sequence[int] = (16, 16),
-    channels: int = 3,
-    options: dict | None = None,
-    **overrides: object,
-) -> AIM:
-    modality = modality or Image2D()
-    encoder = tiny_encoder(modality, sample_size, channels, options or {"patch_size": 4})
-    return AIM(aim_config(**overrides), encoder, modality).eval()
 
 
 def gen(seed: int = 0) -> torch.Generator:

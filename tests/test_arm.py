@@ -4,14 +4,12 @@ loss, gradients on every grid modality, and the config errors."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from functools import partial
 
 import pytest
 import torch
-from conftest import normalised_patches_by_hand, tiny_encoder
-from omegaconf import DictConfig, OmegaConf
+from conftest import normalised_patches_by_hand, shipped_method_config, tiny_method
 
-from fmcore.config import core_config_dir, for_modality
 from fmcore.errors import ConfigError
 from fmcore.method import Batch, StepContext
 from fmcore.modalities.base import Modality
@@ -39,26 +37,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 LAYOUT_4X4 = [[0, 1, 4, 5], [2, 3, 6, 7], [8, 9, 12, 13], [10, 11, 14, 15]]
 
 
-def arm_config(modality: str, **overrides: object) -> DictConfig:
-    raw = OmegaConf.load(core_config_dir() / "method" / "arm.yaml").method
-    config = for_modality(raw, modality, "method")
-    config.head = {"width": 24, "depth": 1, "mlp_ratio": 2.0}
-    config.cluster = [2, 2]
-    for key, value in overrides.items():
-        OmegaConf.update(config, key, value)
-    return config
-
-
-def build_arm(
-    modality: Modality | None = None,
-    sample_size: Sequence[int] = (16, 16),
-    channels: int = 3,
-    options: dict | None = None,
-    **overrides: object,
-) -> ARM:
-    modality = modality or Image2D()
-    encoder = tiny_encoder(modality, sample_size, channels, options or {"patch_size": 4})
-    return ARM(arm_config(modality.name, **overrides), encoder, modality).eval()
+SMALL = {"head": {"width": 24, "depth": 1, "mlp_ratio": 2.0}, "cluster": [2, 2]}
+build_arm = partial(tiny_method, ARM, "arm", SMALL)
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -194,8 +174,8 @@ def test_every_grid_modality_trains_every_parameter(
 
 
 def test_video_defaults_to_arvideos_random_order() -> None:
-    assert arm_config("video").order == "random"
-    assert arm_config("image2d").order == "raster"
+    assert shipped_method_config("arm", "video", {}).order == "random"
+    assert shipped_method_config("arm", "image2d", {}).order == "raster"
 
 
 def test_config_errors_name_the_key() -> None:

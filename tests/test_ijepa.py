@@ -5,15 +5,13 @@ and the config errors."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from functools import partial
 
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_encoder
-from omegaconf import DictConfig, OmegaConf
+from conftest import tiny_method
 
-from fmcore.config import core_config_dir
 from fmcore.errors import ConfigError
 from fmcore.method import Batch, StepContext
 from fmcore.modalities.base import Modality, Tokens
@@ -28,25 +26,11 @@ from fmcore.view_maker import ViewMaker
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def ijepa_config(**overrides: object) -> DictConfig:
-    config = OmegaConf.load(core_config_dir() / "method" / "ijepa.yaml").method
-    config.predictor = {"embed_dim": 24, "depth": 1, "num_heads": 2, "mlp_ratio": 2.0}
-    config.masks.min_context = 2
-    for key, value in overrides.items():
-        OmegaConf.update(config, key, value)
-    return config
-
-
-def build_ijepa(
-    modality: Modality | None = None,
-    sample_size: Sequence[int] = (16, 16),
-    channels: int = 3,
-    options: dict | None = None,
-    **overrides: object,
-) -> IJEPA:
-    modality = modality or Image2D()
-    encoder = tiny_encoder(modality, sample_size, channels, options or {"patch_size": 4})
-    return IJEPA(ijepa_config(**overrides), encoder, modality).eval()
+SMALL = {
+    "predictor": {"embed_dim": 24, "depth": 1, "num_heads": 2, "mlp_ratio": 2.0},
+    "masks.min_context": 2,
+}
+build_ijepa = partial(tiny_method, IJEPA, "ijepa", SMALL)
 
 
 def grid_tokens(grid: tuple[int, ...], batch: int = 8) -> Tokens:
