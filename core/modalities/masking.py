@@ -12,6 +12,13 @@ from torch import Tensor
 from fmcore.errors import ConfigError
 
 
+def host_rng(generator: torch.Generator) -> np.random.Generator:
+    """A numpy generator seeded from the step's torch ``generator``, for masks drawn on the
+    host (block masks), so they follow the run's seed."""
+    seed = int(torch.randint(2**31 - 1, (1,), generator=generator, device=generator.device))
+    return np.random.default_rng(seed)
+
+
 def masked_count(num_tokens: int, ratio: float) -> int:
     """Number of masked tokens for a ratio, keeping at least one token visible."""
     if not 0.0 <= ratio < 1.0:

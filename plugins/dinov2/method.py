@@ -24,6 +24,7 @@ from fmcore.encoder import Encoder, feature_kind, pool
 from fmcore.errors import ConfigError
 from fmcore.method import Batch, Method, Scope, StepContext, StepOutput, as_teacher, ema_update
 from fmcore.modalities.base import Modality, Tokens
+from fmcore.modalities.masking import host_rng
 from fmcore.plugins.dinov2.centering import SoftmaxCentering, sinkhorn_knopp
 from fmcore.plugins.dinov2.head import DINOHead
 from fmcore.plugins.dinov2.losses import dino_cross_entropy, ibot_patch_loss, koleo_loss
@@ -109,8 +110,7 @@ class DINOv2(Method):
         """iBOT masks for ``count`` global crops: a ``mask_sample_probability`` share of them get
         masks whose ratios are spread over ``mask_ratio``, the others none; order shuffled."""
         ibot = self.config.ibot
-        seed = int(torch.randint(2**31 - 1, (1,), generator=generator, device=generator.device))
-        rng = np.random.default_rng(seed)
+        rng = host_rng(generator)
         num_tokens = tokens.num_tokens
         # At least one crop is masked whenever iBOT is on, so every rank always runs its loss.
         masked_samples = (

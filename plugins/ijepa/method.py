@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch import Tensor
@@ -31,6 +30,7 @@ from fmcore.method import (
 )
 from fmcore.modalities.base import Modality, Tokens, gather_rows
 from fmcore.modalities.grid import masked_mse
+from fmcore.modalities.masking import host_rng
 from fmcore.plugins.ijepa.masks import BlockMasks, MaskConfig, sample_block_masks
 from fmcore.plugins.ijepa.predictor import Predictor, PredictorConfig
 
@@ -57,10 +57,7 @@ class IJEPA(Method):
     def forward(self, batch: Batch, ctx: StepContext) -> StepOutput:
         (view,) = ctx.views(batch.data, self.view_specs["global"], ctx.generator)
         tokens = self.encoder.tokenizer(view)
-        seed = int(
-            torch.randint(0, 2**31 - 1, (1,), generator=ctx.generator, device=ctx.generator.device)
-        )
-        masks = sample_block_masks(self.modality, tokens, self.masks, np.random.default_rng(seed))
+        masks = sample_block_masks(self.modality, tokens, self.masks, host_rng(ctx.generator))
         targets = self.target_representations(view, masks)
         pred = self.predict(tokens, masks)
         scored = torch.ones(pred.shape[:2], dtype=torch.bool, device=pred.device)
