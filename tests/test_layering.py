@@ -19,7 +19,7 @@ FLOORS: list[tuple[str, ...]] = [
     # 0 foundation: errors, files, process groups, collapse statistics
     ("errors", "io", "run_files", "distributed", "collapse", "distribution"),
     # 1 configuration and labels
-    ("config", "config_sections", "labels"),
+    ("config", "config_sections", "labels", "splits"),
     # 2 tensor layouts: tokenizers, views, masks
     ("modalities", "view_maker"),
     # 3 trunks

@@ -461,7 +461,7 @@ def test_every_domain_refuses_an_unknown_split_with_one_message(tmp_path: Path) 
     from fmcore.plugin_manager import registry
 
     plugins = registry()
-    for name in ("digits", "pathology", "radiology"):
+    for name in ("digits", "pathology", "radiology", "video"):
         words = [f"domain={name}", f"run.cache_dir={tmp_path}"]
         domain = build_domain(compose(words, config_sources(plugins)), plugins)
         with pytest.raises(ConfigError, match=rf"unknown split 'dev' for domain={name}; valid: "):

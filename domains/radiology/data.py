@@ -25,9 +25,11 @@ from fmcore.domains.radiology.modes import read_mode, sample_size
 from fmcore.domains.radiology.preprocess import Preprocessing, preprocess
 from fmcore.domains.radiology.radiograph import XrayPreprocessing, preprocess_radiograph
 from fmcore.domains.radiology.refs import RadiographRef, VolumeRef
-from fmcore.domains.radiology.splits import SPLITS, check_split, select
 from fmcore.errors import ConfigError
 from fmcore.labels import LabelTable
+from fmcore.splits import SPLITS, check_split, select
+
+INPUT_KINDS = "NIfTI files, DICOM series folders or radiographs"  # what data.labels names
 
 
 class Radiology(Domain):
@@ -77,7 +79,7 @@ class Radiology(Domain):
         """The samples of ``split``: every input for ``train`` and ``all``; with ``data.labels``,
         the inputs it labels for ``split`` (see :mod:`.splits`)."""
         table = self.label_table()
-        check_split(split, table)
+        check_split(split, table, self.name)
         self.sample_size  # noqa: B018 -- a wrong data.size fails here, not in a worker
         if self.mode.name == "xray":
             return self._radiographs(split, table)
@@ -96,7 +98,9 @@ class Radiology(Domain):
         crops_of = {v.volume_id: [tuple(rng.random(3)) for _ in range(crops)] for v in volumes}
         return [
             VolumeRef(volume.kind, volume.paths, volume.volume_id, label, crop)
-            for volume, label in select(volumes, split, table, lambda volume: volume.item)
+            for volume, label in select(
+                volumes, split, table, lambda volume: volume.item, INPUT_KINDS
+            )
             for crop in crops_of[volume.volume_id]
         ]
 
@@ -108,7 +112,9 @@ class Radiology(Domain):
             self.report_bad_input(path, reason)
         return [
             ref._replace(label=label)
-            for ref, label in select(radiographs, split, table, lambda ref: Path(ref.path))
+            for ref, label in select(
+                radiographs, split, table, lambda ref: Path(ref.path), INPUT_KINDS
+            )
         ]
 
     def volume(self, ref: VolumeRef) -> np.ndarray:

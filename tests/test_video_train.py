@@ -1,0 +1,78 @@
+"""`fmcore train domain=video` end to end on the embedded samples, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import fmcore
+
+pytest.importorskip("av", reason="needs the video extra: pip install -e '.[video]'")
+pytest.importorskip("decord")
+
+from fmcore.config import compose, config_sources
+from fmcore.domains.video.data import Video
+from fmcore.plugin_manager import registry
+
+# 4-frame clips of 32 x 32 pixels, tubelets of 2 x 8 x 8: 2 x 4 x 4 = 32 tokens.
+SMALL_CLIPS = [
+    "domain=video",
+    "data.frames=4",
+    "data.frame_size=32",
+    "encoder.tokenizer.patch_size=8",
+    "encoder.depth=2",
+    "encoder.embed_dim=64",
+    "encoder.vit.num_heads=2",
+    "trainer.batch_size=4",
+    "trainer.num_workers=1",
+    "trainer.device=cpu",
+    "trainer.max_steps=2",
+]
+
+
+@pytest.mark.slow
+def test_mae_trains_on_the_embedded_videos_of_every_container(tmp_path: Path) -> None:
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    result = fmcore(
+        "train",
+        *SMALL_CLIPS,
+        "method=mae",
+        f"run.dir={run}",
+        f"run.cache_dir={cache}",
+        cwd=tmp_path,
+    )
+    assert "skipped bad input" not in result.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["skipped_inputs"] == [] and summary["skipped_samples"] == 0
+    assert (run / "encoder.safetensors").exists()
+    sample = sorted(p.name for p in (cache / "sample-data" / "video").iterdir())
+    assert sample == [
+        "cine.dcm",
+        "clip_h264.mov",
+        "clip_h264.mp4",
+        "clip_h265.mkv",
+        "clip_mjpeg.avi",
+        "clip_vp8.webm",
+        "clip_vp9.webm",
+    ]
+
+
+def test_the_labelled_sample_splits_by_video_with_both_classes_everywhere(tmp_path: Path) -> None:
+    config = compose(
+        ["domain=video", "data.sample=labelled", f"run.cache_dir={tmp_path}"],
+        config_sources(registry()),
+    )
+    domain = Video(config.data, tmp_path)
+    clips = int(config.data.clips_per_video)
+    for split, videos in (("train", 64), ("val", 32), ("test", 32)):
+        refs = domain.index(split)
+        assert len(refs) == videos * clips
+        assert Counter(ref.label for ref in refs) == {
+            0: videos * clips // 2,
+            1: videos * clips // 2,
+        }
+    train = {ref.video_id for ref in domain.index("train")}
+    assert train.isdisjoint(ref.video_id for ref in domain.index("val"))
+    assert domain.bad_inputs == []
