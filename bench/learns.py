@@ -12,7 +12,8 @@ For each ``method=`` option (the shipped presets and any plugin's), one ``fmcore
 probe on the domain's validation split. On digits (fmcore's own train/val split of
 scikit-learn's digits) every feature kind is scored: the class token, the mean patch token and
 both. On the labelled embedded samples (``data.sample=labelled``: pathology's tumour/normal
-slides as 64-px tiles, radiology's effusion/clear CT crops) the kind each preset is evaluated
+slides as 64-px tiles, radiology's effusion/clear CT crops, video's clips of shapes moving
+horizontally or vertically) the kind each preset is evaluated
 on by default (``method.features``), and on pathology also ABMIL on the per-slide features
 ``fmcore embed`` writes (test patients). In the same run: the random encoder each preset starts
 from (``checkpoint=random method=<preset>``: same architecture, same init) and the raw pixels
@@ -86,6 +87,20 @@ TARGETS = {
         ("domain=pathology", "data.sample=labelled", "data.tile_size=64"),
         {"simclr_small": 900, "dinov2_small": 750, "mae_small": 1800},
         mil_labels=f"sample-data/pathology-labelled/{SAMPLE_LABELS}",
+    ),
+    # 8-frame clips (every 2nd frame) of 32 x 32 px with tubelets of 2 x 8 x 8: 64 tokens; 4
+    # clips of each video. The class is the direction of motion.
+    "video": Target(
+        (
+            "domain=video",
+            "data.sample=labelled",
+            "data.frames=8",
+            "data.frame_size=32",
+            "data.sampling_rate=2",
+            "data.clips_per_video=4",
+            "encoder.tokenizer.patch_size=8",
+        ),
+        {"mae_small": 400},
     ),
     # 32^3-voxel CT crops with 8^3 patches: 64 tokens; 8 crops of each volume.
     "radiology": Target(
