@@ -87,6 +87,7 @@ class FeatureEvalSection(EvalSection):
     batch_size: int = MISSING
     features: str | None = MISSING
     l2_normalize: bool = MISSING
+    group_by: str | None = MISSING
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -255,3 +255,17 @@ def test_no_fallback_warning_for_files_decord_reads(tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error", ReaderFallback)
         video_domain(tmp_path / "videos", tmp_path / "cache").index("train")
+
+
+@pytest.mark.parametrize("frame_size", [16, 24, 48])
+def test_sizes_decord_cannot_resize_to_are_resized_after_decoding(
+    tmp_path: Path, frame_size: int
+) -> None:
+    """decord 0.6 fails on some resize targets (dmlc/decord#93, #336): 16, 24 and 48 px from a
+    64 px file among them."""
+    (tmp_path / "videos").mkdir()
+    write_video(tmp_path / "videos" / "a.mp4", numbered_frames(height=64), FPS)
+    domain = video_domain(tmp_path / "videos", tmp_path / "cache", frame_size=frame_size)
+    indices, clip = clip_of(domain, "a.mp4")
+    assert clip.shape == (3, 4, frame_size, frame_size)
+    assert frame_numbers(clip) == indices

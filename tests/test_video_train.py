@@ -76,3 +76,70 @@ def test_the_labelled_sample_splits_by_video_with_both_classes_everywhere(tmp_pa
     train = {ref.video_id for ref in domain.index("train")}
     assert train.isdisjoint(ref.video_id for ref in domain.index("val"))
     assert domain.bad_inputs == []
+
+
+LABELLED_CLIPS = [
+    "domain=video",
+    "data.sample=labelled",
+    "data.frames=4",
+    "data.frame_size=16",
+    "encoder.tokenizer.patch_size=8",
+]
+
+
+def test_per_video_features_are_the_mean_of_the_videos_clips(tmp_path: Path) -> None:
+    """``eval.group_by=video``: one feature per video, the mean of its clips' features,
+    checked against a sum kept per video by hand (raw pixels as the features)."""
+    import torch
+
+    from fmcore.errors import ConfigError
+    from fmcore.eval.features import RawPixels, extract_features
+
+    config = compose([*LABELLED_CLIPS, f"run.cache_dir={tmp_path}"], config_sources(registry()))
+    domain = Video(config.data, tmp_path)
+    grouped = extract_features(RawPixels(), domain, "val", kind="pixels", group_by="video")
+    sums: dict[str, torch.Tensor] = {}
+    counts: Counter[str] = Counter()
+    labels: dict[str, int] = {}
+    for ref in domain.index("val"):
+        sample = domain.load(ref)
+        pixels = domain.normalize(sample.data[None]).flatten()
+        sums[ref.video_id] = sums.get(ref.video_id, 0) + pixels
+        counts[ref.video_id] += 1
+        labels[ref.video_id] = sample.label
+    assert len(sums) == 32 and set(counts.values()) == {int(config.data.clips_per_video)}
+    by_hand = torch.stack([sums[video] / counts[video] for video in sums])
+    torch.testing.assert_close(grouped.features, by_hand, rtol=1e-5, atol=1e-6)
+    assert grouped.labels.tolist() == [labels[video] for video in sums]
+    with pytest.raises(ConfigError, match=r"eval.group_by=slide: .* carry start, video"):
+        extract_features(RawPixels(), domain, "val", kind="pixels", group_by="slide")
+
+
+def test_embed_writes_each_clips_video_and_start_frame(tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    out = tmp_path / "features"
+    fmcore(
+        "embed",
+        "checkpoint=random",
+        *LABELLED_CLIPS,
+        "encoder.depth=2",
+        "encoder.embed_dim=32",
+        "encoder.vit.num_heads=2",
+        "trainer.device=cpu",
+        "trainer.num_workers=0",
+        "embed.split=val",
+        f"embed.out={out}",
+        f"run.cache_dir={tmp_path / 'cache'}",
+        cwd=tmp_path,
+    )
+    config = compose(
+        [*LABELLED_CLIPS, f"run.cache_dir={tmp_path / 'cache'}"], config_sources(registry())
+    )
+    refs = Video(config.data, tmp_path / "cache").index("val")
+    written = []
+    for shard in sorted(out.glob("shard-*.safetensors")):
+        with safe_open(str(shard), "pt") as handle:
+            written += json.loads(handle.metadata()["sample_meta"])
+            assert handle.get_tensor("features").shape[1] == 32
+    assert written == [{"video": ref.video_id, "start": ref.indices[0]} for ref in refs]

@@ -232,6 +232,9 @@ def _write_file(
     else:
         positions = [m[POSITION] for m in filling.meta]
         metadata["sample_ids"] = json.dumps([str(refs[p]) for p in positions])
+        metadata["sample_meta"] = json.dumps(
+            [{k: v for k, v in m.items() if k != POSITION} for m in filling.meta]
+        )
         tensors = {"features": features, "positions": torch.tensor(positions, dtype=torch.long)}
         labels = torch.cat(filling.labels)
         if (labels >= 0).any():

@@ -48,9 +48,12 @@ def extract_features(
     l2_normalize: bool = False,
     num_workers: int = 0,
     kind: str = "cls",
+    group_by: str | None = None,
 ) -> Features:
     """Features of every sample of ``split``, in index order, pooled as ``kind``
-    (``Encoder.features``: cls, mean or cls+mean).
+    (``Encoder.features``: cls, mean or cls+mean); with ``group_by`` (a metadata key the
+    domain's samples carry, e.g. ``video``), one feature per group instead: the mean of its
+    samples' (a video's clips), in the order groups first appear.
 
     The encoder runs in eval mode without gradients and on unaugmented samples passed through
     the domain's ``normalize`` (the same input mapping it was trained with). Unlabelled samples
@@ -70,6 +73,7 @@ def extract_features(
     encoder.eval().to(device)
     chunks: list[Tensor] = []
     labels: list[Tensor] = []
+    groups: list[object] = []
     try:
         for batch, unreadable in loader:
             if unreadable:  # features must cover the whole split, or the metric is of another one
@@ -77,10 +81,14 @@ def extract_features(
             images = domain.normalize(batch.data.to(device, non_blocking=True).float())
             chunks.append(encoder.features(images, kind).float().cpu())
             labels.append(batch.labels)
+            if group_by is not None:
+                groups.extend(group_of(meta, group_by, domain.name) for meta in batch.meta)
     finally:
         encoder.train(was_training)
     features = torch.cat(chunks)
     targets = torch.cat(labels)
+    if group_by is not None:
+        features, targets = mean_per_group(features, targets, groups, group_by)
     if (targets < 0).any():
         raise ConfigError(
             f"split '{split}' of domain '{domain.name}' has unlabelled samples (label -1):"
@@ -91,18 +99,45 @@ def extract_features(
     return Features(features, targets)
 
 
+def group_of(meta: dict, key: str, domain: str) -> object:
+    if key not in meta:
+        raise ConfigError(
+            f"eval.group_by={key}: samples of domain '{domain}' carry no '{key}'; they carry"
+            f" {', '.join(sorted(meta)) or 'no metadata'}"
+        )
+    return meta[key]
+
+
+def mean_per_group(
+    features: Tensor, labels: Tensor, groups: list[object], key: str
+) -> tuple[Tensor, Tensor]:
+    """One row per group (the mean of its rows) and its label, groups in first-seen order; a
+    group whose samples disagree on the label is refused."""
+    order = list(dict.fromkeys(groups))
+    number = {group: index for index, group in enumerate(order)}
+    members = torch.tensor([number[group] for group in groups])
+    sums = torch.zeros(len(order), features.shape[1]).index_add_(0, members, features)
+    counts = torch.bincount(members, minlength=len(order)).unsqueeze(1)
+    group_labels = torch.full((len(order),), -2, dtype=labels.dtype).scatter_(0, members, labels)
+    if not torch.equal(group_labels[members], labels):
+        bad = order[int(members[group_labels[members] != labels][0])]
+        raise ConfigError(f"eval.group_by={key}: the samples of {key} {bad} carry different labels")
+    return sums / counts, group_labels
+
+
 @dataclass(frozen=True)
 class SplitFeatures:
-    """How an evaluation gets its features: the two labelled splits, the pooling, the batch and
-    whether to L2-normalise (the ``eval`` section's ``train_split``, ``test_split``,
-    ``batch_size``, ``l2_normalize``; ``kind`` is resolved by the caller: eval.features or the
-    method's own)."""
+    """How an evaluation gets its features: the two labelled splits, the pooling, the batch,
+    whether to L2-normalise and what to average over (the ``eval`` section's ``train_split``,
+    ``test_split``, ``batch_size``, ``l2_normalize``, ``group_by``; ``kind`` is resolved by the
+    caller: eval.features or the method's own)."""
 
     train_split: str
     test_split: str
     batch_size: int
     l2_normalize: bool
     kind: str
+    group_by: str | None = None
 
     @classmethod
     def from_section(cls, settings: FeatureEvalSection, kind: str) -> SplitFeatures:
@@ -112,6 +147,7 @@ class SplitFeatures:
             settings.batch_size,
             settings.l2_normalize,
             kind,
+            settings.group_by,
         )
 
     def extract(
@@ -128,6 +164,7 @@ class SplitFeatures:
             "l2_normalize": self.l2_normalize,
             "num_workers": num_workers,
             "kind": self.kind,
+            "group_by": self.group_by,
         }
         train = extract_features(encoder, domain, self.train_split, **options)
         test = extract_features(encoder, domain, self.test_split, **options)

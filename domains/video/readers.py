@@ -54,6 +54,7 @@ class ClipReader:
         self.size = tuple(int(s) for s in size)  # (H, W)
         self.threads = threads
         self._decord: OrderedDict[tuple[str, int, int], Any] = OrderedDict()
+        self._unresizable: set[tuple[str, int, int]] = set()
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_decord": OrderedDict()}  # handles stay in their process
@@ -74,7 +75,19 @@ class ClipReader:
     def _read_decord(
         self, path: str, info: VideoInfo, indices: Sequence[int], height: int, width: int
     ) -> np.ndarray:
-        return self._decord_reader(path, height, width).get_batch(list(indices)).asnumpy()
+        if (path, height, width) not in self._unresizable:
+            try:
+                frames = self._decord_reader(path, height, width).get_batch(list(indices))
+                if frames.shape[-1] == 3:
+                    return frames.asnumpy()
+            except Exception as error:
+                if "must exactly match" not in str(error):
+                    raise
+            # decord 0.6 mis-sizes some resize targets (4-channel frames, or a copy that fails:
+            # dmlc/decord#93, #336): decode this file at its own size and resize here instead.
+            self._unresizable.add((path, height, width))
+        frames = self._decord_reader(path, -1, -1).get_batch(list(indices)).asnumpy()
+        return resize(frames, (height, width))
 
     def _decord_reader(self, path: str, height: int, width: int) -> Any:
         key = (path, height, width)
