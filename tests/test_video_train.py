@@ -14,6 +14,7 @@ pytest.importorskip("decord")
 
 from fmcore.config import compose, config_sources
 from fmcore.domains.video.data import Video
+from fmcore.engine.trainer import train
 from fmcore.plugin_manager import registry
 
 # 4-frame clips of 32 x 32 pixels, tubelets of 2 x 8 x 8: 2 x 4 x 4 = 32 tokens.
@@ -57,6 +58,32 @@ def test_mae_trains_on_the_embedded_videos_of_every_container(tmp_path: Path) ->
         "clip_vp8.webm",
         "clip_vp9.webm",
     ]
+
+
+@pytest.fixture(scope="module")
+def video_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache (embedded sample, probe index) for the in-process runs of this module."""
+    return tmp_path_factory.mktemp("video-cache")
+
+
+@pytest.mark.parametrize(
+    "preset",
+    ["aim_small", "arm_small", "digpt_small", "ijepa_small", "dinov2_small", "simclr_small"],
+)
+def test_every_method_trains_a_step_on_real_clips(
+    tmp_path: Path, video_cache: Path, preset: str, one_thread: None
+) -> None:
+    """In process: each method's small preset, composed for video (its by_modality recipe),
+    takes optimizer steps on clips decoded from the embedded files."""
+    words = [*SMALL_CLIPS, "trainer.num_workers=0", f"method={preset}"]
+    run = tmp_path / "run"
+    config = compose(
+        [*words, f"run.dir={run}", f"run.cache_dir={video_cache}"], config_sources(registry())
+    )
+    train(config, registry())
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["skipped_samples"] == 0
+    assert (run / "encoder.safetensors").exists()
 
 
 def test_the_labelled_sample_splits_by_video_with_both_classes_everywhere(tmp_path: Path) -> None:
