@@ -26,10 +26,11 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
+from loader_timing import time_loader
 
 from fmcore.config import compose, config_sources
 from fmcore.domains.pathology.sample_slide import synthetic_section, write_pyramidal_tiff
-from fmcore.engine.data import DomainDataset, ResumableBatchSampler, make_loader
+from fmcore.engine.data import DomainDataset, ResumableBatchSampler
 from fmcore.factory import build_domain
 from fmcore.plugin_manager import registry
 
@@ -83,25 +84,6 @@ def plain_loop(refs, indices: list[int]) -> float:
     return len(indices) / elapsed
 
 
-def real_loader(domain, refs, workers: int, batch: int, batches: int, warmup: int, seed: int):
-    sampler = ResumableBatchSampler(len(refs), batch, seed)
-    loader = make_loader(DomainDataset(domain, refs), sampler, workers, pin_memory=False)
-    started = time.perf_counter()
-    iterator = iter(loader)
-    for _ in range(warmup):  # worker start-up and the first prefetch are not throughput
-        next(iterator)
-    first = time.perf_counter() - started
-    tiles, skipped = 0, 0
-    started = time.perf_counter()
-    for _ in range(batches):
-        data, messages = next(iterator)
-        tiles += len(data)
-        skipped += len(messages)
-    elapsed = time.perf_counter() - started
-    del iterator, loader
-    return tiles / elapsed, first, skipped
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--slide", type=Path, default=None, help="a slide; default: synthetic")
@@ -138,8 +120,8 @@ def main() -> None:
     print(json.dumps({**common, "loader": "plain read_region loop", "workers": 0,
                       "tiles_per_s": round(plain_loop(refs, indices), 1)}))  # fmt: skip
     for workers in args.workers:
-        rate, first, skipped = real_loader(
-            domain, refs, workers, args.batch, args.batches, args.warmup, args.seed
+        timing = time_loader(
+            DomainDataset(domain, refs), workers, args.batch, args.batches, args.warmup, args.seed
         )
         print(
             json.dumps(
@@ -147,9 +129,9 @@ def main() -> None:
                     **common,
                     "loader": "fmcore DomainDataset + DataLoader",
                     "workers": workers,
-                    "tiles_per_s": round(rate, 1),
-                    "first_batches_s": round(first, 2),
-                    "skipped": skipped,
+                    "tiles_per_s": round(timing.samples_per_s, 1),
+                    "first_batches_s": round(timing.first_batches_s, 2),
+                    "skipped": timing.skipped,
                 }
             ),
             flush=True,
