@@ -13,8 +13,18 @@ from omegaconf import DictConfig, OmegaConf
 from fmcore.cli import main
 from fmcore.config import ConfigSources, as_dict, compose, core_config_dir, to_yaml
 from fmcore.errors import ConfigError, UnknownChoice
+from fmcore.plugin_manager import registry
 
-CORE = ConfigSources((core_config_dir(),))
+
+def installed_or_image(domain: str, data: DictConfig) -> str:
+    """The modality of an installed domain; image2d for the domains these tests invent."""
+    plugins = registry()
+    return plugins.modality_of(domain, data) if domain in plugins.domains else "image2d"
+
+
+# fmcore's own config directory; the modalities resolve the methods' by_modality recipes (the
+# default method, SimCLR, has one for video).
+CORE = ConfigSources((core_config_dir(),), installed_or_image)
 
 
 def core(*words: str) -> DictConfig:
@@ -86,7 +96,7 @@ def test_domain_overrides_the_encoders_tokenizer(plugin_dir: Path) -> None:
     assert core().encoder.tokenizer.patch_size == 4
     assert core("encoder=vit_small").encoder.tokenizer.patch_size == 4
 
-    sources = ConfigSources((core_config_dir(), plugin_dir))
+    sources = ConfigSources((core_config_dir(), plugin_dir), installed_or_image)
     # An encoder file setting its own patch size still loses to the domain merged after it ...
     assert compose(["encoder=vit_p8"], sources).encoder.tokenizer.patch_size == 4
     # ... and wins over train.yaml when the domain says nothing about the tokenizer.
@@ -207,7 +217,7 @@ def test_a_broken_interpolation_is_a_config_error() -> None:
 
 
 def test_plugin_dir_adds_an_option_to_an_existing_group(plugin_dir: Path) -> None:
-    sources = ConfigSources((core_config_dir(), plugin_dir))
+    sources = ConfigSources((core_config_dir(), plugin_dir), installed_or_image)
     assert {"digits", "other"} <= set(sources.options("domain"))  # core options stay too
     config = compose(["domain=other"], sources)
     assert config.domain.name == "other"
@@ -220,7 +230,7 @@ def test_plugin_dir_adds_an_option_to_an_existing_group(plugin_dir: Path) -> Non
 
 
 def test_plugin_dir_adds_a_new_group(plugin_dir: Path) -> None:
-    sources = ConfigSources((core_config_dir(), plugin_dir))
+    sources = ConfigSources((core_config_dir(), plugin_dir), installed_or_image)
     assert sources.groups() == [
         "encoder",
         "domain",
@@ -241,7 +251,7 @@ def test_plugin_dir_adds_a_new_group(plugin_dir: Path) -> None:
 
 
 def test_plugin_file_cannot_replace_a_core_file(plugin_dir: Path) -> None:
-    sources = ConfigSources((core_config_dir(), plugin_dir))
+    sources = ConfigSources((core_config_dir(), plugin_dir), installed_or_image)
     assert sources.options("domain")["digits"] == core_config_dir() / "domain" / "digits.yaml"
     config = compose(["domain=digits"], sources)
     assert config.domain.name == "digits"
@@ -361,8 +371,9 @@ def test_a_misspelt_recipe_key_is_named() -> None:
 
 def test_a_recipe_needs_the_installed_domains_to_resolve() -> None:
     with pytest.raises(ConfigError, match="by_modality without the installed domains"):
-        compose(["method=mae"], CORE)
-    assert "by_modality" not in compose(["method=simclr"], CORE).method  # nothing to resolve
+        compose(["method=mae"], ConfigSources((core_config_dir(),)))
+    bare = ConfigSources((core_config_dir(),))
+    assert "by_modality" not in compose(["method=ijepa"], bare).method  # nothing to resolve
 
 
 def test_the_modality_of_a_domain_can_follow_its_data_section() -> None:

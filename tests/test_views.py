@@ -492,3 +492,35 @@ def test_point_views_match_the_crop_then_xyz_steps_written_out():
     xyz = views.random_noise(xyz, 1.0, g)
     expected = torch.cat([normalize_unit_sphere(xyz), view[..., 3:]], dim=-1)
     assert torch.equal(Points().augment(clouds, spec, [32], gen(4)), expected)
+
+
+def test_temporal_crops_take_a_window_of_the_clip_resampled_to_its_length() -> None:
+    """Frame t of every clip holds the value t: a cropped view must show a run of consecutive
+    frames, each repeated as often as resampling a window of L frames to 16 says (frame
+    start + floor(k L / 16) at position k), with L within the scale asked for."""
+    frames = 16
+    clips = torch.arange(frames, dtype=torch.float32).view(1, 1, frames, 1, 1)
+    clips = clips.expand(64, 3, frames, 4, 4).clone()
+    cropped = views.random_temporal_crop(clips, (0.25, 0.75), gen())
+    spans = set()
+    for view in cropped:
+        shown = view[0, :, 0, 0].long().tolist()
+        assert (view == view[:1, :, :1, :1]).all()  # every channel and pixel of a frame alike
+        start, span = shown[0], shown[-1] - shown[0] + 1
+        assert 4 <= span <= 12 and start + span <= frames
+        assert shown == [start + (k * span) // frames for k in range(frames)]
+        spans.add(span)
+    assert len(spans) > 3  # the window's length is drawn per clip
+    assert views.random_temporal_crop(clips, (1.0, 1.0), gen()) is clips
+
+
+def test_video_recipes_of_dinov2_and_simclr_crop_in_time_only_for_clips() -> None:
+    from fmcore.config import compose, config_sources
+    from fmcore.plugin_manager import registry
+
+    sources = config_sources(registry())
+    for method, view in (("dinov2", "local"), ("simclr_small", "global")):
+        video = compose(["domain=video", f"method={method}"], sources)
+        digits = compose(["domain=digits", f"method={method}"], sources)
+        assert list(video.method.views[view].time_scale) == [0.5, 1.0]
+        assert list(digits.method.views[view].time_scale) == [1.0, 1.0]

@@ -12,6 +12,7 @@ from fmcore.config import ConfigSources, compose, core_config_dir
 from fmcore.encoder import Encoder
 from fmcore.modalities.base import Tokens
 from fmcore.modalities.grid import GridTokenizer
+from fmcore.plugin_manager import registry
 
 
 def tokens(batch: int, count: int, dim: int, seed: int = 0) -> Tokens:
@@ -27,7 +28,9 @@ def tokens(batch: int, count: int, dim: int, seed: int = 0) -> Tokens:
     [("vit_tiny", 192, 12), ("vit_small", 384, 12), ("vit_base", 768, 12)],
 )
 def test_size_configs_have_the_standard_block_parameter_count(size: str, width: int, depth: int):
-    config = compose([f"encoder={size}"], ConfigSources((core_config_dir(),)))
+    config = compose(
+        [f"encoder={size}"], ConfigSources((core_config_dir(),), registry().modality_of)
+    )
     trunk = build_vit(config.encoder)
     in_blocks = sum(p.numel() for p in trunk.blocks.parameters())
     # per block: qkv 3d^2+3d, proj d^2+d, fc1 4d^2+4d, fc2 4d^2+d, two LayerNorms 4d

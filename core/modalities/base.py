@@ -111,6 +111,7 @@ class ViewSpec:
     blur: float = 0.0
     solarize: float = 0.0
     noise: float = 0.0
+    time_scale: tuple[float, float] = (1.0, 1.0)  # video: share of the clip's frames a view spans
 
     @classmethod
     def from_config(cls, values: dict) -> ViewSpec:

@@ -25,8 +25,10 @@ class Video(GridModality):
         return (int(options.get("tubelet", 2)), patch, patch)
 
     def view_steps(self, spec: ViewSpec, out_size: Sequence[int]) -> list[ViewStep]:
-        # Crops are spatial only and the same for every frame of a clip; time is kept whole.
+        # Crops are spatial and the same for every frame of a clip; in time a view spans
+        # spec.time_scale of the clip, resampled to its length (1: the whole clip).
         return [
+            ViewOp(views.random_temporal_crop, {"scale": spec.time_scale}),
             self.crop_step(spec, out_size, flip_axes=[2], fixed_axes=[TIME_AXIS]),
             self.jitter_step(spec),
             ViewOp(views.random_grayscale, {"p": spec.grayscale}),

@@ -135,6 +135,28 @@ def luminance(x: Tensor) -> Tensor:
     return torch.einsum("bc...,c->b...", x, weights).unsqueeze(1)
 
 
+def random_temporal_crop(
+    x: Tensor, scale: tuple[float, float], generator: torch.Generator, axis: int = 2
+) -> Tensor:
+    """Each clip's frames from a random window spanning ``scale`` of its length (a share drawn
+    per clip), resampled to the full length by repeating frames: views of one clip then cover
+    different stretches of time, at different speeds."""
+    length = x.shape[axis]
+    if scale[0] >= 1 or length < 2:
+        return x
+    batch = x.shape[0]
+    share = uniform(scale[0], min(scale[1], 1.0), (batch,), generator, x.device)
+    spans = (share * length).round().clamp(1, length)
+    starts = (
+        torch.rand(batch, generator=generator, device=x.device) * (length - spans + 1)
+    ).floor()
+    steps = torch.arange(length, device=x.device)
+    frames = (starts[:, None] + (steps[None] * spans[:, None] / length).floor()).long()
+    shape = [batch] + [1] * (x.dim() - 1)
+    shape[axis] = length
+    return x.gather(axis, frames.view(shape).expand_as(x))
+
+
 def random_grayscale(x: Tensor, p: float, generator: torch.Generator) -> Tensor:
     if x.shape[1] != 3 or p <= 0:
         return x
