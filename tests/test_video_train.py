@@ -93,7 +93,7 @@ def test_the_labelled_sample_splits_by_video_with_both_classes_everywhere(tmp_pa
     )
     domain = Video(config.data, tmp_path)
     clips = int(config.data.clips_per_video)
-    for split, videos in (("train", 64), ("val", 32), ("test", 32)):
+    for split, videos in (("train", 128), ("val", 64), ("test", 64)):
         refs = domain.index(split)
         assert len(refs) == videos * clips
         assert Counter(ref.label for ref in refs) == {
@@ -134,7 +134,7 @@ def test_per_video_features_are_the_mean_of_the_videos_clips(tmp_path: Path) -> 
         sums[ref.video_id] = sums.get(ref.video_id, 0) + pixels
         counts[ref.video_id] += 1
         labels[ref.video_id] = sample.label
-    assert len(sums) == 32 and set(counts.values()) == {int(config.data.clips_per_video)}
+    assert len(sums) == 64 and set(counts.values()) == {int(config.data.clips_per_video)}
     by_hand = torch.stack([sums[video] / counts[video] for video in sums])
     torch.testing.assert_close(grouped.features, by_hand, rtol=1e-5, atol=1e-6)
     assert grouped.labels.tolist() == [labels[video] for video in sums]

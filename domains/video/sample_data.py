@@ -1,8 +1,8 @@
 """The embedded samples: moving shapes written as real video files, and an ultrasound cine.
 
-Each video shows one or two shapes (a disc or a square, of any colour and size) over a still,
-textured background, moving at a steady speed and bouncing off the frame's edges, either
-horizontally or vertically. No single frame tells the two apart: the direction of motion is the
+Each video pans over a random texture, horizontally or vertically, with one or two shapes (a
+disc or a square, of any colour and size) moving along the same axis at their own speeds and
+bouncing off the frame's edges. No single frame tells the two apart: the axis of motion is the
 class, so an encoder must see change over time to separate them (``data.sample=labelled``, with
 ``labels.csv``: half the videos train, a quarter validate, a quarter test). Horizontal and
 vertical motion stay what they are under the views' horizontal flip. The plain sample (what
@@ -15,17 +15,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from fmcore.domains.video.writers import write_cine, write_video
 from fmcore.labels import SAMPLE_SEED, sample_patients, write_sample_labels
 
 CLASSES = ("horizontal", "vertical")
-LABELLED_VIDEOS = 128  # one per patient: 64 train, 32 val, 32 test
+LABELLED_VIDEOS = 256  # one per patient: 128 train, 64 val, 64 test
 LABELLED_SHAPE = (48, 64, 64)  # frames, height, width
 FPS = 25.0
-SPEED = (1.5, 3.0)  # pixels per frame at 64 px
+SPEED = (1.0, 2.5)  # pixels per frame at 64 px, of the scene and of each shape
+TEXTURE_CUTOFF = 0.08  # cycles per pixel: the texture's grain, a few pixels across
 RADIUS = (0.08, 0.15)  # of the frame's side
 PLAIN_FILES = (  # name, codec, pixel format: every container the domain reads
     ("clip_h264.mp4", "libx264", "yuv420p"),
@@ -38,30 +37,37 @@ PLAIN_FILES = (  # name, codec, pixel format: every container the domain reads
 PLAIN_SHAPE = (72, 128, 160)  # enough frames for 16 at a sampling rate of 4
 
 
-def background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """A still, smooth colour texture (H, W, 3) in [0, 1]."""
-    coarse = torch.from_numpy(rng.uniform(0.2, 0.6, (1, 3, 4, 4)).astype(np.float32))
-    smooth = F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False)
-    return smooth[0].permute(1, 2, 0).clamp(0, 1).numpy()
+def periodic_texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A random colour texture (H, W, 3) in [0, 1] that tiles seamlessly (low-pass filtered
+    noise, periodic by construction), so it can be panned with a roll."""
+    noise = rng.normal(size=(3, height, width))
+    frequency = np.hypot(np.fft.fftfreq(height)[:, None], np.fft.fftfreq(width)[None, :])
+    gain = np.exp(-0.5 * (frequency / TEXTURE_CUTOFF) ** 2)
+    texture = np.real(np.fft.ifft2(np.fft.fft2(noise) * gain))
+    texture = texture / texture.std() * 0.15 + rng.uniform(0.3, 0.7, (3, 1, 1))
+    return np.clip(texture, 0, 1).transpose(1, 2, 0)
 
 
 def moving_shapes(rng: np.random.Generator, motion: str, shape: tuple[int, int, int]) -> np.ndarray:
-    """(T, H, W, 3) uint8 frames of one or two shapes moving ``horizontal``ly or
-    ``vertical``ly, bouncing off the edges."""
+    """(T, H, W, 3) uint8 frames of a textured scene panning ``horizontal``ly or
+    ``vertical``ly, with one or two shapes moving along the same axis at their own speeds and
+    bouncing off the edges."""
     frames, height, width = shape
-    scene = background(rng, height, width)
-    rows, cols = np.mgrid[0:height, 0:width]
+    scene = periodic_texture(rng, height, width)
+    scale = min(height, width) / 64
     axis = 1 if motion == "horizontal" else 0
+    pan = rng.uniform(*SPEED) * scale * rng.choice((-1, 1))
+    rows, cols = np.mgrid[0:height, 0:width]
     objects = []
     for _ in range(rng.integers(1, 3)):
         radius = rng.uniform(*RADIUS) * min(height, width)
         centre = rng.uniform(radius, (height - radius, width - radius))
-        speed = rng.uniform(*SPEED) * min(height, width) / 64 * rng.choice((-1, 1))
+        speed = rng.uniform(*SPEED) * scale * rng.choice((-1, 1))
         colour = rng.uniform(0, 1, 3)
         objects.append((radius, centre, speed, colour, rng.uniform() < 0.5))
     video = np.empty((frames, height, width, 3), np.uint8)
     for t in range(frames):
-        picture = scene.copy()
+        picture = np.roll(scene, round(pan * t), axis=axis)
         for radius, centre, speed, colour, is_disc in objects:
             low, high = radius, (height, width)[axis] - radius
             position = centre.copy()
