@@ -269,3 +269,19 @@ def test_sizes_decord_cannot_resize_to_are_resized_after_decoding(
     indices, clip = clip_of(domain, "a.mp4")
     assert clip.shape == (3, 4, frame_size, frame_size)
     assert frame_numbers(clip) == indices
+
+
+def test_a_file_whose_probe_fails_unexpectedly_is_a_bad_input_not_a_crash(tmp_path: Path) -> None:
+    """A cine whose NumberOfFrames is not a number ('1A', as in a file pydicom ships)."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    write_cine(videos / "odd.dcm", numbered_frames(4)[..., 0], 100.0, "odd")
+    write_video(videos / "good.mp4", numbered_frames(), FPS)
+    element = b"\x28\x00\x08\x00IS\x02\x004 "  # (0028,0008) NumberOfFrames, IS, "4 "
+    data = (videos / "odd.dcm").read_bytes()
+    assert data.count(element) == 1
+    (videos / "odd.dcm").write_bytes(data.replace(element, element[:-2] + b"1A"))
+    domain = video_domain(videos, tmp_path / "cache")
+    assert {ref.video_id for ref in domain.index("train")} == {"good.mp4"}
+    (message,) = domain.bad_inputs
+    assert message.startswith(f"{videos / 'odd.dcm'}: cannot be probed: ValueError")

@@ -235,6 +235,8 @@ def probe_all(
             return key, {"info": asdict(probe(path))}
         except UnreadableVideo as error:
             return key, {"error": str(error)}
+        except Exception as error:  # a decoder's own failure on one file must not end the index
+            return key, {"error": f"cannot be probed: {type(error).__name__}: {error}"}
 
     if missing:
         with ThreadPoolExecutor(max(1, workers)) as pool:
