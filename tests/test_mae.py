@@ -189,6 +189,55 @@ def test_forward_loss_does_not_depend_on_the_visible_tokens_targets(
     assert forward_loss(method, batch, seed=6) != plain  # other masks: the check has teeth
 
 
+# --- dual masking (VideoMAE V2) -----------------------------------------------------------
+
+
+def test_dual_masking_decodes_the_visible_tokens_and_a_share_of_the_hidden_ones() -> None:
+    """Video at 90% tube masking with decoder_mask_ratio 0.5: of 8 tokens (2 in time x 4 in
+    space) the encoder sees one tube (2) and the decoder runs on 4 (8 - 0.5 x 8): those 2 and
+    2 of the 6 hidden ones."""
+    method = build_mae(
+        Video(), (4, 16, 16), 3, {"patch_size": 8, "tubelet": 2}, decoder_mask_ratio=0.5
+    )
+    seen: list[torch.Tensor] = []
+    method.decoder.blocks[0].register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    out = method.reconstruct(torch.randn(3, 3, 4, 16, 16), gen())
+    assert out.mask.shape == (3, 8) and out.visible.shape == (3, 2)
+    assert out.decoded.shape == (3, 4) and out.pred.shape[:2] == (3, 4)
+    assert seen[0].shape[:2] == (3, 1 + 4)  # the class token and the decoded tokens only
+    for decoded, visible, mask in zip(out.decoded, out.visible, out.mask, strict=True):
+        assert decoded.tolist() == sorted(set(decoded.tolist()))
+        assert set(visible.tolist()) <= set(decoded.tolist())
+        assert int(mask[decoded].sum()) == 2
+    assert torch.equal(out.decoded_mask, out.mask.gather(1, out.decoded))
+    full = method.reconstruct(torch.randn(3, 3, 4, 16, 16), gen(), decode_all=True)
+    assert full.pred.shape[:2] == (3, 8) and full.decoded.shape == (3, 8)
+
+
+def test_dual_masked_loss_is_the_mse_over_the_decoded_hidden_tokens() -> None:
+    method = image_mae(decoder_mask_ratio=0.5)
+    view = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        out = method.reconstruct(view, gen(4))
+    target = normalized_patches(view, (4, 4))  # (B, 16, 48) for every token
+    errors = [
+        float(((out.pred[b, k] - target[b, int(n)]) ** 2).mean())
+        for b in range(2)
+        for k, n in enumerate(out.decoded[b])
+        if out.mask[b, n]
+    ]
+    assert len(errors) == 2 * (8 - 4)  # 8 decoded tokens per sample, 4 of them visible
+    picked = target.gather(1, out.decoded.unsqueeze(-1).expand(-1, -1, 48))
+    loss = method.modality.reconstruction_loss(out.pred, picked, out.decoded_mask)
+    assert math.isclose(float(loss), sum(errors) / len(errors), rel_tol=1e-5)
+    assert math.isfinite(forward_loss(method, torch.rand(4, 3, 16, 16, generator=gen()), 0))
+
+
+def test_a_decoder_mask_ratio_that_leaves_no_hidden_token_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"method\.decoder_mask_ratio must be in"):
+        image_mae(mask_ratio=0.5, decoder_mask_ratio=0.5)
+
+
 def brute_force_chamfer(a: list[list[float]], b: list[list[float]]) -> float:
     """Chamfer-L2 from its definition: mean nearest squared distance a->b plus b->a."""
 

@@ -54,8 +54,17 @@ class MAEDecoder(nn.Module):
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
 
-    def forward(self, cls: Tensor, visible: Tensor, visible_index: Tensor, pos: Tensor) -> Tensor:
-        """Predicted target of every token (B, N, P).
+    def forward(
+        self,
+        cls: Tensor,
+        visible: Tensor,
+        visible_index: Tensor,
+        pos: Tensor,
+        decoded_index: Tensor | None = None,
+    ) -> Tensor:
+        """Predicted target of every token (B, N, P), or of the K tokens ``decoded_index``
+        (B, K) names (B, K, P): the decoder then runs on those only (VideoMAE V2's dual
+        masking; they must include the visible ones, which the hidden ones attend to).
 
         cls (B, De) and visible (B, M, De) are encoder outputs; visible_index (B, M) says where
         each visible token sits among the N tokens; pos (B or 1, N, De) is the tokenizer's
@@ -69,7 +78,9 @@ class MAEDecoder(nn.Module):
         # mask tokens everywhere, then the visible tokens written back to their places
         full = self.mask_token.to(x.dtype).expand(batch, num_tokens, dim).scatter(1, index, x)
         full = full + self.pos(pos)  # (B, N, Dd)
-        x = torch.cat([self.embed(cls).unsqueeze(1), full], dim=1)  # (B, 1 + N, Dd)
+        if decoded_index is not None:
+            full = full.gather(1, decoded_index.unsqueeze(-1).expand(-1, -1, dim))  # (B, K, Dd)
+        x = torch.cat([self.embed(cls).unsqueeze(1), full], dim=1)  # (B, 1 + N or K, Dd)
         for block in self.blocks:
             x = block(x)
-        return self.head(self.norm(x[:, 1:]))  # (B, N, P)
+        return self.head(self.norm(x[:, 1:]))  # (B, N or K, P)

@@ -28,8 +28,8 @@ from fmcore.config import as_dict
 from fmcore.encoder import Encoder, EncoderOutput
 from fmcore.errors import ConfigError
 from fmcore.method import Batch, Method, StepContext, StepOutput
-from fmcore.modalities.base import Modality, Tokens
-from fmcore.modalities.masking import split_indices
+from fmcore.modalities.base import Modality, Tokens, gather_rows
+from fmcore.modalities.masking import masked_count, split_indices
 from fmcore.plugins.mae.decoder import DecoderConfig, MAEDecoder
 
 
@@ -40,8 +40,10 @@ class Reconstruction:
     tokens:  every token of the views (B, N, D), as the tokenizer made them (targets need them).
     mask:    (B, N) bool, True where the token was hidden from the encoder.
     visible: (B, M) indices of the tokens the encoder saw, ascending.
-    pred:    (B, N, P) the decoder's prediction of every token's target.
+    pred:    (B, K, P) the decoder's prediction of the targets of the tokens ``decoded``.
     encoded: the encoder's output on the visible tokens.
+    decoded: (B, K) indices of the tokens the decoder ran on, ascending: all N, or under dual
+             masking the visible ones and a random share of the hidden ones.
     """
 
     tokens: Tokens
@@ -49,6 +51,12 @@ class Reconstruction:
     visible: Tensor
     pred: Tensor
     encoded: EncoderOutput
+    decoded: Tensor
+
+    @property
+    def decoded_mask(self) -> Tensor:
+        """(B, K) bool: which decoded tokens were hidden from the encoder (the loss's)."""
+        return self.mask.gather(1, self.decoded)
 
     @property
     def masked_fraction(self) -> float:
@@ -70,9 +78,16 @@ class MAE(Method):
         if self.view_specs["global"].count != 1:
             raise ConfigError("method.views.global.count must be 1 for MAE (one view per sample)")
         self.mask_ratio = float(config.mask_ratio)
+        self.decoder_mask_ratio = float(config.decoder_mask_ratio)
         self.normalize_target = bool(config.normalize_target)
         if not 0.0 < self.mask_ratio < 1.0:
             raise ConfigError(f"method.mask_ratio must be in (0, 1), got {self.mask_ratio}")
+        if not 0.0 <= self.decoder_mask_ratio < self.mask_ratio:
+            raise ConfigError(
+                f"method.decoder_mask_ratio must be in [0, method.mask_ratio={self.mask_ratio}),"
+                f" got {self.decoder_mask_ratio}: the decoder needs the encoder's visible tokens"
+                " and some hidden ones to reconstruct"
+            )
         self.decoder = MAEDecoder(
             encoder.embed_dim,
             encoder.tokenizer.target_dim,
@@ -88,14 +103,15 @@ class MAE(Method):
         target = self.encoder.tokenizer.reconstruction_target(
             view, out.tokens, self.normalize_target
         )  # (B, N, P)
-        loss = self.modality.reconstruction_loss(out.pred, target, out.mask)
+        target = gather_rows(target, out.decoded)  # (B, K, P)
+        loss = self.modality.reconstruction_loss(out.pred, target, out.decoded_mask)
         loss_fn = self.modality.reconstruction_loss
         return StepOutput(
             loss=loss,
             metrics={
                 "mask_ratio": out.masked_fraction,
                 FEATURE_STD: feature_spread(out.encoded.patches.mean(dim=1)),
-                LOSS_VS_MEAN: loss_vs_mean_predictor(loss_fn, loss, target, out.mask),
+                LOSS_VS_MEAN: loss_vs_mean_predictor(loss_fn, loss, target, out.decoded_mask),
             },
         )
 
@@ -105,12 +121,22 @@ class MAE(Method):
             metrics, progress, remedy
         )
 
-    def reconstruct(self, view: Tensor, generator: torch.Generator) -> Reconstruction:
-        """Mask ``view``'s tokens at ``mask_ratio``, encode the visible ones, decode all of them."""
+    def reconstruct(
+        self, view: Tensor, generator: torch.Generator, decode_all: bool = False
+    ) -> Reconstruction:
+        """Mask ``view``'s tokens at ``mask_ratio``, encode the visible ones, decode them and
+        the hidden ones: all of them, or with ``decoder_mask_ratio`` (VideoMAE V2's dual
+        masking) a random share of the hidden ones, unless ``decode_all`` (the pictures)."""
         tokens = self.encoder.tokenizer(view)  # (B, N, D)
-        batch = tokens.x.shape[0]
+        batch, num_tokens = tokens.x.shape[:2]
         mask = self.modality.token_mask(batch, tokens, self.mask_ratio, generator)  # (B, N)
-        visible, _ = split_indices(mask)  # (B, M) with M = N - masked
+        visible, hidden = split_indices(mask)  # (B, M) with M = N - masked
         encoded = self.encoder.encode_tokens(tokens, keep=visible)  # patches (B, M, D)
-        pred = self.decoder(encoded.cls, encoded.patches, visible, tokens.pos)  # (B, N, P)
-        return Reconstruction(tokens=tokens, mask=mask, visible=visible, pred=pred, encoded=encoded)
+        decoded = torch.arange(num_tokens, device=mask.device).expand(batch, -1)
+        if self.decoder_mask_ratio > 0 and not decode_all:
+            dropped = masked_count(num_tokens, self.decoder_mask_ratio)
+            scores = torch.rand(hidden.shape, generator=generator, device=hidden.device)
+            kept = hidden.gather(1, scores.argsort(dim=1)[:, dropped:])
+            decoded = torch.cat([visible, kept], dim=1).sort(dim=1).values  # (B, K)
+        pred = self.decoder(encoded.cls, encoded.patches, visible, tokens.pos, decoded)
+        return Reconstruction(tokens, mask, visible, pred, encoded, decoded)

@@ -178,7 +178,7 @@ def draw_reconstructions(
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=cuda):
             view = domain.normalize(data.to(device))  # (B, C, *S), as evaluation sees it
-            out = method.reconstruct(view, generator)
+            out = method.reconstruct(view, generator, decode_all=True)
     finally:
         method.train(was_training)
     return reconstruction_grid(view, out.pred, out.mask, tokenizer.patch, method.normalize_target)
