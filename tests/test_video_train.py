@@ -164,9 +164,11 @@ def test_embed_writes_each_clips_video_and_start_frame(tmp_path: Path) -> None:
         [*LABELLED_CLIPS, f"run.cache_dir={tmp_path / 'cache'}"], config_sources(registry())
     )
     refs = Video(config.data, tmp_path / "cache").index("val")
-    written = []
+    written, ids = [], []
     for shard in sorted(out.glob("shard-*.safetensors")):
         with safe_open(str(shard), "pt") as handle:
             written += json.loads(handle.metadata()["sample_meta"])
+            ids += json.loads(handle.metadata()["sample_ids"])
             assert handle.get_tensor("features").shape[1] == 32
     assert written == [{"video": ref.video_id, "start": ref.indices[0]} for ref in refs]
+    assert ids == [f"{ref.path} frames {ref.indices[0]}-{ref.indices[-1]}" for ref in refs]

@@ -15,3 +15,7 @@ class ClipRef(NamedTuple):
     info: VideoInfo
     indices: tuple[int, ...]
     label: int = -1
+
+    def __str__(self) -> str:
+        """The clip as messages and ``fmcore embed``'s sample ids name it: file and frames."""
+        return f"{self.path} frames {self.indices[0]}-{self.indices[-1]}"
