@@ -285,3 +285,28 @@ def test_a_file_whose_probe_fails_unexpectedly_is_a_bad_input_not_a_crash(tmp_pa
     assert {ref.video_id for ref in domain.index("train")} == {"good.mp4"}
     (message,) = domain.bad_inputs
     assert message.startswith(f"{videos / 'odd.dcm'}: cannot be probed: ValueError")
+
+
+def test_a_worker_forked_after_the_parent_decoded_opens_its_own_readers(tmp_path: Path) -> None:
+    """The parent decodes first (a reconstruction picture, an in-process evaluation), then
+    forks a data-loader worker: the worker must not use the parent's decord readers, whose
+    decoding threads it does not have (it would hang; ``timeout`` turns that into a failure)."""
+    from torch.utils.data import DataLoader
+
+    from fmcore.engine.data import DomainDataset, collate
+
+    (tmp_path / "videos").mkdir()
+    write_video(tmp_path / "videos" / "a.mp4", numbered_frames(), FPS)
+    domain = video_domain(tmp_path / "videos", tmp_path / "cache", clips_per_video=2)
+    refs = domain.index("train")
+    parent = domain.load(refs[0]).data
+    loader = DataLoader(
+        DomainDataset(domain, refs),
+        batch_size=2,
+        num_workers=1,
+        collate_fn=collate,
+        multiprocessing_context="fork",
+        timeout=60,
+    )
+    batch, skipped = next(iter(loader))
+    assert skipped == [] and np.array_equal(batch.data[0].numpy(), parent.numpy())

@@ -9,6 +9,7 @@ rotated files, turned as their display matrix says); pydicom reads cine loops fr
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -22,6 +23,7 @@ from fmcore.domains.video.sampling import nearest_frames
 from fmcore.errors import BadSample
 
 OPEN_READERS = 8  # decord readers kept open per process
+FORKED_AWAY: list[Any] = []  # readers a forked process inherited (see ClipReader._decord_reader)
 
 
 def cover_size(frame: tuple[int, int], size: Sequence[int]) -> tuple[int, int]:
@@ -54,6 +56,7 @@ class ClipReader:
         self.size = tuple(int(s) for s in size)  # (H, W)
         self.threads = threads
         self._decord: OrderedDict[tuple[str, int, int], Any] = OrderedDict()
+        self._owner = os.getpid()
         self._unresizable: set[tuple[str, int, int]] = set()
 
     def __getstate__(self) -> dict:
@@ -90,6 +93,11 @@ class ClipReader:
         return resize(frames, (height, width))
 
     def _decord_reader(self, path: str, height: int, width: int) -> Any:
+        if self._owner != os.getpid():
+            # A forked data-loader worker inherits its parent's readers, but not their decoding
+            # threads: using one hangs, and so may destroying one. Keep them, untouched.
+            FORKED_AWAY.append(self._decord)
+            self._decord, self._owner = OrderedDict(), os.getpid()
         key = (path, height, width)
         if key in self._decord:
             self._decord.move_to_end(key)
