@@ -11,8 +11,8 @@ Layout of ``embed.out``::
 Every file's string metadata holds the checkpoint and pooling, and ``skipped`` (a JSON list of
 the bad samples it left out); a slide file also its path, mpp and tile size; a shard its sample
 ids and each sample's metadata (``sample_meta``, a JSON list: a video clip's video and start
-frame, a crop's volume). Files are written under a temporary name, fsynced and renamed, so a file under its final
-name is always complete: a re-run skips it.
+frame, a crop's volume). Files are written under a temporary name, fsynced and renamed, so a
+file under its final name is always complete: a re-run skips it.
 """
 
 from __future__ import annotations
