@@ -93,7 +93,7 @@ class Video(Domain):
 
     def load(self, ref: ClipRef) -> Sample:
         frames = self.reader.read(ref.path, ref.info, ref.indices)  # (T, H, W, 3) uint8
-        clip = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)
+        clip = torch.from_numpy(frames).permute(3, 0, 1, 2)  # .float() below copies it
         return Sample(
             data=clip.float().div_(255),
             label=ref.label,

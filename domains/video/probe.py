@@ -77,6 +77,12 @@ def probe(path: Path) -> VideoInfo:
     return info
 
 
+def average_rate(times: np.ndarray) -> float:
+    """Frames per second over ``times`` (seconds, ascending); 0 when they span no time."""
+    span = float(times[-1] - times[0]) if len(times) > 1 else 0.0
+    return (len(times) - 1) / span if span > 0 else 0.0
+
+
 def _irregular(times: np.ndarray, fps: float) -> tuple[float, ...] | None:
     """``times`` when they stray from ``i / fps`` (a variable-frame-rate file), else None."""
     if fps <= 0 or len(times) < 2:
@@ -114,12 +120,9 @@ def _probe_container(path: Path) -> VideoInfo:
         except Exception as error:  # decord raises its own DECORDError and RuntimeError
             note = f"decord cannot read it ({_decord_reason(error)})"
     times = _decode_times(path)
-    fps = (
-        (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0
-    )
     return VideoInfo(
         frames=len(times),
-        fps=float(fps),
+        fps=average_rate(times),
         width=width,
         height=height,
         reader="pyav",
@@ -198,9 +201,8 @@ def _dicom_timing(header, frames: int) -> tuple[float, tuple[float, ...] | None]
     vector = header.get("FrameTimeVector")
     if vector is not None and len(vector) == frames:
         times = np.cumsum(np.asarray([float(v) for v in vector], dtype=np.float64)) / 1000
-        times -= times[0]
-        fps = (frames - 1) / times[-1] if times[-1] > 0 else 0.0
-        return float(fps), _irregular(times, fps)
+        fps = average_rate(times)
+        return fps, _irregular(times - times[0], fps)
     frame_time = header.get("FrameTime")
     if frame_time and float(frame_time) > 0:
         return 1000.0 / float(frame_time), None

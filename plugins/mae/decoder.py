@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from fmcore.backbones.vit import Block, ViTOptions
+from fmcore.modalities.base import gather_rows
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ class MAEDecoder(nn.Module):
         full = self.mask_token.to(x.dtype).expand(batch, num_tokens, dim).scatter(1, index, x)
         full = full + self.pos(pos)  # (B, N, Dd)
         if decoded_index is not None:
-            full = full.gather(1, decoded_index.unsqueeze(-1).expand(-1, -1, dim))  # (B, K, Dd)
+            full = gather_rows(full, decoded_index)  # (B, K, Dd)
         x = torch.cat([self.embed(cls).unsqueeze(1), full], dim=1)  # (B, 1 + N or K, Dd)
         for block in self.blocks:
             x = block(x)

@@ -132,11 +132,13 @@ class MAE(Method):
         mask = self.modality.token_mask(batch, tokens, self.mask_ratio, generator)  # (B, N)
         visible, hidden = split_indices(mask)  # (B, M) with M = N - masked
         encoded = self.encoder.encode_tokens(tokens, keep=visible)  # patches (B, M, D)
-        decoded = torch.arange(num_tokens, device=mask.device).expand(batch, -1)
         if self.decoder_mask_ratio > 0 and not decode_all:
             dropped = masked_count(num_tokens, self.decoder_mask_ratio)
             scores = torch.rand(hidden.shape, generator=generator, device=hidden.device)
             kept = hidden.gather(1, scores.argsort(dim=1)[:, dropped:])
             decoded = torch.cat([visible, kept], dim=1).sort(dim=1).values  # (B, K)
-        pred = self.decoder(encoded.cls, encoded.patches, visible, tokens.pos, decoded)
+            pred = self.decoder(encoded.cls, encoded.patches, visible, tokens.pos, decoded)
+        else:  # every token: the decoder needs no selection
+            decoded = torch.arange(num_tokens, device=mask.device).expand(batch, -1)
+            pred = self.decoder(encoded.cls, encoded.patches, visible, tokens.pos)
         return Reconstruction(tokens, mask, visible, pred, encoded, decoded)
