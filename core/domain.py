@@ -27,12 +27,15 @@ from fmcore.modalities.base import ViewStep
 
 @dataclass
 class Sample:
-    """One decoded sample: data in the modality's layout, an integer label or -1, and metadata
-    (only str / int / float values, so they batch and serialise)."""
+    """One decoded sample: data in the modality's layout, an integer label or -1, metadata
+    (only str / int / float values, so they batch and serialise), and where the data has a
+    region without content (a fundus camera's black surround), ``valid``: (1, *S) in [0, 1],
+    1 where a pixel holds data; masked-modelling methods leave the rest out of their loss."""
 
     data: Tensor
     label: int = -1
     meta: dict[str, Any] = field(default_factory=dict)
+    valid: Tensor | None = None
 
 
 class Domain(ABC):

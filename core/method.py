@@ -37,14 +37,18 @@ class Scope(StrEnum):
 
 @dataclass
 class Batch:
-    """A collated batch: data (B, ...) on the device, labels (B,) (-1 unknown), per-sample meta."""
+    """A collated batch: data (B, ...) on the device, labels (B,) (-1 unknown), per-sample meta,
+    and the samples' valid-pixel masks (B, 1, *S) when the domain gives them (``Sample.valid``),
+    else None."""
 
     data: Tensor
     labels: Tensor
     meta: list[dict[str, Any]] = field(default_factory=list)
+    valid: Tensor | None = None
 
     def pin_memory(self) -> Batch:  # called by DataLoader(pin_memory=True)
-        return Batch(self.data.pin_memory(), self.labels.pin_memory(), self.meta)
+        valid = None if self.valid is None else self.valid.pin_memory()
+        return Batch(self.data.pin_memory(), self.labels.pin_memory(), self.meta, valid)
 
     def to(self, device: torch.device) -> Batch:
         non_blocking = device.type == "cuda"
@@ -52,6 +56,7 @@ class Batch:
             self.data.to(device, non_blocking=non_blocking),
             self.labels.to(device, non_blocking=non_blocking),
             self.meta,
+            None if self.valid is None else self.valid.to(device, non_blocking=non_blocking),
         )
 
     def __len__(self) -> int:

@@ -41,14 +41,24 @@ class ViewMaker:
 
     def __call__(self, data: Tensor, spec: ViewSpec, generator: torch.Generator) -> list[Tensor]:
         """``spec.count`` augmented, normalised views of ``data``, each a batch like ``data``."""
+        return [view for view, _ in self.with_valid(data, None, spec, generator)]
+
+    def with_valid(
+        self, data: Tensor, valid: Tensor | None, spec: ViewSpec, generator: torch.Generator
+    ) -> list[tuple[Tensor, Tensor | None]]:
+        """The views of :meth:`__call__`, each beside where its pixels hold data: ``valid``
+        (a batch's valid-pixel mask, :attr:`Batch.valid`) moved by the same crops and flips
+        (:meth:`Modality.augment_with_valid`), or None when ``valid`` is."""
         spec = replace(spec, **self.overrides)
         out_size = self.modality.view_size(self.sample_size, spec.size, self.size_multiple)
         views = []
         # Views are data preparation: full precision even inside the engine's bf16 autocast.
         with torch.autocast(data.device.type, enabled=False):
             for _ in range(spec.count):
-                view = self.modality.augment(data.float(), spec, out_size, generator)
+                view, view_valid = self.modality.augment_with_valid(
+                    data.float(), valid, spec, out_size, generator
+                )
                 for step in self.domain_steps:
                     view = step(view, generator)
-                views.append(self.normalize(view))
+                views.append((self.normalize(view), view_valid))
         return views

@@ -189,6 +189,55 @@ def test_forward_loss_does_not_depend_on_the_visible_tokens_targets(
     assert forward_loss(method, batch, seed=6) != plain  # other masks: the check has teeth
 
 
+def test_tokens_outside_the_valid_region_are_hidden_and_left_out_of_the_loss() -> None:
+    """A 16x16 view whose left half has no data (4 of 4x4 tokens per row): the encoder sees
+    valid tokens only, and the loss is the MSE over the hidden valid tokens, by hand."""
+    method = image_mae(mask_ratio=0.5)
+    view = torch.rand(3, 3, 16, 16, generator=gen())
+    valid = torch.ones(3, 1, 16, 16)
+    valid[..., :8] = 0
+    out = method.reconstruct(view, gen(2), valid=valid)
+    token_valid = torch.tensor([False, False, True, True] * 4).expand(3, -1)
+    assert torch.equal(out.valid, token_valid)
+    assert out.visible.shape == (3, 4)  # half of the 8 valid tokens
+    assert token_valid.gather(1, out.visible).all()
+    target = method.encoder.tokenizer.reconstruction_target(view, out.tokens)
+    loss = method.modality.reconstruction_loss(out.pred, target, out.decoded_mask)
+    graded = out.mask & token_valid
+    hand = ((out.pred - target) ** 2).mean(dim=-1)[graded].mean()
+    assert float(loss.detach()) == pytest.approx(float(hand.detach()), rel=1e-5)
+
+
+def test_forward_grades_no_token_outside_the_batch_valid_masks() -> None:
+    """Through forward() with Batch.valid: noise in the targets of tokens without data changes
+    nothing, noise in a valid hidden token's does."""
+    method = image_mae(mask_ratio=0.5)
+    data = torch.rand(2, 3, 16, 16, generator=gen())
+    valid = torch.ones(2, 1, 16, 16)
+    valid[..., :8] = 0
+    spec_free = ViewMaker(
+        method.modality,
+        data.shape[2:],
+        method.encoder.tokenizer.size_multiple,
+        overrides={"scale": (1.0, 1.0), "aspect": (1.0, 1.0), "flip": 0.0},
+    )
+
+    def loss(targets: torch.Tensor) -> float:
+        ctx = StepContext(0, 1, 1e-3, 0.05, 0.99, spec_free, gen(5))
+        original = method.encoder.tokenizer.reconstruction_target
+        method.encoder.tokenizer.reconstruction_target = lambda *a, **k: original(*a, **k) + targets
+        try:
+            return float(method(Batch(data, torch.full((2,), -1), valid=valid), ctx).loss.detach())
+        finally:
+            del method.encoder.tokenizer.reconstruction_target
+
+    plain = loss(torch.zeros(2, 16, 48))
+    outside = torch.zeros(2, 16, 48)
+    outside[:, [0, 1, 4, 5, 8, 9, 12, 13]] = 100.0
+    assert loss(outside) == plain
+    assert loss(torch.full((2, 16, 48), 100.0)) != plain
+
+
 # --- dual masking (VideoMAE V2) -----------------------------------------------------------
 
 

@@ -148,3 +148,50 @@ def test_a_block_token_mask_without_a_grid_is_random_and_exact():
     tokens = Tokens(x=torch.zeros(1, 20, 8), pos=torch.zeros(1, 20, 8), grid=None)
     mask = Image2D().block_token_mask(tokens, 9, np.random.default_rng(1))
     assert int(mask.sum()) == 9
+
+
+def test_a_valid_mask_masks_every_invalid_token_and_budgets_over_the_valid_ones():
+    """Rows with 12 and 8 of 16 tokens valid at ratio 0.75: (1 - 0.75) x 10, the mean valid
+    count, is 2.5, rounded to 2 visible tokens per row, all of them valid; every invalid token
+    is masked."""
+    valid = torch.zeros(2, 16, dtype=torch.bool)
+    valid[0, :12] = True
+    valid[1, 4:12] = True
+    mask = random_token_mask(2, 16, 0.75, gen(3), torch.device("cpu"), valid)
+    visible = ~mask
+    assert visible.sum(dim=1).tolist() == [2, 2]
+    assert not (visible & ~valid).any()
+    assert mask[~valid].all()
+
+
+def test_a_valid_mask_draws_the_visible_tokens_uniformly_among_the_valid_ones():
+    valid = torch.zeros(1, 16, dtype=torch.bool)
+    valid[0, ::2] = True  # 8 valid tokens, 4 visible at ratio 0.5
+    counts = torch.zeros(16)
+    generator = gen(1)
+    for _ in range(800):
+        counts += ~random_token_mask(1, 16, 0.5, generator, torch.device("cpu"), valid)[0]
+    assert counts[1::2].sum() == 0
+    assert torch.allclose(counts[::2] / 800, torch.full((8,), 0.5), atol=0.08)
+
+
+def test_a_row_with_fewer_valid_tokens_than_the_budget_shows_invalid_ones_too():
+    """Budgets are per batch (every row keeps as many tokens visible): a row with 1 valid token
+    of 16 beside one with 15 keeps 4 visible at ratio 0.5, its valid token among them."""
+    valid = torch.zeros(2, 16, dtype=torch.bool)
+    valid[0, :15] = True
+    valid[1, 0] = True
+    mask = random_token_mask(2, 16, 0.5, gen(0), torch.device("cpu"), valid)
+    assert (~mask).sum(dim=1).tolist() == [4, 4]
+    assert not mask[1, 0]
+
+
+def test_video_tubes_are_valid_where_every_frame_is():
+    modality = Video()
+    tokens = Tokens(x=torch.zeros(1, 2 * 4, 8), pos=torch.zeros(1, 8, 8), grid=(2, 2, 2))
+    valid = torch.ones(1, 2, 4, dtype=torch.bool)
+    valid[0, 1, 3] = False  # spatial token 3 lacks data in the second frame
+    mask = modality.token_mask(1, tokens, 0.5, gen(0), valid.reshape(1, 8))
+    spatial = mask.view(1, 2, 4)
+    assert torch.equal(spatial[:, 0], spatial[:, 1])  # still tubes
+    assert spatial[0, 0, 3]  # the tube through the invalid token is hidden

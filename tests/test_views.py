@@ -524,3 +524,40 @@ def test_video_recipes_of_dinov2_and_simclr_crop_in_time_only_for_clips() -> Non
         digits = compose(["domain=digits", f"method={method}"], sources)
         assert list(video.method.views[view].time_scale) == [0.5, 1.0]
         assert list(digits.method.views[view].time_scale) == [1.0, 1.0]
+
+
+def test_a_valid_mask_follows_the_crops_and_flips_and_not_the_colours():
+    """The mask carried through augment_with_valid equals the same crop of the mask as an
+    image (a mask that is the image's own first channel), whatever the photometric steps do
+    to the pixels; and the view itself is the one augment makes without a mask."""
+    valid = torch.zeros(3, 1, 16, 16)
+    valid[:, :, 4:12, 2:10] = 1.0
+    x = torch.cat([valid, torch.rand(3, 2, 16, 16, generator=gen(0))], dim=1)
+    spec = ViewSpec(scale=(0.3, 1.0), flip=0.5, jitter=1.0, grayscale=0.5, noise=0.1)
+    view, carried = Image2D().augment_with_valid(x, valid, spec, [8, 8], gen(4))
+    assert torch.equal(view, Image2D().augment(x, spec, [8, 8], gen(4)))
+    geometric_only = ViewSpec(scale=(0.3, 1.0), flip=0.5, jitter=0.0)
+    cropped = Image2D().augment(x, geometric_only, [8, 8], gen(4))
+    assert torch.allclose(carried, cropped[:, :1], atol=1e-6)
+    assert carried.min() >= 0 and carried.max() <= 1
+
+
+def test_a_video_valid_mask_follows_the_temporal_crop():
+    clip = torch.arange(8.0).view(1, 1, 8, 1, 1).expand(2, 3, 8, 4, 4).contiguous() / 8
+    valid = clip[:, :1].clone()  # a mask that differs per frame
+    spec = ViewSpec(scale=(1.0, 1.0), flip=0.0, jitter=0.0, time_scale=(0.5, 0.5))
+    view, carried = Video().augment_with_valid(clip, valid, spec, (8, 4, 4), gen(7))
+    assert torch.allclose(carried, view[:, :1])
+
+
+def test_collate_stacks_valid_masks_and_fills_a_missing_one_with_ones():
+    from fmcore.domain import Sample
+    from fmcore.engine.data import collate
+
+    half = torch.zeros(1, 4, 4)
+    half[..., :2] = 1
+    batch, _ = collate([Sample(torch.rand(3, 4, 4), valid=half), Sample(torch.rand(3, 4, 4))])
+    assert batch.valid.shape == (2, 1, 4, 4)
+    assert torch.equal(batch.valid[0], half) and bool((batch.valid[1] == 1).all())
+    plain, _ = collate([Sample(torch.rand(3, 4, 4))])
+    assert plain.valid is None

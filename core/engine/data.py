@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fmcore.domain import Domain, Sample
@@ -58,8 +59,22 @@ def collate(items: list[Sample | Skipped]) -> tuple[Batch | None, list[str]]:
         data=torch.stack([s.data for s in good]),
         labels=torch.tensor([s.label for s in good], dtype=torch.long),
         meta=[s.meta for s in good],
+        valid=_stack_valid(good),
     )
     return batch, skipped
+
+
+def _stack_valid(samples: list[Sample]) -> Tensor | None:
+    """The samples' valid-pixel masks as one (B, 1, *S) batch; a sample without one is valid
+    everywhere; None when no sample has one."""
+    if all(s.valid is None for s in samples):
+        return None
+    return torch.stack(
+        [
+            s.data.new_ones((1, *s.data.shape[1:])) if s.valid is None else s.valid.float()
+            for s in samples
+        ]
+    )
 
 
 class ResumableBatchSampler(Sampler[list[int]]):

@@ -84,6 +84,11 @@ class Tokenizer(nn.Module, ABC):
     def target_dim(self) -> int:
         """P, the size of one token's reconstruction target."""
 
+    def valid_tokens(self, valid: Tensor) -> Tensor:
+        """(B, N) bool: which tokens of a view hold data, from its valid-pixel mask ``valid``
+        (:meth:`Modality.augment_with_valid`). Only layouts with pixels have such masks."""
+        raise ConfigError(f"{type(self).__name__} tokens have no valid-pixel masks")
+
     @property
     @abstractmethod
     def size_multiple(self) -> tuple[int, ...]:
@@ -127,7 +132,11 @@ class ViewSpec:
 
 class ViewStep(Protocol):
     """One batched on-device augmentation: a modality's view pipeline is a list of them
-    (:meth:`Modality.view_steps`), and a domain may append its own (``Domain.view_steps``)."""
+    (:meth:`Modality.view_steps`), and a domain may append its own (``Domain.view_steps``).
+
+    A step that moves pixels (a crop, a flip, a temporal crop) has ``geometric = True``: a
+    sample's valid-pixel mask goes through it with the pixels (:meth:`Modality.augment`).
+    """
 
     def __call__(self, views: Tensor, generator: torch.Generator) -> Tensor: ...
 
@@ -140,6 +149,7 @@ class ViewOp:
     fn: Callable[..., Tensor]
     settings: Mapping[str, Any] = field(default_factory=dict)
     random: bool = True  # False: a deterministic step, called without the generator
+    geometric: bool = False  # True: it moves pixels, so a valid-pixel mask goes through it too
 
     def __call__(self, views: Tensor, generator: torch.Generator) -> Tensor:
         if not self.random:
@@ -188,9 +198,29 @@ class Modality(ABC):
         self, batch: Tensor, spec: ViewSpec, out_size: Sequence[int], generator: torch.Generator
     ) -> Tensor:
         """One augmented view per sample of ``batch``: the :meth:`view_steps` applied in turn."""
+        return self.augment_with_valid(batch, None, spec, out_size, generator)[0]
+
+    def augment_with_valid(
+        self,
+        batch: Tensor,
+        valid: Tensor | None,
+        spec: ViewSpec,
+        out_size: Sequence[int],
+        generator: torch.Generator,
+    ) -> tuple[Tensor, Tensor | None]:
+        """:meth:`augment`, carrying ``valid`` (B, 1, *S) along: where the domain marks which
+        pixels hold data (a fundus camera's circular field of view). It goes through the
+        geometric steps with the pixels and comes back beside the view, each value the share
+        of that view pixel inside the valid region; photometric steps leave it alone, and the
+        view is the same with it or without it."""
+        channels = batch.shape[1]
         for step in self.view_steps(spec, out_size):
-            batch = step(batch, generator)
-        return batch
+            if valid is not None and getattr(step, "geometric", False):
+                moved = step(torch.cat([batch, valid.to(batch.dtype)], dim=1), generator)
+                batch, valid = moved[:, :channels], moved[:, channels:]
+            else:
+                batch = step(batch, generator)
+        return batch, valid
 
     def view_size(
         self, sample_size: Sequence[int], fraction: float, multiple: Sequence[int]
@@ -206,12 +236,17 @@ class Modality(ABC):
         tokens: Tokens,
         ratio: float,
         generator: torch.Generator,
+        valid: Tensor | None = None,
     ) -> Tensor:
-        """Token mask (B, N) bool with exactly round(ratio * N) masked tokens per sample.
+        """Token mask (B, N) bool with the same number of masked tokens in every sample:
+        round(ratio * N), or with ``valid`` (B, N) bool, the tokens that hold data, every
+        invalid token and ``ratio`` of the valid ones (:func:`random_token_mask`).
 
         Uniformly random by default; modalities with structure override it (tube masking for video).
         """
-        return random_token_mask(batch_size, tokens.num_tokens, ratio, generator, tokens.x.device)
+        return random_token_mask(
+            batch_size, tokens.num_tokens, ratio, generator, tokens.x.device, valid
+        )
 
     def block_extents(
         self,

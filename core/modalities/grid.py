@@ -149,6 +149,10 @@ class GridTokenizer(Tokenizer):
     def reconstruction_target(self, x: Tensor, tokens: Tokens, normalize: bool = True) -> Tensor:
         return normalized_patches(x, self.patch) if normalize else patchify(x, self.patch)
 
+    def valid_tokens(self, valid: Tensor) -> Tensor:
+        """A patch holds data when at least half of its pixels do."""
+        return patchify(valid, self.patch).mean(dim=-1) >= 0.5
+
 
 def masked_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     """Mean squared error per element over the masked tokens (B, N) only (MAE's loss on its
@@ -184,6 +188,7 @@ class GridModality(Modality):
                 "fixed_axes": fixed_axes,
                 "flip_axes": flip_axes,
             },
+            geometric=True,
         )
 
     @staticmethod

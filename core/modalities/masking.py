@@ -27,13 +27,30 @@ def masked_count(num_tokens: int, ratio: float) -> int:
 
 
 def random_token_mask(
-    batch_size: int, num_tokens: int, ratio: float, generator: torch.Generator, device: torch.device
+    batch_size: int,
+    num_tokens: int,
+    ratio: float,
+    generator: torch.Generator,
+    device: torch.device,
+    valid: Tensor | None = None,
 ) -> Tensor:
-    """(B, N) bool mask with exactly ``masked_count(N, ratio)`` True entries per row."""
+    """(B, N) bool mask with exactly ``masked_count(N, ratio)`` True entries per row.
+
+    With ``valid`` (B, N) bool (tokens inside a field of view), the masking budget counts valid
+    tokens only: every row keeps the same number of tokens visible, ``1 - ratio`` of the batch's
+    mean valid count, drawn from each row's valid tokens first; the invalid ones are masked
+    (and a loss over masked tokens must leave them out).
+    """
     noise = torch.rand(batch_size, num_tokens, generator=generator, device=device)
+    num_masked = masked_count(num_tokens, ratio)
+    if valid is not None:
+        mean_valid = float(valid.sum(dim=1).float().mean())
+        visible = min(num_tokens - 1, max(1, round((1.0 - ratio) * mean_valid)))
+        num_masked = num_tokens - visible
+        noise = noise - 2.0 * (~valid).to(noise.dtype)  # invalid tokens sort first: masked
     order = noise.argsort(dim=1)
     mask = torch.zeros(batch_size, num_tokens, dtype=torch.bool, device=device)
-    mask.scatter_(1, order[:, : masked_count(num_tokens, ratio)], True)
+    mask.scatter_(1, order[:, :num_masked], True)
     return mask
 
 

@@ -28,7 +28,7 @@ class Video(GridModality):
         # Crops are spatial and the same for every frame of a clip; in time a view spans
         # spec.time_scale of the clip, resampled to its length (1: the whole clip).
         return [
-            ViewOp(views.random_temporal_crop, {"scale": spec.time_scale}),
+            ViewOp(views.random_temporal_crop, {"scale": spec.time_scale}, geometric=True),
             self.crop_step(spec, out_size, flip_axes=[2], fixed_axes=[TIME_AXIS]),
             self.jitter_step(spec),
             ViewOp(views.random_grayscale, {"p": spec.grayscale}),
@@ -44,13 +44,23 @@ class Video(GridModality):
         return [int(sample_size[TIME_AXIS]), *spatial]
 
     def token_mask(
-        self, batch_size: int, tokens: Tokens, ratio: float, generator: torch.Generator
+        self,
+        batch_size: int,
+        tokens: Tokens,
+        ratio: float,
+        generator: torch.Generator,
+        valid: Tensor | None = None,
     ) -> Tensor:
-        """Tube masking (VideoMAE): one spatial mask repeated over every temporal token."""
+        """Tube masking (VideoMAE): one spatial mask repeated over every temporal token; with
+        ``valid``, a tube is valid where every frame's token is."""
         if tokens.grid is None:
-            return super().token_mask(batch_size, tokens, ratio, generator)
+            return super().token_mask(batch_size, tokens, ratio, generator, valid)
         steps, height, width = tokens.grid
-        spatial = random_token_mask(batch_size, height * width, ratio, generator, tokens.x.device)
+        if valid is not None:
+            valid = valid.view(batch_size, steps, height * width).all(dim=1)
+        spatial = random_token_mask(
+            batch_size, height * width, ratio, generator, tokens.x.device, valid
+        )
         return spatial.unsqueeze(1).expand(-1, steps, -1).reshape(batch_size, -1)
 
     def block_extents(

@@ -8,9 +8,9 @@ import numpy as np
 
 from fmcore.domains.radiology.radiograph import Radiograph
 from fmcore.errors import BadSample
+from fmcore.file_checks import truncation
 
 GREY_MODES = ("L", "I;16", "I;16B", "I")  # Pillow's modes for 8- and 16-bit greyscale PNG
-PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk every complete PNG ends with
 
 
 def check_png(path: Path) -> None:
@@ -23,10 +23,9 @@ def check_png(path: Path) -> None:
         raise ValueError(f"a {kind} file named .png")
     if mode not in GREY_MODES:
         raise ValueError(f"a {mode} PNG where a greyscale radiograph (8 or 16 bit) is expected")
-    with path.open("rb") as file:
-        file.seek(-len(PNG_END), 2)
-        if file.read() != PNG_END:
-            raise ValueError("truncated PNG: it does not end with an IEND chunk")
+    problem = truncation(path, "PNG")
+    if problem:
+        raise ValueError(problem)
 
 
 def read_png(path: str) -> Radiograph:

@@ -4,22 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fmcore.file_checks import DICOM_EXTENSIONS, is_dicom
+
 CONTAINER_EXTENSIONS = (".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov")
-DICOM_EXTENSIONS = (".dcm", ".dicom")
 VIDEO_EXTENSIONS = CONTAINER_EXTENSIONS + DICOM_EXTENSIONS
-
-
-def is_dicom(path: str | Path) -> bool:
-    """A DICOM file by its extension, or by the ``DICM`` marker after the 128-byte preamble
-    (ultrasound archives often store files without an extension)."""
-    path = Path(path)
-    if path.suffix.lower() in DICOM_EXTENSIONS:
-        return True
-    if path.suffix:
-        return False
-    with open(path, "rb") as handle:
-        handle.seek(128)
-        return handle.read(4) == b"DICM"
 
 
 def find_videos(root: Path) -> list[Path]:

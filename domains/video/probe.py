@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fmcore.domains.video.files import is_dicom
+from fmcore.file_checks import is_dicom
 
 CACHE_VERSION = 1  # bump when what a probe records changes
 UNIFORM_TOLERANCE = 0.5  # frames: a timestamp further than this from i / fps makes a file VFR

@@ -39,6 +39,7 @@ class Reconstruction:
 
     tokens:  every token of the views (B, N, D), as the tokenizer made them (targets need them).
     mask:    (B, N) bool, True where the token was hidden from the encoder.
+    valid:   (B, N) bool, True where the token holds data (all of them without a valid mask).
     visible: (B, M) indices of the tokens the encoder saw, ascending.
     pred:    (B, K, P) the decoder's prediction of the targets of the tokens ``decoded``.
     encoded: the encoder's output on the visible tokens.
@@ -48,6 +49,7 @@ class Reconstruction:
 
     tokens: Tokens
     mask: Tensor
+    valid: Tensor
     visible: Tensor
     pred: Tensor
     encoded: EncoderOutput
@@ -55,8 +57,9 @@ class Reconstruction:
 
     @property
     def decoded_mask(self) -> Tensor:
-        """(B, K) bool: which decoded tokens were hidden from the encoder (the loss's)."""
-        return self.mask.gather(1, self.decoded)
+        """(B, K) bool: which decoded tokens were hidden from the encoder and hold data (the
+        tokens the loss grades)."""
+        return (self.mask & self.valid).gather(1, self.decoded)
 
     @property
     def masked_fraction(self) -> float:
@@ -98,8 +101,10 @@ class MAE(Method):
         encoder.mask_token.requires_grad_(False)
 
     def forward(self, batch: Batch, ctx: StepContext) -> StepOutput:
-        (view,) = ctx.views(batch.data, self.view_specs["global"], ctx.generator)
-        out = self.reconstruct(view, ctx.generator)
+        ((view, valid),) = ctx.views.with_valid(
+            batch.data, batch.valid, self.view_specs["global"], ctx.generator
+        )
+        out = self.reconstruct(view, ctx.generator, valid=valid)
         target = self.encoder.tokenizer.reconstruction_target(
             view, out.tokens, self.normalize_target
         )  # (B, N, P)
@@ -122,14 +127,27 @@ class MAE(Method):
         )
 
     def reconstruct(
-        self, view: Tensor, generator: torch.Generator, decode_all: bool = False
+        self,
+        view: Tensor,
+        generator: torch.Generator,
+        decode_all: bool = False,
+        valid: Tensor | None = None,
     ) -> Reconstruction:
         """Mask ``view``'s tokens at ``mask_ratio``, encode the visible ones, decode them and
         the hidden ones: all of them, or with ``decoder_mask_ratio`` (VideoMAE V2's dual
-        masking) a random share of the hidden ones, unless ``decode_all`` (the pictures)."""
+        masking) a random share of the hidden ones, unless ``decode_all`` (the pictures).
+
+        With ``valid``, the view's valid-pixel mask, tokens without data (a fundus camera's
+        black corners) are hidden from the encoder, count in neither the masking budget nor
+        the loss (:func:`random_token_mask`)."""
         tokens = self.encoder.tokenizer(view)  # (B, N, D)
         batch, num_tokens = tokens.x.shape[:2]
-        mask = self.modality.token_mask(batch, tokens, self.mask_ratio, generator)  # (B, N)
+        token_valid = None if valid is None else self.encoder.tokenizer.valid_tokens(valid)
+        mask = self.modality.token_mask(
+            batch, tokens, self.mask_ratio, generator, token_valid
+        )  # (B, N)
+        if token_valid is None:
+            token_valid = torch.ones_like(mask)
         visible, hidden = split_indices(mask)  # (B, M) with M = N - masked
         encoded = self.encoder.encode_tokens(tokens, keep=visible)  # patches (B, M, D)
         if self.decoder_mask_ratio > 0 and not decode_all:
@@ -141,4 +159,4 @@ class MAE(Method):
         else:  # every token: the decoder needs no selection
             decoded = torch.arange(num_tokens, device=mask.device).expand(batch, -1)
             pred = self.decoder(encoded.cls, encoded.patches, visible, tokens.pos)
-        return Reconstruction(tokens, mask, visible, pred, encoded, decoded)
+        return Reconstruction(tokens, mask, token_valid, visible, pred, encoded, decoded)
