@@ -1,4 +1,5 @@
-"""Cheap checks on input files before they are decoded: is it DICOM, is a PNG or JPEG whole.
+"""Input files under a root, and cheap checks before they are decoded: is a file DICOM, is a
+PNG or JPEG whole.
 
 Domains run them while indexing, so a truncated photograph is reported as a bad input with its
 reason instead of failing a data-loader worker mid-epoch.
@@ -11,6 +12,18 @@ from pathlib import Path
 DICOM_EXTENSIONS = (".dcm", ".dicom")
 PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk every complete PNG ends with
 JPEG_END = b"\xff\xd9"  # the end-of-image marker; encoders may pad after it with zeros
+
+
+def files_under(root: Path) -> list[Path]:
+    """``root`` itself when it is a file, else the files below it in sorted path order, hidden
+    files and folders skipped."""
+    if root.is_file():
+        return [root]
+    return [
+        path
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and not any(p.startswith(".") for p in path.relative_to(root).parts)
+    ]
 
 
 def is_dicom(path: str | Path) -> bool:

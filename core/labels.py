@@ -6,7 +6,8 @@
   folder: a slide, a slide's tile folder, a DICOM series, a patient's folder) is labelled with
   its class;
 - a CSV with a header, ``path,label[,split][,patient]``: ``path`` (relative to the CSV, or
-  absolute) names a file or a folder. Other columns are ignored.
+  absolute) names a file or a folder. Other columns are kept as text in ``Label.columns`` for
+  the domain that reads one (ophthalmology's ``eye``).
 
 Everything below a labelled item takes its label and split, so a domain looks up each of its
 inputs (a tile image, a DICOM file) with :meth:`LabelTable.lookup`. Labels stay integers when
@@ -21,13 +22,14 @@ from __future__ import annotations
 
 import csv
 import hashlib
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fmcore.errors import ConfigError, MissingPath
 
 SPLITS = ("train", "val", "test")
+KNOWN_COLUMNS = ("path", "label", "split", "patient")
 VAL_FRACTION = 0.2  # share of items (or patients) a hash sends to val when no split is given
 LAYOUTS = "a CSV (path,label[,split][,patient]) or a folder with one sub-folder per class"
 SAMPLE_LABELS = "labels.csv"  # a labelled embedded sample's data.labels file
@@ -52,11 +54,13 @@ def sample_patients(count: int, classes: tuple[str, str]) -> list[tuple[str, str
 
 @dataclass(frozen=True)
 class Label:
-    """The class number and split of one labelled item, and its patient when the CSV names one."""
+    """The class number and split of one labelled item, its patient when the CSV names one, and
+    the CSV's other columns by lower-cased name."""
 
     label: int
     split: str
     patient: str | None = None
+    columns: Mapping[str, str] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)
@@ -135,6 +139,7 @@ class _Row:
     label: str
     split: str
     patient: str
+    columns: dict[str, str]
 
 
 def _read_csv(file: Path, val_fraction: float) -> dict[Path, Label]:
@@ -154,7 +159,7 @@ def _read_csv(file: Path, val_fraction: float) -> dict[Path, Label]:
             or patient_splits.get(row.patient)
             or hashed_split(_key(row.path, file.parent), val_fraction)
         )
-        items[resolved] = Label(number, split, row.patient or None)
+        items[resolved] = Label(number, split, row.patient or None, row.columns)
         first_line[resolved] = row.where
     return items
 
@@ -169,11 +174,10 @@ def _csv_rows(file: Path) -> list[_Row]:
                 f"{file}:1: the header needs the column(s) {', '.join(missing)}"
                 f" (path,label[,split][,patient]); found: {', '.join(header) or 'nothing'}"
             )
-        column = {
-            name: header.index(name)
-            for name in ("path", "label", "split", "patient")
-            if name in header
-        }
+        column: dict[str, int] = {}
+        for index, name in enumerate(header):
+            if name:
+                column.setdefault(name, index)
         rows = []
         for cells in reader:
             if not any(cell.strip() for cell in cells):
@@ -198,7 +202,8 @@ def _parse_row(file: Path, line: int, cells: list[str], column: dict[str, int]) 
         path = file.parent / path
     if not path.exists():
         raise MissingPath(f"{where}: {path} does not exist")
-    return _Row(where, path, cell("label"), split, cell("patient"))
+    others = {name: cell(name) for name in column if name not in KNOWN_COLUMNS and cell(name)}
+    return _Row(where, path, cell("label"), split, cell("patient"), others)
 
 
 def _patient_splits(rows: list[_Row], val_fraction: float) -> dict[str, str]:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fmcore.dicom_writing import new_dicom
+
 AIR, LUNG, WATER, BONE = -1000.0, -800.0, 0.0, 700.0
 SPACING_MM = 1.5
 SIZE = 48  # voxels per side: small enough for CPU tests
@@ -54,14 +56,11 @@ def write_nifti(path: Path, volume: np.ndarray, affine: np.ndarray) -> None:
 
 def write_dicom_series(folder: Path, volume: np.ndarray, affine: np.ndarray, name: str) -> None:
     """One CT Image Storage file per axial slice, patient LPS geometry, stored = HU + 1024."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import CTImageStorage, generate_uid
 
     folder.mkdir(parents=True)
     spacing = float(affine[0, 0])
     columns, rows, slices = volume.shape
-    series_uid = generate_uid(entropy_srcs=[name, "series"])
-    study_uid = generate_uid(entropy_srcs=[name, "study"])
     frame_uid = generate_uid(entropy_srcs=[name, "frame"])
     for k in range(slices):
         # Row direction +x LPS (towards the left), column direction +y LPS (posterior): the
@@ -69,19 +68,9 @@ def write_dicom_series(folder: Path, volume: np.ndarray, affine: np.ndarray, nam
         corner_ras = affine @ np.array([columns - 1, rows - 1, k, 1.0])
         position = [-corner_ras[0], -corner_ras[1], corner_ras[2]]
         plane = volume[::-1, ::-1, k].T
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[name, str(k)])
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+        ds = new_dicom(CTImageStorage, name, "CT", instance=str(k))
         ds.FrameOfReferenceUID = frame_uid
-        ds.Modality = "CT"
-        ds.PatientName, ds.PatientID = "Phantom^Synthetic", name
-        ds.SeriesNumber, ds.InstanceNumber = 1, k + 1
+        ds.InstanceNumber = k + 1
         ds.ImagePositionPatient = [f"{v:.4f}" for v in position]
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
         ds.PixelSpacing = [spacing, spacing]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fmcore.dicom_writing import new_dicom
 from fmcore.domains.radiology.sample_data import AIR, SPACING_MM, phantom
 
 SIZE = 96  # pixels per side
@@ -35,30 +36,13 @@ def chest_radiograph(rng: np.random.Generator, size: int = SIZE) -> np.ndarray:
 def write_dicom_radiograph(path: Path, image: np.ndarray, photometric: str, name: str) -> None:
     """``image`` (higher is brighter) as a DX (MONOCHROME2) or CR (MONOCHROME1) file, the latter
     storing ``WHITE - image`` with the window mirrored so that both display the same."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import (
-        ComputedRadiographyImageStorage,
-        DigitalXRayImageStorageForPresentation,
-        ExplicitVRLittleEndian,
-        generate_uid,
-    )
+    from pydicom.uid import ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation
 
     inverse = photometric == "MONOCHROME1"
     sop_class = (
         ComputedRadiographyImageStorage if inverse else DigitalXRayImageStorageForPresentation
     )
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[name, "instance"])
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID = generate_uid(entropy_srcs=[name, "study"])
-    ds.SeriesInstanceUID = generate_uid(entropy_srcs=[name, "series"])
-    ds.Modality = "CR" if inverse else "DX"
-    ds.PatientName, ds.PatientID = "Phantom^Synthetic", name
-    ds.SeriesNumber, ds.InstanceNumber = 1, 1
+    ds = new_dicom(sop_class, name, "CR" if inverse else "DX")
     ds.BodyPartExamined, ds.ViewPosition, ds.PatientOrientation = "CHEST", "PA", ["R", "F"]
     ds.ImageType = ["ORIGINAL", "PRIMARY"]
     ds.ImagerPixelSpacing = [SPACING_MM, SPACING_MM]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fmcore.file_checks import DICOM_EXTENSIONS, is_dicom
+from fmcore.file_checks import DICOM_EXTENSIONS, files_under, is_dicom
 
 CONTAINER_EXTENSIONS = (".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov")
 VIDEO_EXTENSIONS = CONTAINER_EXTENSIONS + DICOM_EXTENSIONS
@@ -15,11 +15,8 @@ def find_videos(root: Path) -> list[Path]:
     ``root`` itself when it is one file."""
     if root.is_file():
         return [root]
-    found = []
-    for path in sorted(root.rglob("*")):
-        relative = path.relative_to(root)
-        if any(part.startswith(".") for part in relative.parts) or not path.is_file():
-            continue
-        if path.suffix.lower() in VIDEO_EXTENSIONS or (not path.suffix and is_dicom(path)):
-            found.append(path)
-    return found
+    return [
+        path
+        for path in files_under(root)
+        if path.suffix.lower() in VIDEO_EXTENSIONS or (not path.suffix and is_dicom(path))
+    ]

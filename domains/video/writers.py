@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fmcore.dicom_writing import new_dicom
+
 QUIET = {"libx265": {"x265-params": "log-level=error"}}  # x265 prints its settings otherwise
 
 
@@ -48,24 +50,10 @@ def write_video(
 def write_cine(path: Path, frames: np.ndarray, frame_time_ms: float, name: str) -> None:
     """(T, H, W) uint8 greyscale ``frames`` as a multi-frame ultrasound DICOM (Ultrasound
     Multi-frame Image Storage) with its cine timing (FrameTime, FrameIncrementPointer)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.tag import Tag
-    from pydicom.uid import ExplicitVRLittleEndian, UltrasoundMultiFrameImageStorage, generate_uid
+    from pydicom.uid import UltrasoundMultiFrameImageStorage
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UltrasoundMultiFrameImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[name, "instance"])
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = (
-        meta.MediaStorageSOPClassUID,
-        meta.MediaStorageSOPInstanceUID,
-    )
-    ds.StudyInstanceUID = generate_uid(entropy_srcs=[name, "study"])
-    ds.SeriesInstanceUID = generate_uid(entropy_srcs=[name, "series"])
-    ds.Modality, ds.PatientName, ds.PatientID = "US", "Phantom^Synthetic", name
-    ds.SeriesNumber, ds.InstanceNumber = 1, 1
+    ds = new_dicom(UltrasoundMultiFrameImageStorage, name, "US")
     ds.NumberOfFrames = len(frames)
     ds.FrameTime = f"{frame_time_ms:.3f}"
     ds.FrameIncrementPointer = Tag("FrameTime")

@@ -1,0 +1,1 @@
+"""The ophthalmology domain: colour fundus photographs (JPEG, PNG, TIFF, ophthalmic DICOM)."""
