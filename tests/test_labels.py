@@ -29,7 +29,7 @@ def test_a_csv_numbers_class_names_keeps_splits_and_keeps_patients_together(
     listing = tmp_path / "labels.csv"
     listing.write_text(
         "path,label,split,patient,notes\n"
-        "images/a.png,tumour,test,,ignored column\n"
+        "images/a.png,tumour,test,,kept column\n"
         f"{images['b']},normal,,,\n"  # absolute path
         "images/c.png,tumour,,patient_3\n"  # patient_3 hashes to val ...
         "images/d.png,normal,,patient_3\n"  # ... and takes d with it
@@ -49,6 +49,9 @@ def test_a_csv_numbers_class_names_keeps_splits_and_keeps_patients_together(
     tile = tmp_path / "images" / "slide_g" / "tile_0.png"
     assert table.lookup(tile) == Label(1, "val")  # inherited from its listed folder
     assert table.lookup(tmp_path / "unlisted.png") is None
+    # other columns are kept, by lower-cased name, for a domain that reads one
+    assert table.lookup(images["a"]).columns == {"notes": "kept column"}
+    assert table.lookup(images["b"]).columns == {}
 
 
 def test_integer_labels_stay_integers(tmp_path: Path) -> None:

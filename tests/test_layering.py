@@ -17,7 +17,16 @@ PACKAGES["federated"] = "fmcore.federated"
 
 FLOORS: list[tuple[str, ...]] = [
     # 0 foundation: errors, files, process groups, collapse statistics
-    ("errors", "io", "run_files", "distributed", "collapse", "distribution"),
+    (
+        "errors",
+        "io",
+        "file_checks",
+        "dicom_writing",
+        "run_files",
+        "distributed",
+        "collapse",
+        "distribution",
+    ),
     # 1 configuration and labels
     ("config", "config_sections", "labels", "splits"),
     # 2 tensor layouts: tokenizers, views, masks
