@@ -13,14 +13,14 @@ probe on the domain's validation split. On digits (fmcore's own train/val split 
 scikit-learn's digits) every feature kind is scored: the class token, the mean patch token and
 both. On the labelled embedded samples (``data.sample=labelled``: pathology's tumour/normal
 slides as 64-px tiles, radiology's effusion/clear CT crops, video's clips of shapes moving
-horizontally or vertically) the kind each preset is evaluated
-on by default (``method.features``), and on pathology also ABMIL on the per-slide features
-``fmcore embed`` writes (test patients). In the same run: the random encoder each preset starts
-from (``checkpoint=random method=<preset>``: same architecture, same init) and the raw pixels
-(``checkpoint=pixels``). ``--set`` adds config words to every training run and to its random
-encoder (an ablation row: the same command with one setting changed). Wall-clock time of every
-training run is recorded beside its scores: the budget is 10 minutes of a 2-core CPU per preset,
-and a row over budget says so.
+horizontally or vertically, ophthalmology's fundus photographs with and without retinopathy) the
+kind each preset is evaluated on by default (``method.features``), and on pathology also ABMIL
+on the per-slide features ``fmcore embed`` writes (test patients). In the same run: the random
+encoder each preset starts from (``checkpoint=random method=<preset>``: same architecture, same
+init) and the raw pixels (``checkpoint=pixels``). ``--set`` adds config words to every training
+run and to its random encoder (an ablation row: the same command with one setting changed).
+Wall-clock time of every training run is recorded beside its scores: the budget is 10 minutes of
+a 2-core CPU per preset, and a row over budget says so.
 
 Everything runs through the ``fmcore`` command, so a row is reproduced by the commands it
 prints. The table goes to stdout as markdown (for docs/benchmarks.md), the figures to --out.
@@ -98,6 +98,17 @@ TARGETS = {
             "data.frame_size=32",
             "data.sampling_rate=2",
             "data.clips_per_video=4",
+            "encoder.tokenizer.patch_size=8",
+        ),
+        {"mae_small": 400},
+    ),
+    # 96-px fundus photographs with 8-px patches: 144 tokens, about 113 inside the field of
+    # view; both eyes of 128 patients, half with retinopathy.
+    "ophthalmology": Target(
+        (
+            "domain=ophthalmology",
+            "data.sample=labelled",
+            "data.side=96",
             "encoder.tokenizer.patch_size=8",
         ),
         {"mae_small": 400},

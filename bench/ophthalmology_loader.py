@@ -1,0 +1,135 @@
+"""Photographs/s of the ophthalmology domain's loader against a bare Pillow decode of the same
+files with the same workers.
+
+    python bench/ophthalmology_loader.py --workers 0 1 2
+    python bench/ophthalmology_loader.py --root /data/fundus --side 224 --workers 0 4 8
+
+The loader is the engine's (``DomainDataset`` of the domain's references, batched by
+``ResumableBatchSampler`` through ``make_loader``): each worker decodes a photograph (JPEG in
+libjpeg's draft mode, no smaller than ``--side``), finds its field of view, crops, pads and
+resizes it, and returns the image with its valid mask. The bare arm decodes the same files in
+the same order through the same loader machinery with ``PIL.Image.open(path).convert("RGB")``
+and nothing else (full-size uint8). Without ``--root`` it writes ``--photographs`` synthetic
+fundus JPEGs of ``--source-size`` (a camera's frame; the embedded sample's eyes scaled up) under
+``--workdir`` once. One JSON line per measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from loader_timing import time_loader
+
+from fmcore.config import compose, config_sources
+from fmcore.domain import Sample
+from fmcore.domains.ophthalmology.sample_data import fundus_photograph
+from fmcore.engine.data import DomainDataset
+from fmcore.factory import build_domain
+from fmcore.plugin_manager import registry
+
+
+class BarePillow(torch.utils.data.Dataset):
+    """The same photographs through Pillow alone: a full decode to uint8 RGB."""
+
+    def __init__(self, refs: list[Any]) -> None:
+        self.refs = refs
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __getitem__(self, index: int) -> Sample:
+        from PIL import Image
+
+        with Image.open(self.refs[index].path) as image:
+            pixels = np.asarray(image.convert("RGB"))
+        return Sample(data=torch.from_numpy(pixels[:64, :64].copy()))  # batches need one size
+
+
+def write_photographs(folder: Path, count: int, size: tuple[int, int]) -> Path:
+    """``count`` fundus JPEGs of ``size`` (H, W) at quality 92, written once."""
+    from PIL import Image
+
+    done = folder / "done"
+    if not done.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        for number in range(count):
+            rng = np.random.default_rng(number)
+            small = fundus_photograph(rng, "RL"[number % 2], lesions=number % 3 == 0)
+            large = Image.fromarray(small).resize(size[::-1], Image.Resampling.BICUBIC)
+            large.save(folder / f"eye_{number:03d}.jpg", quality=92)
+        done.touch()
+    return folder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", type=Path, help="your photographs; default: synthetic JPEGs")
+    parser.add_argument(
+        "--workdir", type=Path, default=Path(tempfile.gettempdir()) / "fmcore-bench"
+    )
+    parser.add_argument("--photographs", type=int, default=48)
+    parser.add_argument(
+        "--source-size", type=int, nargs=2, default=[1536, 2048], metavar=("H", "W")
+    )
+    parser.add_argument("--side", type=int, default=224)
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--batches", type=int, default=6)
+    parser.add_argument("--warmup", type=int, default=1)
+    args = parser.parse_args()
+
+    source = f"{args.source_size[0]}x{args.source_size[1]}"
+    root = args.root or write_photographs(
+        args.workdir / f"fundus-{args.photographs}-{source}",
+        args.photographs,
+        tuple(args.source_size),
+    )
+    words = [
+        "domain=ophthalmology",
+        f"data.root={root}",
+        f"data.side={args.side}",
+        f"run.cache_dir={args.workdir / 'cache'}",
+    ]
+    domain = build_domain(compose(words, config_sources(registry())), registry())
+    refs = list(domain.index("train"))
+    common = {
+        "date": date.today().isoformat(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "load_average": round(os.getloadavg()[0], 2),
+        "files": f"{len(refs)} JPEG {source}",
+        "side": args.side,
+        "batch": args.batch,
+    }
+    for workers in args.workers:
+        arms = {"domain": DomainDataset(domain, refs), "bare_pillow": BarePillow(refs)}
+        rates = {
+            name: time_loader(dataset, workers, args.batch, args.batches, args.warmup, seed=0)
+            for name, dataset in arms.items()
+        }
+        print(
+            json.dumps(
+                {
+                    **common,
+                    "workers": workers,
+                    **{f"{n}_samples_per_s": round(r.samples_per_s, 1) for n, r in rates.items()},
+                    "ratio": round(
+                        rates["domain"].samples_per_s / rates["bare_pillow"].samples_per_s, 2
+                    ),
+                    "skipped": rates["domain"].skipped,
+                }
+            ),
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
