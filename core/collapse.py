@@ -54,7 +54,10 @@ def loss_vs_mean_predictor(
     scored: Tensor,
 ) -> float:
     """``loss`` over the loss of a constant prediction, the mean of the scored targets, under the
-    same ``loss_fn(pred, target, scored)``: target (B, N, P), scored (B, N) bool."""
+    same ``loss_fn(pred, target, scored)``: target (B, N, P), scored (B, N) bool; 1.0 (no
+    evidence either way) when nothing is scored."""
+    if not bool(scored.any()):
+        return 1.0
     mean_target = target[scored].float().mean(dim=0).expand_as(target)
     baseline = loss_fn(mean_target, target, scored)
     return float(loss.detach() / baseline.clamp(min=1e-12))

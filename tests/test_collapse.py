@@ -10,7 +10,14 @@ import pytest
 import torch
 from conftest import SMALL_RUN, fmcore
 
-from fmcore.collapse import FEATURE_STD, CollapseWatch, feature_spread, spread_warning
+from fmcore.collapse import (
+    FEATURE_STD,
+    CollapseWatch,
+    feature_spread,
+    loss_vs_mean_predictor,
+    spread_warning,
+)
+from fmcore.modalities.grid import masked_mse
 from fmcore.plugins.dinov2.method import teacher_spread
 from fmcore.plugins.simclr.method import pair_similarities
 
@@ -83,3 +90,12 @@ def test_a_collapsed_simclr_run_warns_and_its_report_draws_the_signals(tmp_path:
     assert done.stderr.count("features are collapsing") == 1
     fmcore("report", str(run), cwd=tmp_path)
     assert (run / "report" / "collapse.png").is_file()
+
+
+def test_loss_vs_mean_is_neutral_when_no_token_is_scored() -> None:
+    """A batch whose hidden tokens all lie outside the valid region grades nothing: the ratio is
+    1.0 (no evidence), not NaN."""
+    target = torch.randn(2, 4, 3)
+    nothing = torch.zeros(2, 4, dtype=torch.bool)
+    loss = masked_mse(torch.zeros_like(target), target, nothing)
+    assert loss_vs_mean_predictor(masked_mse, loss, target, nothing) == 1.0

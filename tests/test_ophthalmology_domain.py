@@ -140,6 +140,25 @@ def test_sixteen_bit_tiff_keeps_its_precision(tmp_path: Path) -> None:
     assert float(core.mean()) == pytest.approx(40000 / 65535, abs=1e-5)
 
 
+def test_a_compressed_tiff_with_separate_colour_planes_reads_as_rgb(tmp_path: Path) -> None:
+    """tifffile writes the photograph LZW-compressed with its colours as three planes (3, H, W
+    on disk): it decodes as the same picture as the contiguous PNG."""
+    image = fundus_photograph(np.random.default_rng(1), "L", lesions=False)
+    Image.fromarray(image).save(tmp_path / "contiguous.png")
+    tifffile.imwrite(
+        tmp_path / "planar.tif",
+        np.moveaxis(image, -1, 0),
+        photometric="rgb",
+        planarconfig="separate",
+        compression="lzw",
+    )
+    domain = ophthalmology(tmp_path, tmp_path / "cache")
+    refs = by_name(domain)
+    assert domain.bad_inputs == []
+    planar, contiguous = (domain.load(refs[n]).data for n in ("planar.tif", "contiguous.png"))
+    assert float((planar - contiguous).abs().max()) < 1e-6
+
+
 def test_mirror_left_eyes_turns_every_eye_to_a_right_eyes_orientation(
     sample: Path, tmp_path: Path
 ) -> None:
@@ -162,10 +181,12 @@ def test_a_labels_csv_gives_patients_splits_and_eyes(sample: Path, tmp_path: Pat
         f"{sample}/patient_a_R.jpg,healthy,a,train,R\n"
         f"{sample}/patient_a_L.png,healthy,a,train,L\n"
         f"{sample}/patient_b_R_exif.jpg,disease,b,val,\n"
+        f"{sample}/patient_b_L_16bit.tif,disease,b,val,OS\n"
     )
     domain = ophthalmology(sample, tmp_path / "cache", labels=str(labels))
     train = {Path(r.path).name: r for r in domain.index("train")}
-    (val,) = domain.index("val")
+    val, val_os = sorted(domain.index("val"), key=lambda r: r.path, reverse=True)
+    assert val_os.eye == "L"  # OS, oculus sinister
     assert sorted(train) == ["patient_a_L.png", "patient_a_R.jpg"]
     assert train["patient_a_L.png"].eye == "L" and train["patient_a_L.png"].patient == "a"
     assert (Path(val.path).name, val.label, val.eye) == ("patient_b_R_exif.jpg", 0, "")

@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from fmcore.domain import Domain, Sample
 from fmcore.domains.ophthalmology.field_of_view import FovSettings, NoFieldOfView, fundus_sample
 from fmcore.domains.ophthalmology.photographs import (
-    EYES,
+    EYE_NAMES,
     NotAPhotograph,
     PhotoRef,
     check_photograph,
@@ -87,9 +87,12 @@ class Ophthalmology(Domain):
         entry = table.lookup(path) if table is not None else None
         patient = (entry.patient if entry else None) or image_id
         listed = (entry.columns.get("eye", "") if entry else "").strip().upper()
-        if listed and listed not in EYES:
-            raise ConfigError(f"data.labels={table.source}: eye '{listed}' of {path} is not L or R")
-        return PhotoRef(str(path), reader, image_id, listed or eye, patient)
+        if listed and listed not in EYE_NAMES:
+            raise ConfigError(
+                f"data.labels={table.source}: eye '{listed}' of {path} is not L or R"
+                " (nor OS/OD, left/right)"
+            )
+        return PhotoRef(str(path), reader, image_id, EYE_NAMES.get(listed, eye), patient)
 
     def load(self, ref: PhotoRef) -> Sample:
         photograph = read_photograph(ref, draft_side=self.side)

@@ -21,6 +21,7 @@ TIFF_EXTENSIONS = (".tif", ".tiff")
 PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".png", *TIFF_EXTENSIONS)
 MIN_SIDE = 32  # pixels: anything smaller is not a fundus photograph
 EYES = ("L", "R")
+EYE_NAMES = {"L": "L", "R": "R", "OS": "L", "OD": "R", "LEFT": "L", "RIGHT": "R"}
 # TIFF/EXIF orientation 1-8 -> (quarter turns counter-clockwise, then mirror left-right)
 ORIENTATIONS = {1: (0, False), 2: (0, True), 3: (2, False), 4: (2, True),
                 5: (3, True), 6: (3, False), 7: (1, True), 8: (1, False)}  # fmt: skip
@@ -96,10 +97,10 @@ def _check_tiff(path: Path) -> tuple[int, int]:
 
     try:
         with tifffile.TiffFile(path) as tiff:
-            shape = tiff.pages.first.shape
+            page = tiff.pages.first
+            return int(page.imagelength), int(page.imagewidth)
     except (tifffile.TiffFileError, ValueError, OSError) as error:
         raise NotAPhotograph(f"not a readable TIFF: {error}") from error
-    return int(shape[0]), int(shape[1])
 
 
 def _check_dicom(path: Path) -> str:
@@ -163,6 +164,8 @@ def _read_tiff(path: str) -> np.ndarray:
     with tifffile.TiffFile(path) as tiff:
         page = tiff.pages.first
         pixels = page.asarray()
+        if page.planarconfig == tifffile.PLANARCONFIG.SEPARATE and pixels.ndim == 3:
+            pixels = np.moveaxis(pixels, 0, -1)  # colour planes stored one after another
         orientation = page.tags.get("Orientation")
         code = int(orientation.value) if orientation is not None else 1
     return as_rgb(orient(to_unit(pixels), code))
