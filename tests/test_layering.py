@@ -19,6 +19,7 @@ FLOORS: list[tuple[str, ...]] = [
     # 0 foundation: errors, files, process groups, collapse statistics
     (
         "errors",
+        "crops",
         "io",
         "file_checks",
         "dicom_writing",

@@ -205,10 +205,14 @@ def test_an_eye_that_is_neither_left_nor_right_is_a_config_error(
 
 
 def test_the_domain_refuses_modes_and_sizes_it_does_not_read(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"data\.mode=oct"):
-        ophthalmology(tmp_path, tmp_path, mode="oct")
+    with pytest.raises(ConfigError, match=r"data\.mode=angiography"):
+        ophthalmology(tmp_path, tmp_path, mode="angiography")
+    with pytest.raises(ConfigError, match=r"data\.oct_unit=slab"):
+        ophthalmology(tmp_path, tmp_path, mode="oct", oct_unit="slab")
     with pytest.raises(ConfigError, match="square"):
         ophthalmology(tmp_path, tmp_path, size=[64, 96])
+    with pytest.raises(ConfigError, match=r"\(B-scans, axial, lateral\)"):
+        ophthalmology(tmp_path, tmp_path, mode="oct", size=[64, 64])
 
 
 # --- bad inputs ----------------------------------------------------------------------------

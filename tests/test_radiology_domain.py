@@ -24,7 +24,7 @@ from nibabel.testing import data_path
 from omegaconf import OmegaConf
 from pydicom.data import get_testdata_file
 
-from fmcore.domains.radiology.crop import crop_or_pad
+from fmcore.crops import crop_or_pad
 from fmcore.domains.radiology.data import Radiology
 from fmcore.domains.radiology.dicom import read_header
 from fmcore.domains.radiology.geometry import order_and_check

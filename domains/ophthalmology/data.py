@@ -1,45 +1,63 @@
-"""The ophthalmology domain: colour fundus photographs under ``data.root``.
+"""The ophthalmology domain: colour fundus photographs and OCT volumes under ``data.root``.
 
-``index`` finds the photographs (JPEG, PNG, TIFF, single-frame DICOM), checks each one's header
-(:mod:`.photographs`) and leaves out the unusable ones as bad inputs with their reason. ``load``
-decodes one, finds its circular field of view, crops the photograph to it and returns a square
-(3, S, S) image in [0, 1] with the FOV as the sample's valid-pixel mask (:mod:`.field_of_view`):
-MAE then neither shows, budgets nor grades the black surround. Each photograph's eye (DICOM
-laterality, or the ``eye`` column of ``data.labels``) is kept in the sample's meta; with
-``data.mirror_left_eyes`` left eyes are mirrored so every eye has a right eye's orientation.
+``index`` finds the inputs of ``data.mode``, checks each one's header and leaves out the unusable
+ones as bad inputs with their reason.
+
+- ``fundus`` (:mod:`.photographs`, :mod:`.field_of_view`): JPEG, PNG, TIFF and single-frame
+  DICOM photographs. ``load`` decodes one, finds its round field of view, crops the photograph to
+  it and returns a square (3, S, S) image in [0, 1] with the FOV as the sample's valid-pixel
+  mask: MAE then neither shows, budgets nor grades the black surround. With
+  ``data.mirror_left_eyes`` left eyes are mirrored so every eye has a right eye's orientation.
+- ``oct`` (:mod:`.oct_files`, :mod:`.oct_preprocess`): DICOM Ophthalmic Tomography, TIFF stacks,
+  folders of B-scan PNGs, NumPy arrays and Heidelberg .vol files, as (1, B-scans, axial,
+  lateral) volumes (``data.oct_unit=volume``) or (1, axial, lateral) B-scans (``bscan``),
+  resampled to ``data.oct_spacing`` and cropped axially to the retina band.
+
+Each input's eye (DICOM laterality, the .vol header, or the ``eye`` column of ``data.labels``)
+and patient (the labels' ``patient`` column, else the input itself) go into the sample's meta.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
+import torch
 from omegaconf import DictConfig
+from torch import Tensor
 
 from fmcore.domain import Domain, Sample
 from fmcore.domains.ophthalmology.field_of_view import FovSettings, NoFieldOfView, fundus_sample
+from fmcore.domains.ophthalmology.modes import Mode, read_mode, sample_size
+from fmcore.domains.ophthalmology.oct_files import check_oct, oct_inputs, read_oct
+from fmcore.domains.ophthalmology.oct_preprocess import OctSettings, oct_sample
 from fmcore.domains.ophthalmology.photographs import (
     EYE_NAMES,
     NotAPhotograph,
-    PhotoRef,
     check_photograph,
     read_photograph,
     reader_for,
 )
+from fmcore.domains.ophthalmology.refs import OctRef, PhotoRef
 from fmcore.errors import BadSample, ConfigError
 from fmcore.file_checks import files_under
 from fmcore.labels import LabelTable
 from fmcore.splits import SPLITS, check_split, select
 
-MODES = ("fundus",)
-INPUT_KINDS = "photographs (JPEG, PNG, TIFF or DICOM files)"  # what data.labels names
+INPUT_KINDS = {  # what data.labels names, per mode
+    "fundus": "photographs (JPEG, PNG, TIFF or DICOM files)",
+    "oct": "OCT volumes (DICOM, TIFF, NumPy or .vol files, or folders of B-scan PNGs)",
+}
+Ref = PhotoRef | OctRef
+Checked = TypeVar("Checked")
 
 
 class Ophthalmology(Domain):
     name = "ophthalmology"
     modality = "image2d"
-    requires = ("PIL", "tifffile", "pydicom", "skimage")
+    requires = ("PIL", "tifffile", "pydicom", "skimage", "eyepy")
     extra = "ophthalmology"
     splits = SPLITS
     sample_kinds = ("plain", "labelled")
@@ -47,43 +65,80 @@ class Ophthalmology(Domain):
 
     def __init__(self, data: DictConfig, cache_dir: Path) -> None:
         super().__init__(data, cache_dir)
-        mode = str(data.get("mode") or "fundus")
-        if mode not in MODES:
-            raise ConfigError(
-                f"data.mode={mode}: the ophthalmology domain reads {', '.join(MODES)}"
-            )
-        size = self.sample_size
-        if len(size) != 2 or size[0] != size[1] or size[0] < 1:
-            raise ConfigError(f"data.size={list(size)}: a fundus sample is square, [side, side]")
-        self.side = int(size[0])
+        self.mode: Mode = read_mode(data)
+        self.sample_size  # noqa: B018 -- a wrong data.size fails here, not in a worker
         self.fov = FovSettings.from_config(data)
+        self.oct = OctSettings.from_config(data)
         self.mirror_left_eyes = bool(data.get("mirror_left_eyes", False))
+        self._bscans: dict[str, int] = {}  # B-scans per OCT input, from its header
+        if self.mode.is_oct and self.sample_kind == "labelled":
+            raise ConfigError("data.sample=labelled: the labelled sample is of fundus photographs")
 
-    def find_samples(self, split: str) -> Sequence[PhotoRef]:
+    @classmethod
+    def modality_for(cls, data: DictConfig) -> str:
+        return read_mode(data).modality
+
+    @property
+    def sample_size(self) -> tuple[int, ...]:
+        return sample_size(self.data, read_mode(self.data))
+
+    @property
+    def channels(self) -> int:
+        return read_mode(self.data).channels
+
+    @property
+    def sample_name(self) -> str:
+        base = super().sample_name
+        return f"{base}-oct" if self.mode.is_oct else base
+
+    def find_samples(self, split: str) -> Sequence[Ref]:
         table = self.label_table()
         check_split(split, table, self.name)
         root = self.resolve_root()
-        found: list[PhotoRef] = []
+        found = self._find_oct(root, table) if self.mode.is_oct else self._find_photos(root, table)
+        kinds = INPUT_KINDS[self.mode.name]
+        selected = select(found, split, table, lambda ref: Path(ref.path), kinds)
+        refs = [replace(ref, label=label) for ref, label in selected]
+        if self.mode.unit != "bscan":
+            return refs
+        return [replace(ref, bscan=i) for ref in refs for i in range(self._bscans[ref.path])]
+
+    def _find_photos(self, root: Path, table: LabelTable | None) -> list[PhotoRef]:
+        found = []
         for path in files_under(root):
             reader = reader_for(path)
             if reader is None:
                 continue
-            try:
-                eye = check_photograph(path, reader)
-            except NotAPhotograph as error:
-                self.report_bad_input(path, str(error))
-                continue
-            except Exception as error:  # an unreadable header
-                self.report_bad_input(path, f"cannot read: {type(error).__name__}: {error}")
-                continue
-            found.append(self._ref(path, root, reader, eye, table))
-        selected = select(found, split, table, lambda ref: Path(ref.path), INPUT_KINDS)
-        return [_with_label(ref, label) for ref, label in selected]
+            eye = self._checked(path, lambda p, r=reader: check_photograph(p, r))
+            if eye is not None:
+                found.append(PhotoRef(str(path), reader, *self._who(path, root, eye, table)))
+        return found
 
-    def _ref(
-        self, path: Path, root: Path, reader: str, eye: str, table: LabelTable | None
-    ) -> PhotoRef:
-        image_id = path.name if root.is_file() else path.relative_to(root).as_posix()
+    def _find_oct(self, root: Path, table: LabelTable | None) -> list[OctRef]:
+        found = []
+        for path, reader in oct_inputs(files_under(root)):
+            header = self._checked(path, lambda p, r=reader: check_oct(p, r))
+            if header is not None:
+                self._bscans[str(path)] = header.bscans
+                who = self._who(path, root, header.eye, table)
+                found.append(OctRef(str(path), reader, *who))
+        return found
+
+    def _checked(self, path: Path, check: Callable[[Path], Checked]) -> Checked | None:
+        """``check(path)``, or None with the input reported as bad, with its reason."""
+        try:
+            return check(path)
+        except NotAPhotograph as error:
+            self.report_bad_input(path, str(error))
+        except Exception as error:  # an unreadable header
+            self.report_bad_input(path, f"cannot read: {type(error).__name__}: {error}")
+        return None
+
+    def _who(
+        self, path: Path, root: Path, eye: str, table: LabelTable | None
+    ) -> tuple[str, str, str]:
+        """(id, eye, patient) of an input: the labels' eye and patient win over the file's."""
+        image_id = path.name if root == path else path.relative_to(root).as_posix()
         entry = table.lookup(path) if table is not None else None
         patient = (entry.patient if entry else None) or image_id
         listed = (entry.columns.get("eye", "") if entry else "").strip().upper()
@@ -92,38 +147,51 @@ class Ophthalmology(Domain):
                 f"data.labels={table.source}: eye '{listed}' of {path} is not L or R"
                 " (nor OS/OD, left/right)"
             )
-        return PhotoRef(str(path), reader, image_id, EYE_NAMES.get(listed, eye), patient)
+        return image_id, EYE_NAMES.get(listed, eye), patient
 
-    def load(self, ref: PhotoRef) -> Sample:
-        photograph = read_photograph(ref, draft_side=self.side)
+    def load(self, ref: Ref) -> Sample:
+        if isinstance(ref, OctRef):
+            return self._load_oct(ref)
+        photograph = read_photograph(ref, draft_side=self.sample_size[0])
         try:
-            image, valid = fundus_sample(photograph.rgb, self.side, self.fov)
+            image, valid = fundus_sample(photograph.rgb, self.sample_size[0], self.fov)
         except NoFieldOfView as error:
             raise BadSample(ref.path, str(error)) from error
         eye = ref.eye or photograph.eye
         if self.mirror_left_eyes and eye == "L":
             image, valid = image.flip(-1), valid.flip(-1)
-        return Sample(
-            data=image,
-            label=ref.label,
-            meta={"image": ref.image_id, "patient": ref.patient, "eye": eye},
-            valid=valid,
-        )
+        return Sample(data=image, label=ref.label, meta=self._meta(ref, eye), valid=valid)
 
-    def partition_key(self, ref: PhotoRef, by: str) -> str | int:
+    def _load_oct(self, ref: OctRef) -> Sample:
+        try:
+            volume = read_oct(ref.path, ref.reader, ref.bscan)
+        except Exception as error:  # corrupt pixel data found only when decoding
+            raise BadSample(str(ref), f"cannot decode: {type(error).__name__}: {error}") from error
+        data = torch.from_numpy(oct_sample(volume, self.sample_size, self.oct))
+        eye = ref.eye or volume.eye
+        if self.mirror_left_eyes and eye == "L":
+            data = data.flip(-1)
+        meta = self._meta(ref, eye) | {"bscan": -1 if ref.bscan is None else ref.bscan}
+        return Sample(data=data, label=ref.label, meta=meta)
+
+    @staticmethod
+    def _meta(ref: Ref, eye: str) -> dict[str, str | int]:
+        return {"image": ref.image_id, "patient": ref.patient, "eye": eye}
+
+    def normalize(self, views: Tensor) -> Tensor:
+        if not self.mode.is_oct:
+            return super().normalize(views)
+        return (views - float(self.data.oct_mean)) / float(self.data.oct_std)
+
+    def partition_key(self, ref: Ref, by: str) -> str | int:
         return {"patient": ref.patient, "eye": f"{ref.patient}/{ref.eye}", "label": ref.label}[by]
 
     def write_sample_data(self, directory: Path) -> None:
-        from fmcore.domains.ophthalmology.sample_data import (
-            write_labelled_photographs,
-            write_sample_photographs,
-        )
+        from fmcore.domains.ophthalmology import oct_sample_data, sample_data
 
-        if self.sample_kind == "labelled":
-            write_labelled_photographs(directory)
+        if self.mode.is_oct:
+            oct_sample_data.write_sample_volumes(directory)
+        elif self.sample_kind == "labelled":
+            sample_data.write_labelled_photographs(directory)
         else:
-            write_sample_photographs(directory)
-
-
-def _with_label(ref: PhotoRef, label: int) -> PhotoRef:
-    return replace(ref, label=label)
+            sample_data.write_sample_photographs(directory)

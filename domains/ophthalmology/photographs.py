@@ -13,12 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
+from fmcore.domains.ophthalmology.refs import PhotoRef
 from fmcore.errors import BadSample
 from fmcore.file_checks import is_dicom, truncation
 
 PIL_FORMATS = ("JPEG", "PNG")
 TIFF_EXTENSIONS = (".tif", ".tiff")
 PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".png", *TIFF_EXTENSIONS)
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")  # Pillow's 16-bit greyscale modes
 MIN_SIDE = 32  # pixels: anything smaller is not a fundus photograph
 EYES = ("L", "R")
 EYE_NAMES = {"L": "L", "R": "R", "OS": "L", "OD": "R", "LEFT": "L", "RIGHT": "R"}
@@ -29,21 +31,6 @@ ORIENTATIONS = {1: (0, False), 2: (0, True), 3: (2, False), 4: (2, True),
 
 class NotAPhotograph(ValueError):
     """An input that is not one readable 2D photograph (the reason is the message)."""
-
-
-@dataclass(frozen=True)
-class PhotoRef:
-    """One photograph to load: ``reader`` ``pil``, ``tiff`` or ``dicom``; ``eye`` L, R or empty."""
-
-    path: str
-    reader: str
-    image_id: str
-    eye: str
-    patient: str
-    label: int = -1
-
-    def __str__(self) -> str:
-        return self.path
 
 
 @dataclass(frozen=True)
@@ -153,7 +140,7 @@ def _read_pil(path: str, draft_side: int) -> np.ndarray:
         if image.format == "JPEG":
             image.draft("RGB", (draft_side, draft_side))
         image = ImageOps.exif_transpose(image)
-        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        if image.mode in SIXTEEN_BIT_MODES:
             return as_rgb(np.asarray(image, dtype=np.float32) / 65535.0)
         return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
 

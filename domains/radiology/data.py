@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from fmcore.crops import crop_or_pad
 from fmcore.domain import Domain, Sample
 from fmcore.domains.radiology.cache import cache_key, cached
-from fmcore.domains.radiology.crop import crop_or_pad
 from fmcore.domains.radiology.modes import read_mode, sample_size
 from fmcore.domains.radiology.preprocess import Preprocessing, preprocess
 from fmcore.domains.radiology.radiograph import XrayPreprocessing, preprocess_radiograph

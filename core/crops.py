@@ -1,4 +1,4 @@
-"""A fixed-size sample from a volume of any size: crop where it is larger, pad where smaller.
+"""A fixed-size sample from an array of any size: crop where it is larger, pad where smaller.
 
 Positions are fractions of the room left in each axis, so a reference chooses its crop without
 knowing the volume's shape, and the same reference always gives the same voxels.
