@@ -8,7 +8,10 @@ valid ones listed.
 
 A section may hold ``by_modality: {<modality>: {...}}`` (MAE's per-modality recipes): it is
 merged over its section for the chosen domain's modality when the config is composed, and
-dropped, so the composed (and saved) config is exactly what runs. A command-line override of the
+dropped, so the composed (and saved) config is exactly what runs. A domain's own keys follow
+the modality's (``Domain.recipe_keys``: its name, and ``<name>-<mode>`` for a domain with
+modes), so a recipe can name one domain or one of its modes (RETFound's 0.85 for
+``ophthalmology-oct``). A command-line override of the
 section's own key (``method.mask_ratio=0.8``) wins over the modality's value;
 ``method.by_modality.video.mask_ratio=0.8`` changes the recipe itself.
 """
@@ -41,6 +44,8 @@ def core_config_dir() -> Path:
 
 # (domain name, data section) -> the modality of that domain's samples
 ModalityOf = Callable[[str, DictConfig], str]
+# (domain name, data section) -> the domain's own by_modality keys, merged after the modality's
+RecipeKeysOf = Callable[[str, DictConfig], tuple[str, ...]]
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,7 @@ class ConfigSources:
 
     dirs: tuple[Path, ...]
     modality_of: ModalityOf | None = None
+    recipe_keys_of: RecipeKeysOf | None = None
 
     def groups(self) -> list[str]:
         found = {p.name for d in self.dirs if d.is_dir() for p in d.iterdir() if p.is_dir()}
@@ -75,10 +81,14 @@ class ProvidesConfigDirs(Protocol):
 
     def modality_of(self, domain: str, data: DictConfig) -> str: ...
 
+    def recipe_keys_of(self, domain: str, data: DictConfig) -> tuple[str, ...]: ...
+
 
 def config_sources(plugins: ProvidesConfigDirs) -> ConfigSources:
     """fmcore's config directory, then every plugin's (``fmcore_config_dirs``)."""
-    return ConfigSources((core_config_dir(), *plugins.config_dirs), plugins.modality_of)
+    return ConfigSources(
+        (core_config_dir(), *plugins.config_dirs), plugins.modality_of, plugins.recipe_keys_of
+    )
 
 
 def _group_rank(group: str) -> tuple[int, str]:
@@ -203,7 +213,7 @@ def compose(words: Sequence[str], sources: ConfigSources, saved: Path | None = N
     OmegaConf.set_struct(config, True)
     for key, value, may_add in overrides.values:
         _set(config, key, value, may_add)
-    if _resolve_by_modality(config, sources.modality_of):
+    if _resolve_by_modality(config, sources):
         for key, value, may_add in overrides.values:  # the command line wins over a recipe
             if f".{BY_MODALITY}." not in f".{key}":
                 _set(config, key, value, may_add)
@@ -224,41 +234,49 @@ def unresolved_by_modality(config: DictConfig) -> list[str]:
     ]
 
 
-def _resolve_by_modality(config: DictConfig, modality_of: ModalityOf | None) -> bool:
-    """Merge each section's ``by_modality.<modality>`` over it and drop the table; False when
-    there is nothing to resolve, or no domain chosen yet to resolve it for."""
+def _resolve_by_modality(config: DictConfig, sources: ConfigSources) -> bool:
+    """Merge each section's ``by_modality.<modality>`` (then the domain's own keys) over it and
+    drop the table; False when there is nothing to resolve, or no domain chosen yet to resolve
+    it for."""
     sections = unresolved_by_modality(config)
     domain = OmegaConf.select(config, "domain.name")
     if not sections or domain is None:
         return False
-    if modality_of is None:
+    if sources.modality_of is None:
         raise ConfigError(
             f"cannot resolve {', '.join(f'{s}.{BY_MODALITY}' for s in sections)} without the"
             " installed domains: compose with config_sources(registry)"
         )
-    modality = modality_of(str(domain), config.get("data") or OmegaConf.create({}))
+    data = config.get("data") or OmegaConf.create({})
+    modality = sources.modality_of(str(domain), data)
+    domain_keys = sources.recipe_keys_of(str(domain), data) if sources.recipe_keys_of else ()
     with open_dict(config):
         for name in sections:
-            config[name] = for_modality(config[name], modality, name)
+            config[name] = for_modality(config[name], modality, name, domain_keys)
     return True
 
 
-def for_modality(section: DictConfig, modality: str, name: str) -> DictConfig:
-    """Section ``name`` as it runs on ``modality``: its ``by_modality.<modality>`` merged over it
-    (only keys the section has), the table dropped."""
+def for_modality(
+    section: DictConfig, modality: str, name: str, domain_keys: Sequence[str] = ()
+) -> DictConfig:
+    """Section ``name`` as it runs on ``modality``: its ``by_modality.<modality>``, then each of
+    ``domain_keys`` it has, merged over it (only keys the section has), the table dropped."""
     keys = [str(key) for key in section if key != BY_MODALITY]
     base = OmegaConf.masked_copy(section, keys)
-    recipe = (section.get(BY_MODALITY) or {}).get(modality)
-    if not recipe:
-        return base
+    table = section.get(BY_MODALITY) or {}
     OmegaConf.set_struct(base, True)
-    try:
-        return OmegaConf.merge(base, recipe)
-    except OmegaConfBaseException as error:
-        raise ConfigError(
-            f"{name}.{BY_MODALITY}.{modality} overrides an unknown key: {error};"
-            f" valid keys: {', '.join(keys)}"
-        ) from error
+    for recipe_key in (modality, *domain_keys):
+        recipe = table.get(recipe_key)
+        if not recipe:
+            continue
+        try:
+            base = OmegaConf.merge(base, recipe)
+        except OmegaConfBaseException as error:
+            raise ConfigError(
+                f"{name}.{BY_MODALITY}.{recipe_key} overrides an unknown key: {error};"
+                f" valid keys: {', '.join(keys)}"
+            ) from error
+    return base
 
 
 def _compose_groups(sources: ConfigSources, choices: dict[str, str]) -> DictConfig:

@@ -76,6 +76,13 @@ class Domain(ABC):
         depends on the config (radiology: ``data.mode``)."""
         return cls.modality
 
+    @classmethod
+    def recipe_keys(cls, data: DictConfig) -> tuple[str, ...]:
+        """The keys a method's ``by_modality`` table may use for this domain, merged after its
+        modality's: the domain's name, and a domain with modes adds ``<name>-<mode>``
+        (ophthalmology: ``ophthalmology-oct``)."""
+        return (cls.name,)
+
     def report_bad_input(self, path: str | Path, reason: str) -> None:
         """Record a whole input (a corrupt slide, an empty series) that ``index`` leaves out.
 

@@ -79,6 +79,10 @@ class Registry:
         """The modality of domain ``domain``'s samples under the ``data`` section."""
         return self.domain(domain).modality_for(data)
 
+    def recipe_keys_of(self, domain: str, data: DictConfig) -> tuple[str, ...]:
+        """Domain ``domain``'s own ``by_modality`` keys under the ``data`` section."""
+        return self.domain(domain).recipe_keys(data)
+
     @property
     def hook(self) -> Any:
         """Lifecycle hooks, called with keyword arguments: ``hook.fmcore_step_end(...)``."""

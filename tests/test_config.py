@@ -11,7 +11,14 @@ from conftest import fmcore
 from omegaconf import DictConfig, OmegaConf
 
 from fmcore.cli import main
-from fmcore.config import ConfigSources, as_dict, compose, core_config_dir, to_yaml
+from fmcore.config import (
+    ConfigSources,
+    as_dict,
+    compose,
+    config_sources,
+    core_config_dir,
+    to_yaml,
+)
 from fmcore.errors import ConfigError, UnknownChoice
 from fmcore.plugin_manager import registry
 
@@ -355,6 +362,24 @@ def test_a_command_line_key_wins_over_the_modality_recipe() -> None:
     assert config.method.decoder.embed_dim == 384  # the rest of the recipe still applies
     recipe = compose(["method=mae", "method.by_modality.video.mask_ratio=0.85"], VIDEO)
     assert recipe.method.mask_ratio == 0.85
+
+
+def test_a_domain_recipe_follows_the_modality_recipe() -> None:
+    """Recipe keys a domain adds (its name, and "<name>-<mode>") merge after the modality's:
+    MAE on ophthalmology's OCT masks RETFound's 0.85, on its photographs the image default."""
+    sources = config_sources(registry())
+    fundus = compose(["domain=ophthalmology", "method=mae"], sources)
+    oct_volumes = compose(["domain=ophthalmology", "data.mode=oct", "method=mae"], sources)
+    oct_bscans = compose(
+        ["domain=ophthalmology", "data.mode=oct", "data.oct_unit=bscan", "method=mae"], sources
+    )
+    assert fundus.method.mask_ratio == 0.75
+    assert oct_volumes.method.mask_ratio == 0.85 and oct_bscans.method.mask_ratio == 0.85
+    assert oct_volumes.method.decoder.embed_dim == 512  # no volume3d recipe: the image decoder
+    mine = compose(
+        ["domain=ophthalmology", "data.mode=oct", "method=mae", "method.mask_ratio=0.6"], sources
+    )
+    assert mine.method.mask_ratio == 0.6  # the command line still wins
 
 
 def test_a_saved_config_runs_as_saved(tmp_path: Path) -> None:

@@ -78,6 +78,10 @@ class Ophthalmology(Domain):
     def modality_for(cls, data: DictConfig) -> str:
         return read_mode(data).modality
 
+    @classmethod
+    def recipe_keys(cls, data: DictConfig) -> tuple[str, ...]:
+        return (cls.name, f"{cls.name}-{read_mode(data).name}")
+
     @property
     def sample_size(self) -> tuple[int, ...]:
         return sample_size(self.data, read_mode(self.data))
