@@ -264,11 +264,11 @@ def for_modality(
     keys = [str(key) for key in section if key != BY_MODALITY]
     base = OmegaConf.masked_copy(section, keys)
     table = section.get(BY_MODALITY) or {}
-    OmegaConf.set_struct(base, True)
     for recipe_key in (modality, *domain_keys):
         recipe = table.get(recipe_key)
         if not recipe:
             continue
+        OmegaConf.set_struct(base, True)  # a recipe may only override keys the section has
         try:
             base = OmegaConf.merge(base, recipe)
         except OmegaConfBaseException as error:
