@@ -19,6 +19,7 @@ from PIL import Image
 
 from fmcore.config import core_config_dir
 from fmcore.domains.ophthalmology.data import Ophthalmology
+from fmcore.domains.ophthalmology.oct_files import read_oct
 from fmcore.domains.ophthalmology.oct_preprocess import band_centre, resample
 from fmcore.domains.ophthalmology.oct_sample_data import (
     SPACING_MM,
@@ -111,8 +112,6 @@ def test_pngs_are_bscans_in_natural_order(tmp_path: Path) -> None:
         Image.fromarray(np.full((40, 40), 10 * number, np.uint8)).save(
             folder / f"bscan_{number}.png"
         )
-    from fmcore.domains.ophthalmology.oct_files import read_oct
-
     volume = read_oct(str(folder), "png_folder")
     assert [round(float(b.mean()) * 255) for b in volume.values] == [10 * i for i in range(12)]
 
@@ -188,3 +187,22 @@ def test_mae_trains_on_the_embedded_oct_volumes(tmp_path: Path, unit: str) -> No
     assert summary["skipped_inputs"] == [] and summary["skipped_samples"] == 0
     written = sorted(p.name for p in (cache / "sample-data" / "ophthalmology-oct").iterdir())
     assert written == ["oct_L.npy", "oct_L_stack.tif", "oct_R.dcm", "oct_R.vol", "oct_R_bscans"]
+
+
+def test_the_labelled_oct_sample_needs_no_resampling_and_splits_by_patient(
+    tmp_path: Path,
+) -> None:
+    from collections import Counter
+
+    raw = OmegaConf.load(core_config_dir() / "domain" / "ophthalmology.yaml")
+    raw.data.mode, raw.data.sample = "oct", "labelled"
+    domain = Ophthalmology(raw.data, tmp_path)
+    counts = {}
+    for split in ("train", "val", "test"):
+        refs = domain.index(split)
+        counts[split] = Counter(ref.label for ref in refs)
+    assert counts == {"train": {0: 32, 1: 32}, "val": {0: 16, 1: 16}, "test": {0: 16, 1: 16}}
+    ref = domain.index("val")[0]
+    volume = read_oct(ref.path, ref.reader)
+    assert volume.values.shape == (16, 64, 64) and volume.spacing == (0.1875, 0.0156, 0.0469)
+    assert domain.load(ref).data.shape == (1, 16, 64, 64)

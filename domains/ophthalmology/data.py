@@ -71,8 +71,6 @@ class Ophthalmology(Domain):
         self.oct = OctSettings.from_config(data)
         self.mirror_left_eyes = bool(data.get("mirror_left_eyes", False))
         self._bscans: dict[str, int] = {}  # B-scans per OCT input, from its header
-        if self.mode.is_oct and self.sample_kind == "labelled":
-            raise ConfigError("data.sample=labelled: the labelled sample is of fundus photographs")
 
     @classmethod
     def modality_for(cls, data: DictConfig) -> str:
@@ -193,7 +191,9 @@ class Ophthalmology(Domain):
     def write_sample_data(self, directory: Path) -> None:
         from fmcore.domains.ophthalmology import oct_sample_data, sample_data
 
-        if self.mode.is_oct:
+        if self.mode.is_oct and self.sample_kind == "labelled":
+            oct_sample_data.write_labelled_volumes(directory)
+        elif self.mode.is_oct:
             oct_sample_data.write_sample_volumes(directory)
         elif self.sample_kind == "labelled":
             sample_data.write_labelled_photographs(directory)

@@ -7,7 +7,9 @@ bright photoreceptor band and the brightest RPE), a choroid fading with depth, a
 thinning the inner layers at the centre, a tilt and curvature per volume, and multiplicative
 speckle. ``write_sample_volumes`` writes one volume per format: DICOM Ophthalmic Tomography
 (pixel spacing in the shared functional groups, laterality), a 16-bit TIFF stack, a folder of
-B-scan PNGs, a NumPy array and a Heidelberg .vol (eyepy's own file layout).
+B-scan PNGs, a NumPy array and a Heidelberg .vol (eyepy's own file layout);
+``write_labelled_volumes`` writes the labelled sample: one small DICOM volume per patient, half
+of them with drusen (dome-shaped lifts of the RPE over deposits).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from fmcore.dicom_writing import new_dicom
-from fmcore.labels import SAMPLE_SEED
+from fmcore.labels import SAMPLE_SEED, sample_patients, write_sample_labels
 
 BSCANS, AXIAL, LATERAL = 24, 256, 192
 SPACING_MM = (0.125, 0.0039, 0.0156)  # between B-scans, axial, lateral
@@ -25,39 +27,70 @@ SPACING_MM = (0.125, 0.0039, 0.0156)  # between B-scans, axial, lateral
 # RNFL, GCL+IPL, INL, OPL, ONL, photoreceptors (IS/OS), RPE
 LAYERS = ((12, 0.75), (20, 0.45), (10, 0.22), (8, 0.45), (22, 0.18), (6, 0.8), (8, 1.0))
 INNER_LAYERS = 4  # the fovea thins the first four
+OUTER_LAYERS = 5  # drusen lift the layers from the photoreceptors down
+DRUSEN = 0.55  # reflectivity of the deposits under the lifted RPE
 VITREOUS = 0.03
+CLASSES = ("normal", "drusen")
+LABELLED_PATIENTS = 128
 OPHTHALMIC_TOMOGRAPHY = "1.2.840.10008.5.1.4.1.1.77.1.5.4"
 
 
-def macular_volume(rng: np.random.Generator) -> np.ndarray:
-    """(BSCANS, AXIAL, LATERAL) float32 reflectivity in [0, 1]."""
-    b = np.linspace(-1, 1, BSCANS)[:, None]
-    x = np.linspace(-1, 1, LATERAL)[None, :]
-    ilm = (
+def macular_volume(
+    rng: np.random.Generator,
+    shape: tuple[int, int, int] = (BSCANS, AXIAL, LATERAL),
+    drusen: int = 0,
+) -> np.ndarray:
+    """(B-scans, axial, lateral) float32 reflectivity in [0, 1] of a 3 x 3 mm cube 1 mm deep
+    (axial sizes scale with ``shape``'s axial pixels), with ``drusen`` dome-shaped elevations
+    of the RPE and photoreceptors over deposits between RPE and Bruch's membrane."""
+    bscans, axial, lateral = shape
+    scale = axial / AXIAL  # pixels per pixel of the native 256-pixel A-scan
+    b = np.linspace(-1, 1, bscans)[:, None]
+    x = np.linspace(-1, 1, lateral)[None, :]
+    ilm = scale * (
         AXIAL * 0.3
         + rng.uniform(-20, 20) * x
         + rng.uniform(-10, 10) * b
         + rng.uniform(10, 30) * (x**2 + b**2)
-    )  # (BSCANS, LATERAL): depth of the retina's top
+    )  # (B, X): depth of the retina's top
     pit = 1 - 0.85 * np.exp(-((x - rng.uniform(-0.1, 0.1)) ** 2 + b**2) / 0.08)
-    depth = np.arange(AXIAL)[None, :, None] - ilm[:, None, :]  # (B, Z, X) below the ILM
+    elevation = np.zeros_like(ilm)
+    for _ in range(drusen):
+        centre = rng.uniform(-0.7, 0.7, 2)
+        width = rng.uniform(0.08, 0.16)
+        height = scale * rng.uniform(10, 22)
+        dome = 1 - ((x - centre[0]) ** 2 + (b - centre[1]) ** 2) / width**2
+        elevation = np.maximum(elevation, height * np.sqrt(np.clip(dome, 0, None)))
+    depth = np.arange(axial)[None, :, None] - ilm[:, None, :]  # (B, Z, X) below the ILM
     volume = np.full(depth.shape, VITREOUS, np.float32)
     top = np.zeros_like(ilm)
     for number, (thickness, reflectivity) in enumerate(LAYERS):
-        bottom = top + thickness * (pit if number < INNER_LAYERS else 1.0)
-        inside = (depth >= top[:, None, :]) & (depth < bottom[:, None, :])
+        bottom = top + scale * thickness * (pit if number < INNER_LAYERS else 1.0)
+        raised = elevation if number >= OUTER_LAYERS else 0.0
+        upper = top - raised if number >= OUTER_LAYERS else top
+        lower = bottom - raised if number + 1 >= OUTER_LAYERS else bottom
+        inside = (depth >= upper[:, None, :]) & (depth < lower[:, None, :])
         volume[inside] = reflectivity
         top = bottom
+    deposit = (depth >= (top - elevation)[:, None, :]) & (depth < top[:, None, :])
+    volume[deposit] = DRUSEN
     below = depth - top[:, None, :]
-    choroid = 0.45 * np.exp(-np.clip(below, 0, None) / 40.0)
+    choroid = 0.45 * np.exp(-np.clip(below, 0, None) / (40.0 * scale))
     volume = np.where(below >= 0, choroid, volume)
     speckle = rng.exponential(1.0, volume.shape)
     return np.clip(volume * speckle * 0.8, 0, 1).astype(np.float32)
 
 
-def write_dicom_oct(path: Path, volume: np.ndarray, eye: str, name: str) -> None:
+def write_dicom_oct(
+    path: Path,
+    volume: np.ndarray,
+    eye: str,
+    name: str,
+    spacing: tuple[float, float, float] = SPACING_MM,
+) -> None:
     """``volume`` (B-scans, rows, columns) uint8 as Ophthalmic Tomography Image Storage: one
-    frame per B-scan, spacing in the shared functional groups' Pixel Measures."""
+    frame per B-scan, ``spacing`` (between B-scans, rows, columns, mm) in the shared
+    functional groups' Pixel Measures."""
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
 
@@ -68,8 +101,8 @@ def write_dicom_oct(path: Path, volume: np.ndarray, eye: str, name: str) -> None
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
     measures = Dataset()
-    measures.PixelSpacing = [SPACING_MM[1], SPACING_MM[2]]
-    measures.SliceThickness = SPACING_MM[0]
+    measures.PixelSpacing = [spacing[1], spacing[2]]
+    measures.SliceThickness = spacing[0]
     shared = Dataset()
     shared.PixelMeasuresSequence = Sequence([measures])
     ds.SharedFunctionalGroupsSequence = Sequence([shared])
@@ -144,3 +177,23 @@ def write_sample_volumes(directory: Path) -> list[Path]:
     np.save(array, volumes[3].astype(np.float32) / 255)
     write_heyex_vol(vol, volumes[4], "R")
     return [dicom, tiff, pngs, array, vol]
+
+
+def write_labelled_volumes(directory: Path, patients: int = LABELLED_PATIENTS) -> list[Path]:
+    """One eye of each of ``patients`` patients as DICOM OCT at the domain's default spacing
+    (16 x 64 x 64: no resampling), half with 3-8 drusen, and ``labels.csv`` (path, label,
+    split, patient, eye)."""
+    paths, rows = [], []
+    shape = (16, 64, 64)
+    spacing = (0.1875, 0.0156, 0.0469)
+    for number, (patient, label, split) in enumerate(sample_patients(patients, CLASSES)):
+        rng = np.random.default_rng([SAMPLE_SEED, 11, number])
+        drusen = int(rng.integers(3, 9)) if label == "drusen" else 0
+        volume = np.round(macular_volume(rng, shape, drusen) * 255).astype(np.uint8)
+        eye = "RL"[number % 2]
+        path = directory / f"{patient}_{eye}.dcm"
+        write_dicom_oct(path, volume, eye, patient, spacing)
+        paths.append(path)
+        rows.append((path.name, label, split, patient, eye))
+    write_sample_labels(directory, ("path", "label", "split", "patient", "eye"), rows)
+    return paths
