@@ -2,6 +2,7 @@
 files with the same workers.
 
     python bench/ophthalmology_loader.py --workers 0 1 2
+    python bench/ophthalmology_loader.py --format png dicom --workers 0 2
     python bench/ophthalmology_loader.py --root /data/fundus --side 224 --workers 0 4 8
 
 The loader is the engine's (``DomainDataset`` of the domain's references, batched by
@@ -9,9 +10,10 @@ The loader is the engine's (``DomainDataset`` of the domain's references, batche
 libjpeg's draft mode, no smaller than ``--side``), finds its field of view, crops, pads and
 resizes it, and returns the image with its valid mask. The bare arm decodes the same files in
 the same order through the same loader machinery with ``PIL.Image.open(path).convert("RGB")``
-and nothing else (full-size uint8). Without ``--root`` it writes ``--photographs`` synthetic
-fundus JPEGs of ``--source-size`` (a camera's frame; the embedded sample's eyes scaled up) under
-``--workdir`` once. One JSON line per measurement.
+and nothing else (full-size uint8), or for DICOM ``pydicom.dcmread(path).pixel_array``. Without
+``--root`` it writes ``--photographs`` synthetic fundus photographs of ``--source-size`` (a
+camera's frame; the embedded sample's eyes scaled up) in each ``--format`` (JPEG, PNG,
+Ophthalmic Photography DICOM) under ``--workdir`` once. One JSON line per measurement.
 """
 
 from __future__ import annotations
@@ -31,14 +33,15 @@ from loader_timing import time_loader
 
 from fmcore.config import compose, config_sources
 from fmcore.domain import Sample
-from fmcore.domains.ophthalmology.sample_data import fundus_photograph
+from fmcore.domains.ophthalmology.sample_data import fundus_photograph, write_dicom_photograph
 from fmcore.engine.data import DomainDataset
 from fmcore.factory import build_domain
 from fmcore.plugin_manager import registry
 
 
-class BarePillow(torch.utils.data.Dataset):
-    """The same photographs through Pillow alone: a full decode to uint8 RGB."""
+class BareDecode(torch.utils.data.Dataset):
+    """The same photographs through their decoder alone: Pillow's full decode to uint8 RGB, or
+    pydicom's pixel array."""
 
     def __init__(self, refs: list[Any]) -> None:
         self.refs = refs
@@ -47,15 +50,23 @@ class BarePillow(torch.utils.data.Dataset):
         return len(self.refs)
 
     def __getitem__(self, index: int) -> Sample:
+        import pydicom
         from PIL import Image
 
-        with Image.open(self.refs[index].path) as image:
-            pixels = np.asarray(image.convert("RGB"))
+        path = self.refs[index].path
+        if path.endswith(".dcm"):
+            pixels = pydicom.dcmread(path).pixel_array
+        else:
+            with Image.open(path) as image:
+                pixels = np.asarray(image.convert("RGB"))
         return Sample(data=torch.from_numpy(pixels[:64, :64].copy()))  # batches need one size
 
 
-def write_photographs(folder: Path, count: int, size: tuple[int, int]) -> Path:
-    """``count`` fundus JPEGs of ``size`` (H, W) at quality 92, written once."""
+SUFFIXES = {"jpeg": ".jpg", "png": ".png", "dicom": ".dcm"}
+
+
+def write_photographs(folder: Path, count: int, size: tuple[int, int], kind: str) -> Path:
+    """``count`` fundus photographs of ``size`` (H, W) as ``kind``, written once."""
     from PIL import Image
 
     done = folder / "done"
@@ -63,9 +74,16 @@ def write_photographs(folder: Path, count: int, size: tuple[int, int]) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         for number in range(count):
             rng = np.random.default_rng(number)
-            small = fundus_photograph(rng, "RL"[number % 2], lesions=number % 3 == 0)
+            eye = "RL"[number % 2]
+            small = fundus_photograph(rng, eye, lesions=number % 3 == 0)
             large = Image.fromarray(small).resize(size[::-1], Image.Resampling.BICUBIC)
-            large.save(folder / f"eye_{number:03d}.jpg", quality=92)
+            path = folder / f"eye_{number:03d}{SUFFIXES[kind]}"
+            if kind == "dicom":
+                write_dicom_photograph(path, np.asarray(large), eye, path.stem)
+            elif kind == "jpeg":
+                large.save(path, quality=92)
+            else:
+                large.save(path)
         done.touch()
     return folder
 
@@ -77,6 +95,7 @@ def main() -> None:
         "--workdir", type=Path, default=Path(tempfile.gettempdir()) / "fmcore-bench"
     )
     parser.add_argument("--photographs", type=int, default=48)
+    parser.add_argument("--format", nargs="+", choices=sorted(SUFFIXES), default=["jpeg"])
     parser.add_argument(
         "--source-size", type=int, nargs=2, default=[1536, 2048], metavar=("H", "W")
     )
@@ -88,11 +107,17 @@ def main() -> None:
     args = parser.parse_args()
 
     source = f"{args.source_size[0]}x{args.source_size[1]}"
-    root = args.root or write_photographs(
-        args.workdir / f"fundus-{args.photographs}-{source}",
-        args.photographs,
-        tuple(args.source_size),
-    )
+    for kind in args.format:
+        root = args.root or write_photographs(
+            args.workdir / f"fundus-{kind}-{args.photographs}-{source}",
+            args.photographs,
+            tuple(args.source_size),
+            kind,
+        )
+        measure(args, root, f"{kind} {source}" if not args.root else str(args.root))
+
+
+def measure(args: argparse.Namespace, root: Path, files: str) -> None:
     words = [
         "domain=ophthalmology",
         f"data.root={root}",
@@ -105,12 +130,12 @@ def main() -> None:
         "date": date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
         "load_average": round(os.getloadavg()[0], 2),
-        "files": f"{len(refs)} JPEG {source}",
+        "files": f"{len(refs)} {files}",
         "side": args.side,
         "batch": args.batch,
     }
     for workers in args.workers:
-        arms = {"domain": DomainDataset(domain, refs), "bare_pillow": BarePillow(refs)}
+        arms = {"domain": DomainDataset(domain, refs), "bare": BareDecode(refs)}
         rates = {
             name: time_loader(dataset, workers, args.batch, args.batches, args.warmup, seed=0)
             for name, dataset in arms.items()
@@ -121,9 +146,7 @@ def main() -> None:
                     **common,
                     "workers": workers,
                     **{f"{n}_samples_per_s": round(r.samples_per_s, 1) for n, r in rates.items()},
-                    "ratio": round(
-                        rates["domain"].samples_per_s / rates["bare_pillow"].samples_per_s, 2
-                    ),
+                    "ratio": round(rates["domain"].samples_per_s / rates["bare"].samples_per_s, 2),
                     "skipped": rates["domain"].skipped,
                 }
             ),

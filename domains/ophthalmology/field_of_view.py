@@ -11,6 +11,7 @@ set to 0 so no camera's surround (grey, captioned) reaches the encoder.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,35 +60,39 @@ def find_field_of_view(brightness: np.ndarray, settings: FovSettings) -> np.ndar
 
 
 def fundus_sample(rgb: np.ndarray, side: int, settings: FovSettings) -> tuple[Tensor, Tensor]:
-    """The (3, side, side) image in [0, 1] of a photograph (H, W, 3) cropped to its field of
-    view, padded square and resized, black outside the FOV, and its (1, side, side) FOV mask."""
+    """The (3, side, side) image in [0, 1] of a photograph (H, W, 3), uint8 or float in [0, 1],
+    cropped to its field of view, fitted into a black square and resized, black outside the
+    FOV, and its (1, side, side) FOV mask. An 8-bit photograph stays 8-bit until it is small:
+    resizing uint8 is many times faster than converting a full photograph to float first."""
     height, width = rgb.shape[:2]
     stride = max(1, -(-max(height, width) // THUMBNAIL_SIDE))
-    fov = find_field_of_view(rgb[::stride, ::stride].max(axis=2), settings)
+    thumbnail = rgb[::stride, ::stride].max(axis=2).astype(np.float32)
+    if rgb.dtype == np.uint8:
+        thumbnail /= 255.0
+    fov = find_field_of_view(thumbnail, settings)
     rows, columns = np.flatnonzero(fov.any(axis=1)), np.flatnonzero(fov.any(axis=0))
     top, bottom = rows[0], rows[-1] + 1
     left, right = columns[0], columns[-1] + 1
-    crop = rgb[top * stride : bottom * stride, left * stride : right * stride]
-    image = _square(torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1), side)
+    with warnings.catch_warnings():  # Pillow's arrays are read-only; the crop is only read
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        crop = torch.from_numpy(rgb[top * stride : bottom * stride, left * stride : right * stride])
+    image = _fit_square(crop.permute(2, 0, 1), side)
+    image = image.float().div_(255) if image.dtype == torch.uint8 else image.clamp(0, 1)
     mask = torch.from_numpy(fov[top:bottom, left:right].astype(np.float32))[None]
-    valid = (_square(mask, side) >= 0.5).float()
-    return (image.clamp(0, 1) * valid).contiguous(), valid
+    valid = (_fit_square(mask, side) >= 0.5).float()
+    return (image * valid).contiguous(), valid
 
 
-def _square(image: Tensor, side: int) -> Tensor:
-    """(C, h, w) padded with zeros to a centred square and resized (antialiased) to ``side``."""
+def _fit_square(image: Tensor, side: int) -> Tensor:
+    """(C, h, w) resized (antialiased) to fit a ``side`` square with its aspect kept, centred
+    on zeros: the photograph padded square, then resized, without making the padding."""
     height, width = image.shape[1:]
     extent = max(height, width)
-    pad_rows, pad_columns = extent - height, extent - width
-    padded = F.pad(
-        image,
-        (pad_columns // 2, pad_columns - pad_columns // 2, pad_rows // 2, pad_rows - pad_rows // 2),
-    )
+    fitted = (max(1, round(side * height / extent)), max(1, round(side * width / extent)))
     resized = F.interpolate(
-        padded[None].float(),
-        size=(side, side),
-        mode="bilinear",
-        antialias=True,
-        align_corners=False,
-    )
-    return resized[0]
+        image[None], size=fitted, mode="bilinear", antialias=True, align_corners=False
+    )[0]
+    canvas = resized.new_zeros((image.shape[0], side, side))
+    row, column = (side - fitted[0]) // 2, (side - fitted[1]) // 2
+    canvas[:, row : row + fitted[0], column : column + fitted[1]] = resized
+    return canvas

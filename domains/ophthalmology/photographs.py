@@ -35,7 +35,9 @@ class NotAPhotograph(ValueError):
 
 @dataclass(frozen=True)
 class Photograph:
-    rgb: np.ndarray  # (H, W, 3) float32 in [0, 1]
+    # (H, W, 3): uint8 as decoded from 8-bit files (kept so until the sample is small), or
+    # float32 in [0, 1] from deeper ones
+    rgb: np.ndarray
     eye: str  # from the file (DICOM laterality), else empty
 
 
@@ -142,7 +144,7 @@ def _read_pil(path: str, draft_side: int) -> np.ndarray:
         image = ImageOps.exif_transpose(image)
         if image.mode in SIXTEEN_BIT_MODES:
             return as_rgb(np.asarray(image, dtype=np.float32) / 65535.0)
-        return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+        return np.asarray(image.convert("RGB"))
 
 
 def _read_tiff(path: str) -> np.ndarray:
@@ -155,7 +157,7 @@ def _read_tiff(path: str) -> np.ndarray:
             pixels = np.moveaxis(pixels, 0, -1)  # colour planes stored one after another
         orientation = page.tags.get("Orientation")
         code = int(orientation.value) if orientation is not None else 1
-    return as_rgb(orient(to_unit(pixels), code))
+    return as_rgb(orient(pixels if pixels.dtype == np.uint8 else to_unit(pixels), code))
 
 
 def _read_dicom(path: str) -> Photograph:
@@ -167,10 +169,13 @@ def _read_dicom(path: str) -> Photograph:
     except Exception as error:
         raise BadSample(path, f"cannot decode DICOM pixels: {error}") from error
     bits = int(ds.get("BitsStored") or pixels.dtype.itemsize * 8)
-    values = pixels.astype(np.float32) / float(2**bits - 1)
-    if str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1":
-        values = 1.0 - values
-    return Photograph(as_rgb(np.clip(values, 0, 1)), dicom_eye(ds))
+    inverted = str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1"
+    if pixels.dtype == np.uint8 and bits == 8:
+        values = 255 - pixels if inverted else pixels
+    else:
+        values = np.clip(pixels.astype(np.float32) / float(2**bits - 1), 0, 1)
+        values = 1.0 - values if inverted else values
+    return Photograph(as_rgb(values), dicom_eye(ds))
 
 
 def to_unit(pixels: np.ndarray) -> np.ndarray:
