@@ -206,3 +206,37 @@ def test_the_labelled_oct_sample_needs_no_resampling_and_splits_by_patient(
     volume = read_oct(ref.path, ref.reader)
     assert volume.values.shape == (16, 64, 64) and volume.spacing == (0.1875, 0.0156, 0.0469)
     assert domain.load(ref).data.shape == (1, 16, 64, 64)
+
+
+def test_eval_and_embed_score_and_write_oct_volumes(tmp_path: Path) -> None:
+    """kNN on the labelled OCT volumes with a random encoder runs through ``fmcore eval``, and
+    ``fmcore embed`` writes one feature per volume with its patient and eye."""
+    from safetensors import safe_open
+
+    words = [
+        "domain=ophthalmology",
+        "data.mode=oct",
+        "data.sample=labelled",
+        "encoder.tokenizer.patch_size=8",
+        "encoder.depth=1",
+        "encoder.embed_dim=32",
+        "encoder.vit.num_heads=2",
+        "trainer.device=cpu",
+        "trainer.num_workers=0",
+        f"run.cache_dir={tmp_path / 'cache'}",
+    ]
+    fmcore(
+        "eval", *words, "eval=knn", "checkpoint=random", f"run.dir={tmp_path / 'knn'}", cwd=tmp_path
+    )
+    result = json.loads((tmp_path / "knn" / "eval.json").read_text())
+    assert 0.0 <= result["metrics"]["accuracy"] <= 1.0
+    out = tmp_path / "features"
+    fmcore(
+        "embed", *words, "checkpoint=random", "embed.split=val", f"embed.out={out}", cwd=tmp_path
+    )
+    written = []
+    for shard in sorted(out.glob("shard-*.safetensors")):
+        with safe_open(str(shard), "pt") as handle:
+            written += json.loads(handle.metadata()["sample_meta"])
+    assert len(written) == 32 and {meta["bscan"] for meta in written} == {-1}
+    assert all(meta["image"] == f"{meta['patient']}_{meta['eye']}.dcm" for meta in written)
