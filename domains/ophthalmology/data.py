@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from functools import cached_property
 from pathlib import Path
 from typing import TypeVar
 
@@ -67,10 +68,18 @@ class Ophthalmology(Domain):
         super().__init__(data, cache_dir)
         self.mode: Mode = read_mode(data)
         self.sample_size  # noqa: B018 -- a wrong data.size fails here, not in a worker
-        self.fov = FovSettings.from_config(data)
-        self.oct = OctSettings.from_config(data)
+        self.oct if self.mode.is_oct else self.fov  # noqa: B018 -- bad settings fail here
         self.mirror_left_eyes = bool(data.get("mirror_left_eyes", False))
         self._bscans: dict[str, int] = {}  # B-scans per OCT input, from its header
+
+    # Each mode reads only its own keys, so a run saved before the other mode existed loads.
+    @cached_property
+    def fov(self) -> FovSettings:
+        return FovSettings.from_config(self.data)
+
+    @cached_property
+    def oct(self) -> OctSettings:
+        return OctSettings.from_config(self.data)
 
     @classmethod
     def modality_for(cls, data: DictConfig) -> str:
