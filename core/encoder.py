@@ -83,9 +83,12 @@ class Encoder(nn.Module):
         )
 
     @torch.no_grad()
-    def features(self, x: Tensor, kind: str = "cls") -> Tensor:
-        """Frozen global features of ``x``, pooled as ``kind`` says (see :func:`pool`)."""
-        return pool(self.forward(x), kind)
+    def features(self, x: Tensor, kind: str = "cls", valid: Tensor | None = None) -> Tensor:
+        """Frozen global features of ``x``, pooled as ``kind`` says (see :func:`pool`); with
+        ``valid``, the batch's valid-pixel masks (``Batch.valid``), patch means cover only the
+        tokens that hold data (a fundus photograph's field of view)."""
+        token_valid = None if valid is None else self.tokenizer.valid_tokens(valid.to(x.dtype))
+        return pool(self.forward(x), kind, token_valid)
 
 
 FEATURE_KINDS = ("cls", "mean", "cls+mean")
@@ -99,15 +102,19 @@ def feature_kind(value: object, key: str) -> str:
     return kind
 
 
-def pool(output: EncoderOutput, kind: str) -> Tensor:
+def pool(output: EncoderOutput, kind: str, token_valid: Tensor | None = None) -> Tensor:
     """Global features from an encoder output: ``cls`` the class token (B, D), ``mean`` the mean
-    of the patch tokens (B, D), ``cls+mean`` both side by side (B, 2D), as DINOv2's linear
-    evaluation concatenates them. Methods differ in which one carries their signal: a
-    self-distillation method trains the class token, MAE trains the patch tokens only."""
+    of the patch tokens (B, D), over the ``token_valid`` (B, N) ones when given, ``cls+mean``
+    both side by side (B, 2D), as DINOv2's linear evaluation concatenates them. Methods differ
+    in which one carries their signal: a self-distillation method trains the class token, MAE
+    trains the patch tokens only."""
+    if kind not in FEATURE_KINDS:
+        raise ValueError(f"unknown feature kind '{kind}'; valid: {', '.join(FEATURE_KINDS)}")
     if kind == "cls":
         return output.cls
-    if kind == "mean":
-        return output.patches.mean(dim=1)
-    if kind == "cls+mean":
-        return torch.cat([output.cls, output.patches.mean(dim=1)], dim=1)
-    raise ValueError(f"unknown feature kind '{kind}'; valid: {', '.join(FEATURE_KINDS)}")
+    if token_valid is None:
+        mean = output.patches.mean(dim=1)
+    else:
+        weights = token_valid.to(output.patches.dtype).unsqueeze(-1)  # (B, N, 1)
+        mean = (output.patches * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
+    return mean if kind == "mean" else torch.cat([output.cls, mean], dim=1)

@@ -48,6 +48,23 @@ def test_feature_kinds_pool_the_encoder_output() -> None:
         encoder.features(x, "max")
 
 
+def test_mean_features_cover_only_the_patches_that_hold_data() -> None:
+    """A valid mask over the left half of an 8x8 image (two of four 4x4 patches hold data):
+    the mean is over patches 0 and 2 only; the class token does not change."""
+    torch.manual_seed(0)
+    trunk = VisionTransformer(ViTConfig(embed_dim=32, depth=1, num_heads=2))
+    encoder = Encoder(GridTokenizer(32, 1, (4, 4), (8, 8)), trunk).eval()
+    x = torch.rand(3, 1, 8, 8)
+    valid = torch.zeros(3, 1, 8, 8)
+    valid[..., :4] = 1
+    with torch.no_grad():
+        patches = encoder(x).patches
+    by_hand = (patches[:, 0] + patches[:, 2]) / 2
+    torch.testing.assert_close(encoder.features(x, "mean", valid), by_hand)
+    torch.testing.assert_close(encoder.features(x, "cls+mean", valid)[:, 32:], by_hand)
+    torch.testing.assert_close(encoder.features(x, "cls", valid), encoder.features(x, "cls"))
+
+
 def test_raw_pixel_baseline_equals_scikit_learn_on_the_digits(tmp_path: Path) -> None:
     result = _eval(
         tmp_path, "pixels", "checkpoint=pixels", "eval=knn", "eval.voting=uniform", "eval.k=5"

@@ -203,7 +203,8 @@ def _write_files(
         filling.skipped += skipped
         if batch is not None:
             images = loaded.domain.normalize(batch.data.to(device).float())
-            filling.features.append(encoder.features(images, pooling).float().cpu())
+            valid = None if batch.valid is None else batch.valid.to(device)
+            filling.features.append(encoder.features(images, pooling, valid).float().cpu())
             filling.labels.append(batch.labels)
             filling.meta += batch.meta
         if index + 1 == len(batches) or batches[index + 1][0] != number:

@@ -22,8 +22,8 @@ class RawPixels(nn.Module):
     """The normalised input itself, flattened, as features: ``checkpoint=pixels``, the baseline
     that tells whether an encoder adds anything a nearest neighbour on the input cannot find."""
 
-    def features(self, x: Tensor, kind: str = PIXELS) -> Tensor:
-        return x.flatten(1)
+    def features(self, x: Tensor, kind: str = PIXELS, valid: Tensor | None = None) -> Tensor:
+        return x.flatten(1)  # a pixel outside a valid region is the same in every sample
 
 
 @dataclass
@@ -79,7 +79,8 @@ def extract_features(
             if unreadable:  # features must cover the whole split, or the metric is of another one
                 raise BadSample(unreadable[0].split(":", 1)[0], f"cannot evaluate: {unreadable[0]}")
             images = domain.normalize(batch.data.to(device, non_blocking=True).float())
-            chunks.append(encoder.features(images, kind).float().cpu())
+            valid = None if batch.valid is None else batch.valid.to(device)
+            chunks.append(encoder.features(images, kind, valid).float().cpu())
             labels.append(batch.labels)
             if group_by is not None:
                 groups.extend(group_of(meta, group_by, domain.name) for meta in batch.meta)
