@@ -21,6 +21,7 @@ PIL_FORMATS = ("JPEG", "PNG")
 TIFF_EXTENSIONS = (".tif", ".tiff")
 PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".png", *TIFF_EXTENSIONS)
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")  # Pillow's 16-bit greyscale modes
+EXIF_ORIENTATION = 0x0112
 MIN_SIDE = 32  # pixels: anything smaller is not a fundus photograph
 EYES = ("L", "R")
 EYE_NAMES = {"L": "L", "R": "R", "OS": "L", "OD": "R", "LEFT": "L", "RIGHT": "R"}
@@ -141,10 +142,12 @@ def _read_pil(path: str, draft_side: int) -> np.ndarray:
     with Image.open(path) as image:
         if image.format == "JPEG":
             image.draft("RGB", (draft_side, draft_side))
-        image = ImageOps.exif_transpose(image)
+        # Both return copies even when nothing changes: a full-size copy each, so only on need.
+        if image.getexif().get(EXIF_ORIENTATION, 1) != 1:
+            image = ImageOps.exif_transpose(image)
         if image.mode in SIXTEEN_BIT_MODES:
             return as_rgb(np.asarray(image, dtype=np.float32) / 65535.0)
-        return np.asarray(image.convert("RGB"))
+        return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
 
 
 def _read_tiff(path: str) -> np.ndarray:
