@@ -113,6 +113,17 @@ TARGETS = {
         ),
         {"mae_small": 400},
     ),
+    # OCT volumes of 16 x 64 x 64 voxels with 8^3 patches: 128 tokens; one eye of 128
+    # patients, half with drusen.
+    "ophthalmology-oct": Target(
+        (
+            "domain=ophthalmology",
+            "data.mode=oct",
+            "data.sample=labelled",
+            "encoder.tokenizer.patch_size=8",
+        ),
+        {"mae_small": 300},
+    ),
     # 32^3-voxel CT crops with 8^3 patches: 64 tokens; 8 crops of each volume.
     "radiology": Target(
         ("domain=radiology", "data.sample=labelled", "data.crops_per_volume=8"),
