@@ -100,6 +100,8 @@ def test_bscan_unit_gives_each_bscan_as_an_image(
     png = domain.load(by_source[("bscans", 10)])
     assert tiff.data.shape == (1, 64, 64) and tiff.meta["bscan"] == 10
     assert float((tiff.data - png.data).abs().max()) < 1e-5  # bscan_10 after bscan_9
+    vol = domain.load(by_source[("cube.vol", 10)])  # from the once-decoded .vol
+    assert float((vol.data - tiff.data).abs().mean()) < 0.03
     assert str(by_source[("cube.tif", 10)]).endswith("cube.tif B-scan 10")
 
 

@@ -10,6 +10,8 @@ whole volumes per sample.
 
 from __future__ import annotations
 
+import functools
+import os
 import re
 import struct
 from dataclasses import dataclass
@@ -238,14 +240,25 @@ def _read_npy(path: str, bscan: int | None) -> OctVolume:
 
 
 def _read_vol(path: str, bscan: int | None) -> OctVolume:
+    stat = os.stat(path)
+    volume = _decoded_vol(path, stat.st_size, stat.st_mtime_ns)
+    if bscan is None:
+        return volume
+    return OctVolume(volume.values[bscan : bscan + 1], volume.spacing, volume.eye)
+
+
+@functools.lru_cache(maxsize=2)
+def _decoded_vol(path: str, size: int, mtime_ns: int) -> OctVolume:
+    """A whole .vol decoded once per process (eyepy reads the file whole), so the B-scan
+    samples of one volume (``data.oct_unit=bscan``) do not decode it once each; keyed by size
+    and modification time, so a rewritten file is read again."""
     import eyepy
 
     volume = eyepy.import_heyex_vol(path)
-    data = volume.data if bscan is None else volume.data[bscan : bscan + 1]
     meta = volume.meta
     spacing = (float(meta["scale_z"]), float(meta["scale_y"]), float(meta["scale_x"]))
     eye = VOL_EYES.get(str(meta["laterality"]), "")
-    return OctVolume(to_unit(np.asarray(data)), spacing, eye)
+    return OctVolume(to_unit(np.asarray(volume.data)), spacing, eye)
 
 
 def _stack(values: np.ndarray) -> np.ndarray:

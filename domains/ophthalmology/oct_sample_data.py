@@ -33,6 +33,8 @@ VITREOUS = 0.03
 CLASSES = ("normal", "drusen")
 LABELLED_PATIENTS = 128
 OPHTHALMIC_TOMOGRAPHY = "1.2.840.10008.5.1.4.1.1.77.1.5.4"
+VOL_LAYERS = 19  # segmentation lines per B-scan header, as recent Spectralis exports (and
+# eyepy's layer names) have them; left empty here
 
 
 def macular_volume(
@@ -129,16 +131,16 @@ def write_heyex_vol(path: Path, volume: np.ndarray, eye: str) -> None:
     date = "2026-01-01T00:00:00"
     bscans = [
         {
-            "bscan_hdr_size": 256 + 17 * 4 * lateral,
+            "bscan_hdr_size": 256 + VOL_LAYERS * 4 * lateral,
             "start_x": 0.0,
             "start_y": number * between,
             "end_x": lateral * lateral_mm,
             "end_y": number * between,
-            "num_seg": 17,
+            "num_seg": VOL_LAYERS,
             "quality": 30.0,
             "shift": 0,
             "iv_transformation": [0.0] * 6,
-            "layer_segmentations": np.zeros((17, lateral), np.float32),
+            "layer_segmentations": np.zeros((VOL_LAYERS, lateral), np.float32),
             "data": to_vol_intensity(volume[number]),
         }
         for number in range(count)
