@@ -1,15 +1,31 @@
 """Samples/s of a dataset through the engine's loader: ``ResumableBatchSampler`` batches through
 ``make_loader`` (worker processes, prefetching), after warm-up batches that absorb worker
-start-up. Shared by the loader benches."""
+start-up; and the machine record every loader bench's rows begin with. Shared by the loader
+benches."""
 
 from __future__ import annotations
 
+import os
+import platform
 import time
 from dataclasses import dataclass
+from datetime import date
+from typing import Any
 
+import torch
 from torch.utils.data import Dataset
 
 from fmcore.engine.data import ResumableBatchSampler, make_loader
+
+
+def machine_record() -> dict[str, Any]:
+    """Date, machine (architecture, cores, torch) and load average: what a row's figures
+    depend on besides the files."""
+    return {
+        "date": date.today().isoformat(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "load_average": round(os.getloadavg()[0], 2),
+    }
 
 
 @dataclass(frozen=True)

@@ -20,16 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
-from datetime import date
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from loader_timing import time_loader
+from loader_timing import machine_record, time_loader
 
 from fmcore.config import compose, config_sources
 from fmcore.domain import Sample
@@ -127,9 +124,7 @@ def measure(args: argparse.Namespace, root: Path, files: str) -> None:
     domain = build_domain(compose(words, config_sources(registry())), registry())
     refs = list(domain.index("train"))
     common = {
-        "date": date.today().isoformat(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
-        "load_average": round(os.getloadavg()[0], 2),
+        **machine_record(),
         "files": f"{len(refs)} {files}",
         "side": args.side,
         "batch": args.batch,

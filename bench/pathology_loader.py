@@ -18,15 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
 import numpy as np
-from loader_timing import time_loader
+from loader_timing import machine_record, time_loader
 
 from fmcore.config import compose, config_sources
 from fmcore.domains.pathology.sample_slide import synthetic_section, write_pyramidal_tiff
@@ -105,9 +102,7 @@ def main() -> None:
     domain, refs = build(slide, args.workdir / "cache", args.tile, args.mpp)
     ref = refs[0]
     common = {
-        "date": date.today().isoformat(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "load_average": round(os.getloadavg()[0], 2),
+        **machine_record(),
         "slide": slide.name,
         "tiles_in_slide": len(refs),
         "tile": args.tile,

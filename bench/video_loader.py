@@ -19,18 +19,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
-from datetime import date
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from loader_timing import time_loader
+from loader_timing import machine_record, time_loader
 
 from fmcore.config import compose, config_sources
 from fmcore.domain import Sample
@@ -131,9 +128,7 @@ def main() -> None:
     domain = build_domain(compose(words, config_sources(registry())), registry())
     refs = list(domain.index("train"))
     common = {
-        "date": date.today().isoformat(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
-        "load_average": round(os.getloadavg()[0], 2),
+        **machine_record(),
         "files": f"{len({r.path for r in refs})} x {refs[0].info.frames} frames {source}",
         "clip": f"{args.frames} x {args.size}^2 every {args.sampling_rate} frames",
         "batch": args.batch,
