@@ -41,7 +41,7 @@ from fmcore.domains.ophthalmology.photographs import (
     read_photograph,
     reader_for,
 )
-from fmcore.domains.ophthalmology.refs import OctRef, PhotoRef
+from fmcore.domains.ophthalmology.refs import EyeRef
 from fmcore.errors import BadSample, ConfigError
 from fmcore.file_checks import files_under
 from fmcore.labels import LabelTable
@@ -51,7 +51,6 @@ INPUT_KINDS = {  # what data.labels names, per mode
     "fundus": "photographs (JPEG, PNG, TIFF or DICOM files)",
     "oct": "OCT volumes (DICOM, TIFF, NumPy or .vol files, or folders of B-scan PNGs)",
 }
-Ref = PhotoRef | OctRef
 Checked = TypeVar("Checked")
 
 
@@ -102,7 +101,7 @@ class Ophthalmology(Domain):
         base = super().sample_name
         return f"{base}-oct" if self.mode.is_oct else base
 
-    def find_samples(self, split: str) -> Sequence[Ref]:
+    def find_samples(self, split: str) -> Sequence[EyeRef]:
         table = self.label_table()
         check_split(split, table, self.name)
         root = self.resolve_root()
@@ -114,7 +113,7 @@ class Ophthalmology(Domain):
             return refs
         return [replace(ref, bscan=i) for ref in refs for i in range(self._bscans[ref.path])]
 
-    def _find_photos(self, root: Path, table: LabelTable | None) -> list[PhotoRef]:
+    def _find_photos(self, root: Path, table: LabelTable | None) -> list[EyeRef]:
         found = []
         for path in files_under(root):
             reader = reader_for(path)
@@ -122,17 +121,17 @@ class Ophthalmology(Domain):
                 continue
             eye = self._checked(path, lambda p, r=reader: check_photograph(p, r))
             if eye is not None:
-                found.append(PhotoRef(str(path), reader, *self._who(path, root, eye, table)))
+                found.append(EyeRef(str(path), reader, *self._who(path, root, eye, table)))
         return found
 
-    def _find_oct(self, root: Path, table: LabelTable | None) -> list[OctRef]:
+    def _find_oct(self, root: Path, table: LabelTable | None) -> list[EyeRef]:
         found = []
         for path, reader in oct_inputs(files_under(root)):
             header = self._checked(path, lambda p, r=reader: check_oct(p, r))
             if header is not None:
                 self._bscans[str(path)] = header.bscans
                 who = self._who(path, root, header.eye, table)
-                found.append(OctRef(str(path), reader, *who))
+                found.append(EyeRef(str(path), reader, *who))
         return found
 
     def _checked(self, path: Path, check: Callable[[Path], Checked]) -> Checked | None:
@@ -160,8 +159,8 @@ class Ophthalmology(Domain):
             )
         return image_id, EYE_NAMES.get(listed, eye), patient
 
-    def load(self, ref: Ref) -> Sample:
-        if isinstance(ref, OctRef):
+    def load(self, ref: EyeRef) -> Sample:
+        if self.mode.is_oct:
             return self._load_oct(ref)
         photograph = read_photograph(ref, draft_side=self.sample_size[0])
         try:
@@ -173,7 +172,7 @@ class Ophthalmology(Domain):
             image, valid = image.flip(-1), valid.flip(-1)
         return Sample(data=image, label=ref.label, meta=self._meta(ref, eye), valid=valid)
 
-    def _load_oct(self, ref: OctRef) -> Sample:
+    def _load_oct(self, ref: EyeRef) -> Sample:
         try:
             volume = read_oct(ref.path, ref.reader, ref.bscan)
         except Exception as error:  # corrupt pixel data found only when decoding
@@ -186,7 +185,7 @@ class Ophthalmology(Domain):
         return Sample(data=data, label=ref.label, meta=meta)
 
     @staticmethod
-    def _meta(ref: Ref, eye: str) -> dict[str, str | int]:
+    def _meta(ref: EyeRef, eye: str) -> dict[str, str | int]:
         return {"image": ref.image_id, "patient": ref.patient, "eye": eye}
 
     def normalize(self, views: Tensor) -> Tensor:
@@ -194,7 +193,7 @@ class Ophthalmology(Domain):
             return super().normalize(views)
         return (views - float(self.data.oct_mean)) / float(self.data.oct_std)
 
-    def partition_key(self, ref: Ref, by: str) -> str | int:
+    def partition_key(self, ref: EyeRef, by: str) -> str | int:
         return {"patient": ref.patient, "eye": f"{ref.patient}/{ref.eye}", "label": ref.label}[by]
 
     def write_sample_data(self, directory: Path) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fmcore.domains.ophthalmology.refs import PhotoRef
+from fmcore.domains.ophthalmology.refs import EyeRef
 from fmcore.errors import BadSample
 from fmcore.file_checks import is_dicom, truncation
 
@@ -122,7 +122,7 @@ def dicom_eye(ds: object) -> str:
     return ""
 
 
-def read_photograph(ref: PhotoRef, draft_side: int) -> Photograph:
+def read_photograph(ref: EyeRef, draft_side: int) -> Photograph:
     """Decode ``ref`` (JPEG at a reduced scale of at least ``draft_side`` pixels a side, which
     libjpeg does faster than a full decode); :class:`BadSample` naming the file if it fails."""
     try:

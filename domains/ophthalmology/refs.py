@@ -1,4 +1,4 @@
-"""What ``index`` returns: one photograph, or one OCT volume (or one B-scan of it)."""
+"""What ``index`` returns: one input of the domain's mode, and for OCT B-scans which one."""
 
 from __future__ import annotations
 
@@ -6,24 +6,10 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
-class PhotoRef:
-    """One photograph to load: ``reader`` ``pil``, ``tiff`` or ``dicom``; ``eye`` L, R or empty."""
-
-    path: str
-    reader: str
-    image_id: str
-    eye: str
-    patient: str
-    label: int = -1
-
-    def __str__(self) -> str:
-        return self.path
-
-
-@dataclass(frozen=True)
-class OctRef:
-    """One OCT volume (``bscan`` None) or one of its B-scans, read by ``reader``
-    (:mod:`.oct_files`)."""
+class EyeRef:
+    """One input to load: a photograph (``reader`` ``pil``, ``tiff`` or ``dicom``), or an OCT
+    volume (a reader of :mod:`.oct_files`), whole (``bscan`` None) or one of its B-scans;
+    ``eye`` L, R or empty."""
 
     path: str
     reader: str
