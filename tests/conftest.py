@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -19,6 +20,17 @@ from fmcore.encoder import Encoder
 from fmcore.method import Method
 from fmcore.modalities.base import Modality, TokenizerSettings
 from fmcore.modalities.image2d import Image2D
+
+# A tiny ViT for runs that exercise a domain's data path rather than learning.
+TINY_ENCODER = ["encoder.depth=2", "encoder.embed_dim=64", "encoder.vit.num_heads=2"]
+
+
+def clean_run_summary(run: Path) -> dict:
+    """A finished run's summary, after checking that it skipped no input and no sample."""
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["skipped_inputs"] == [] and summary["skipped_samples"] == 0
+    return summary
+
 
 # A small, fast configuration of the real digits + SimCLR path (CPU, a few seconds).
 SMALL_RUN = [

@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("eyepy", reason="needs the ophthalmology extra")
 
 import tifffile
-from conftest import fmcore
+from conftest import TINY_ENCODER, clean_run_summary, fmcore
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -173,9 +173,7 @@ def test_mae_trains_on_the_embedded_oct_volumes(tmp_path: Path, unit: str) -> No
         f"data.oct_unit={unit}",
         "data.oct_size=[8,32,32]",
         "encoder.tokenizer.patch_size=8",
-        "encoder.depth=2",
-        "encoder.embed_dim=64",
-        "encoder.vit.num_heads=2",
+        *TINY_ENCODER,
         "method=mae",
         "trainer.batch_size=4",
         "trainer.num_workers=0",
@@ -185,8 +183,7 @@ def test_mae_trains_on_the_embedded_oct_volumes(tmp_path: Path, unit: str) -> No
         f"run.cache_dir={cache}",
         cwd=tmp_path,
     )
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["skipped_inputs"] == [] and summary["skipped_samples"] == 0
+    clean_run_summary(run)
     written = sorted(p.name for p in (cache / "sample-data" / "ophthalmology-oct").iterdir())
     assert written == ["oct_L.npy", "oct_L_stack.tif", "oct_R.dcm", "oct_R.vol", "oct_R_bscans"]
 

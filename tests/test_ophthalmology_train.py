@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import fmcore
+from conftest import TINY_ENCODER, clean_run_summary, fmcore
 
 pytest.importorskip("skimage", reason="needs the ophthalmology extra")
 
@@ -23,9 +23,7 @@ SMALL_FUNDUS = [
     "domain=ophthalmology",
     "data.side=32",
     "encoder.tokenizer.patch_size=8",
-    "encoder.depth=2",
-    "encoder.embed_dim=64",
-    "encoder.vit.num_heads=2",
+    *TINY_ENCODER,
     "trainer.batch_size=4",
     "trainer.num_workers=0",
     "trainer.device=cpu",
@@ -46,8 +44,7 @@ def test_mae_trains_on_the_embedded_photographs_of_every_format(tmp_path: Path) 
         cwd=tmp_path,
     )
     assert "skipped bad input" not in result.stderr
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["skipped_inputs"] == [] and summary["skipped_samples"] == 0
+    clean_run_summary(run)
     assert (run / "encoder.safetensors").exists()
     saved = (run / "config.yaml").read_text()
     assert "mask_ratio: 0.75" in saved and "flip: 0.0" in saved  # RETFound's ratio, no flips
