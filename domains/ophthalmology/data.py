@@ -69,7 +69,6 @@ class Ophthalmology(Domain):
         self.sample_size  # noqa: B018 -- a wrong data.size fails here, not in a worker
         self.oct if self.mode.is_oct else self.fov  # noqa: B018 -- bad settings fail here
         self.mirror_left_eyes = bool(data.get("mirror_left_eyes", False))
-        self._bscans: dict[str, int] = {}  # B-scans per OCT input, from its header
 
     # Each mode reads only its own keys, so a run saved before the other mode existed loads.
     @cached_property
@@ -90,11 +89,11 @@ class Ophthalmology(Domain):
 
     @property
     def sample_size(self) -> tuple[int, ...]:
-        return sample_size(self.data, read_mode(self.data))
+        return sample_size(self.data, self.mode)
 
     @property
     def channels(self) -> int:
-        return read_mode(self.data).channels
+        return self.mode.channels
 
     @property
     def sample_name(self) -> str:
@@ -107,13 +106,17 @@ class Ophthalmology(Domain):
         root = self.resolve_root()
         found = self._find_oct(root, table) if self.mode.is_oct else self._find_photos(root, table)
         kinds = INPUT_KINDS[self.mode.name]
-        selected = select(found, split, table, lambda ref: Path(ref.path), kinds)
-        refs = [replace(ref, label=label) for ref, label in selected]
+        selected = select(found, split, table, lambda item: Path(item[0].path), kinds)
         if self.mode.unit != "bscan":
-            return refs
-        return [replace(ref, bscan=i) for ref in refs for i in range(self._bscans[ref.path])]
+            return [replace(ref, label=label) for (ref, _), label in selected]
+        return [
+            replace(ref, label=label, bscan=i)
+            for (ref, bscans), label in selected
+            for i in range(bscans)
+        ]
 
-    def _find_photos(self, root: Path, table: LabelTable | None) -> list[EyeRef]:
+    def _find_photos(self, root: Path, table: LabelTable | None) -> list[tuple[EyeRef, int]]:
+        """Each usable photograph's reference, and its one image."""
         found = []
         for path in files_under(root):
             reader = reader_for(path)
@@ -121,17 +124,17 @@ class Ophthalmology(Domain):
                 continue
             eye = self._checked(path, lambda p, r=reader: check_photograph(p, r))
             if eye is not None:
-                found.append(EyeRef(str(path), reader, *self._who(path, root, eye, table)))
+                found.append((EyeRef(str(path), reader, *self._who(path, root, eye, table)), 1))
         return found
 
-    def _find_oct(self, root: Path, table: LabelTable | None) -> list[EyeRef]:
+    def _find_oct(self, root: Path, table: LabelTable | None) -> list[tuple[EyeRef, int]]:
+        """Each usable OCT input's reference, and its B-scan count from the header."""
         found = []
         for path, reader in oct_inputs(files_under(root)):
             header = self._checked(path, lambda p, r=reader: check_oct(p, r))
             if header is not None:
-                self._bscans[str(path)] = header.bscans
                 who = self._who(path, root, header.eye, table)
-                found.append(EyeRef(str(path), reader, *who))
+                found.append((EyeRef(str(path), reader, *who), header.bscans))
         return found
 
     def _checked(self, path: Path, check: Callable[[Path], Checked]) -> Checked | None:
