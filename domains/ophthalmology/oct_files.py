@@ -24,6 +24,7 @@ from fmcore.domains.ophthalmology.photographs import (
     SIXTEEN_BIT_MODES,
     NotAPhotograph,
     dicom_eye,
+    dicom_image_header,
     to_unit,
 )
 from fmcore.file_checks import is_dicom
@@ -86,14 +87,7 @@ def check_oct(path: Path, reader: str) -> OctHeader:
 
 
 def _check_dicom(path: Path) -> tuple[int, tuple[int, int], str]:
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(path, defer_size="1 KB")
-    except Exception as error:
-        raise NotAPhotograph(f"cannot read DICOM: {type(error).__name__}: {error}") from error
-    if "PixelData" not in ds:
-        raise NotAPhotograph("a DICOM object without pixel data (no image)")
+    ds = dicom_image_header(path)
     if int(ds.get("SamplesPerPixel") or 1) != 1:
         raise NotAPhotograph("a colour DICOM image where greyscale OCT B-scans are expected")
     return int(ds.get("NumberOfFrames") or 1), (int(ds.Rows), int(ds.Columns)), dicom_eye(ds)

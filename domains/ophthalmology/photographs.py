@@ -10,12 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fmcore.domains.ophthalmology.refs import EyeRef
 from fmcore.errors import BadSample
 from fmcore.file_checks import is_dicom, truncation
+
+if TYPE_CHECKING:
+    from pydicom import Dataset
 
 PIL_FORMATS = ("JPEG", "PNG")
 TIFF_EXTENSIONS = (".tif", ".tiff")
@@ -93,7 +97,9 @@ def _check_tiff(path: Path) -> tuple[int, int]:
         raise NotAPhotograph(f"not a readable TIFF: {error}") from error
 
 
-def _check_dicom(path: Path) -> str:
+def dicom_image_header(path: Path) -> Dataset:
+    """The header of a DICOM image (pixel data deferred, not read); :class:`NotAPhotograph`
+    for a file pydicom cannot read or an object without pixel data."""
     import pydicom
 
     try:
@@ -102,6 +108,11 @@ def _check_dicom(path: Path) -> str:
         raise NotAPhotograph(f"cannot read DICOM: {type(error).__name__}: {error}") from error
     if "PixelData" not in ds:
         raise NotAPhotograph("a DICOM object without pixel data (no image)")
+    return ds
+
+
+def _check_dicom(path: Path) -> str:
+    ds = dicom_image_header(path)
     frames = int(ds.get("NumberOfFrames") or 1)
     if frames > 1:
         raise NotAPhotograph(
