@@ -36,7 +36,7 @@ from fmcore.domains.ophthalmology.oct_files import check_oct, oct_inputs, read_o
 from fmcore.domains.ophthalmology.oct_preprocess import OctSettings, oct_sample
 from fmcore.domains.ophthalmology.photographs import (
     EYE_NAMES,
-    NotAPhotograph,
+    UnusableInput,
     check_photograph,
     read_photograph,
     reader_for,
@@ -141,7 +141,7 @@ class Ophthalmology(Domain):
         """``check(path)``, or None with the input reported as bad, with its reason."""
         try:
             return check(path)
-        except NotAPhotograph as error:
+        except UnusableInput as error:
             self.report_bad_input(path, str(error))
         except Exception as error:  # an unreadable header
             self.report_bad_input(path, f"cannot read: {type(error).__name__}: {error}")

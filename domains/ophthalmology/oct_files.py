@@ -22,7 +22,7 @@ import numpy as np
 from fmcore.domains.ophthalmology.photographs import (
     MIN_SIDE,
     SIXTEEN_BIT_MODES,
-    NotAPhotograph,
+    UnusableInput,
     dicom_eye,
     dicom_image_header,
     to_unit,
@@ -72,7 +72,7 @@ def oct_inputs(files: list[Path]) -> list[tuple[Path, str]]:
 
 
 def check_oct(path: Path, reader: str) -> OctHeader:
-    """Header checks; :class:`NotAPhotograph` (the domain's bad-input error) with the reason."""
+    """Header checks; :class:`UnusableInput` with the reason."""
     checks = {
         "dicom": _check_dicom,
         "tiff": _check_tiff,
@@ -82,14 +82,14 @@ def check_oct(path: Path, reader: str) -> OctHeader:
     }
     count, size, eye = checks[reader](path)
     if min(size) < MIN_SIDE:
-        raise NotAPhotograph(f"B-scans of {size[1]}x{size[0]} pixels: too small for OCT")
+        raise UnusableInput(f"B-scans of {size[1]}x{size[0]} pixels: too small for OCT")
     return OctHeader(reader, count, eye)
 
 
 def _check_dicom(path: Path) -> tuple[int, tuple[int, int], str]:
     ds = dicom_image_header(path)
     if int(ds.get("SamplesPerPixel") or 1) != 1:
-        raise NotAPhotograph("a colour DICOM image where greyscale OCT B-scans are expected")
+        raise UnusableInput("a colour DICOM image where greyscale OCT B-scans are expected")
     return int(ds.get("NumberOfFrames") or 1), (int(ds.Rows), int(ds.Columns)), dicom_eye(ds)
 
 
@@ -100,7 +100,7 @@ def _check_tiff(path: Path) -> tuple[int, tuple[int, int], str]:
         with tifffile.TiffFile(path) as tiff:
             shapes = [(int(p.imagelength), int(p.imagewidth)) for p in tiff.pages]
     except (tifffile.TiffFileError, ValueError, OSError) as error:
-        raise NotAPhotograph(f"not a readable TIFF: {error}") from error
+        raise UnusableInput(f"not a readable TIFF: {error}") from error
     return len(shapes), _one_size(shapes, [f"page {i}" for i in range(len(shapes))]), ""
 
 
@@ -114,7 +114,7 @@ def _check_png_folder(folder: Path) -> tuple[int, tuple[int, int], str]:
             with Image.open(png) as image:
                 shapes.append(image.size[::-1])
         except UnidentifiedImageError as error:
-            raise NotAPhotograph(f"{png.name} is not an image Pillow can read") from error
+            raise UnusableInput(f"{png.name} is not an image Pillow can read") from error
     return len(pngs), _one_size(shapes, [p.name for p in pngs]), ""
 
 
@@ -122,9 +122,9 @@ def _check_npy(path: Path) -> tuple[int, tuple[int, int], str]:
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as error:
-        raise NotAPhotograph(f"not a readable NumPy array: {error}") from error
+        raise UnusableInput(f"not a readable NumPy array: {error}") from error
     if array.ndim not in (2, 3):
-        raise NotAPhotograph(f"an array of shape {array.shape}: OCT is (B-scans, axial, lateral)")
+        raise UnusableInput(f"an array of shape {array.shape}: OCT is (B-scans, axial, lateral)")
     shape = array.shape if array.ndim == 3 else (1, *array.shape)
     return shape[0], shape[1:], ""
 
@@ -133,7 +133,7 @@ def _check_vol(path: Path) -> tuple[int, tuple[int, int], str]:
     with open(path, "rb") as handle:
         head = handle.read(VOL_HEADER.size)
     if len(head) < VOL_HEADER.size:
-        raise NotAPhotograph("truncated Heidelberg .vol: shorter than its header")
+        raise UnusableInput("truncated Heidelberg .vol: shorter than its header")
     fields = VOL_HEADER.unpack(head)
     lateral, count, axial = fields[1:4]
     eye = VOL_EYES.get(fields[-1].split(b"\x00")[0].decode("ascii", "replace"), "")
@@ -141,13 +141,13 @@ def _check_vol(path: Path) -> tuple[int, tuple[int, int], str]:
 
 
 def _one_size(shapes: list[tuple[int, int]], names: list[str]) -> tuple[int, int]:
-    """The B-scan size every entry shares; :class:`NotAPhotograph` naming the first that
+    """The B-scan size every entry shares; :class:`UnusableInput` naming the first that
     differs."""
     if not shapes:
-        raise NotAPhotograph("no B-scans")
+        raise UnusableInput("no B-scans")
     for shape, name in zip(shapes, names, strict=True):
         if shape != shapes[0]:
-            raise NotAPhotograph(
+            raise UnusableInput(
                 f"inconsistent B-scan sizes: {name} is {shape[1]}x{shape[0]},"
                 f" the first {shapes[0][1]}x{shapes[0][0]}"
             )

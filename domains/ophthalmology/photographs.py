@@ -34,8 +34,9 @@ ORIENTATIONS = {1: (0, False), 2: (0, True), 3: (2, False), 4: (2, True),
                 5: (3, True), 6: (3, False), 7: (1, True), 8: (1, False)}  # fmt: skip
 
 
-class NotAPhotograph(ValueError):
-    """An input that is not one readable 2D photograph (the reason is the message)."""
+class UnusableInput(ValueError):
+    """An input the domain cannot use: not a readable photograph or OCT volume (the reason is
+    the message)."""
 
 
 @dataclass(frozen=True)
@@ -58,12 +59,12 @@ def reader_for(path: Path) -> str | None:
 
 def check_photograph(path: Path, reader: str) -> str:
     """The eye a file names ('' when it names none) after checking its header; raises
-    :class:`NotAPhotograph` with the reason for a file that cannot be used."""
+    :class:`UnusableInput` with the reason for a file that cannot be used."""
     if reader == "dicom":
         return _check_dicom(path)
     size = _check_tiff(path) if reader == "tiff" else _check_pil(path)
     if min(size) < MIN_SIDE:
-        raise NotAPhotograph(
+        raise UnusableInput(
             f"{size[1]}x{size[0]} pixels: too small for a fundus photograph"
             f" (at least {MIN_SIDE} a side)"
         )
@@ -77,12 +78,12 @@ def _check_pil(path: Path) -> tuple[int, int]:
         with Image.open(path) as image:
             image_format, (width, height) = image.format, image.size
     except UnidentifiedImageError as error:
-        raise NotAPhotograph("not an image Pillow can read") from error
+        raise UnusableInput("not an image Pillow can read") from error
     if image_format not in PIL_FORMATS:
-        raise NotAPhotograph(f"a {image_format} file named {path.suffix}")
+        raise UnusableInput(f"a {image_format} file named {path.suffix}")
     problem = truncation(path, image_format)
     if problem:
-        raise NotAPhotograph(problem)
+        raise UnusableInput(problem)
     return height, width
 
 
@@ -94,20 +95,20 @@ def _check_tiff(path: Path) -> tuple[int, int]:
             page = tiff.pages.first
             return int(page.imagelength), int(page.imagewidth)
     except (tifffile.TiffFileError, ValueError, OSError) as error:
-        raise NotAPhotograph(f"not a readable TIFF: {error}") from error
+        raise UnusableInput(f"not a readable TIFF: {error}") from error
 
 
 def dicom_image_header(path: Path) -> Dataset:
-    """The header of a DICOM image (pixel data deferred, not read); :class:`NotAPhotograph`
+    """The header of a DICOM image (pixel data deferred, not read); :class:`UnusableInput`
     for a file pydicom cannot read or an object without pixel data."""
     import pydicom
 
     try:
         ds = pydicom.dcmread(path, defer_size="1 KB")
     except Exception as error:  # not DICOM, truncated header
-        raise NotAPhotograph(f"cannot read DICOM: {type(error).__name__}: {error}") from error
+        raise UnusableInput(f"cannot read DICOM: {type(error).__name__}: {error}") from error
     if "PixelData" not in ds:
-        raise NotAPhotograph("a DICOM object without pixel data (no image)")
+        raise UnusableInput("a DICOM object without pixel data (no image)")
     return ds
 
 
@@ -115,12 +116,12 @@ def _check_dicom(path: Path) -> str:
     ds = dicom_image_header(path)
     frames = int(ds.get("NumberOfFrames") or 1)
     if frames > 1:
-        raise NotAPhotograph(
+        raise UnusableInput(
             f"{frames} frames (an OCT volume or a series) where one photograph is expected"
         )
     rows, columns = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
     if min(rows, columns) < MIN_SIDE:
-        raise NotAPhotograph(f"{columns}x{rows} pixels: too small for a fundus photograph")
+        raise UnusableInput(f"{columns}x{rows} pixels: too small for a fundus photograph")
     return dicom_eye(ds)
 
 
