@@ -22,6 +22,7 @@ FLOORS: list[tuple[str, ...]] = [
         "crops",
         "io",
         "file_checks",
+        "probe_cache",
         "dicom_writing",
         "run_files",
         "distributed",

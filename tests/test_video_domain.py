@@ -215,7 +215,7 @@ def test_the_probe_cache_is_read_for_unchanged_files_and_redone_for_changed_ones
     index_file = cache / "video" / "index.json"
     entries = json.loads(index_file.read_text())
     (entry,) = entries.values()
-    entry["info"]["frames"] = 13  # only a cached entry can say this
+    entry["facts"]["frames"] = 13  # only a cached entry can say this
     index_file.write_text(json.dumps(entries))
     assert video_domain(videos, cache).index("train")[0].info.frames == 13
     write_video(videos / "a.mp4", numbered_frames(20), FPS)  # a new size and time: probed again

@@ -10,19 +10,16 @@ decoding it once. Multi-frame DICOM cine loops are probed from their header with
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from fmcore.file_checks import is_dicom
+from fmcore.probe_cache import probe_files
 
-CACHE_VERSION = 1  # bump when what a probe records changes
+CACHE_VERSION = 2  # bump when what a probe records changes (2: the shared probe cache)
 UNIFORM_TOLERANCE = 0.5  # frames: a timestamp further than this from i / fps makes a file VFR
 
 
@@ -213,58 +210,26 @@ def _dicom_timing(header, frames: int) -> tuple[float, tuple[float, ...] | None]
     return 0.0, None
 
 
-def _cache_key(path: Path) -> str:
-    stat = os.stat(path)
-    blob = json.dumps([CACHE_VERSION, str(path.resolve()), stat.st_size, stat.st_mtime_ns])
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
-
-
 def probe_all(
     paths: Sequence[Path],
     cache_file: Path,
     workers: int = 4,
 ) -> list[VideoInfo | str]:
-    """Each path's :class:`VideoInfo`, or the reason it cannot be used, from ``cache_file``
-    where the file is unchanged since it was probed; the rest are probed (in ``workers``
-    threads) and added to it. Failures are kept too: a corrupt file is not re-probed either."""
-    entries = _read_cache(cache_file)
-    keys = [_cache_key(path) for path in paths]
-    missing = [(key, path) for key, path in zip(keys, paths, strict=True) if key not in entries]
-
-    def run(item: tuple[str, Path]) -> tuple[str, dict]:
-        key, path = item
-        try:
-            return key, {"info": asdict(probe(path))}
-        except UnreadableVideo as error:
-            return key, {"error": str(error)}
-        except Exception as error:  # a decoder's own failure on one file must not end the index
-            return key, {"error": f"cannot be probed: {type(error).__name__}: {error}"}
-
-    if missing:
-        with ThreadPoolExecutor(max(1, workers)) as pool:
-            entries.update(pool.map(run, missing))
-        _write_cache(cache_file, entries)
-    return [_entry(entries[key]) for key in keys]
+    """Each path's :class:`VideoInfo`, or the reason it cannot be used, probed once per file
+    and kept in ``cache_file`` (:func:`fmcore.probe_cache.probe_files`)."""
+    found = probe_files(
+        paths,
+        cache_file,
+        lambda path: asdict(probe(path)),
+        UnreadableVideo,
+        CACHE_VERSION,
+        workers,
+    )
+    return [facts if isinstance(facts, str) else _info(facts) for facts in found]
 
 
-def _entry(entry: dict) -> VideoInfo | str:
-    if "error" in entry:
-        return str(entry["error"])
-    info = dict(entry["info"])
+def _info(facts: dict) -> VideoInfo:
+    info = dict(facts)
     if info["timestamps"] is not None:
         info["timestamps"] = tuple(info["timestamps"])
     return VideoInfo(**info)
-
-
-def _read_cache(cache_file: Path) -> dict[str, dict]:
-    try:
-        return json.loads(cache_file.read_text())
-    except (OSError, ValueError):
-        return {}  # missing or unreadable: probe again
-
-
-def _write_cache(cache_file: Path, entries: dict[str, dict]) -> None:
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    partial = cache_file.with_name(f"{cache_file.name}.partial-{os.getpid()}")
-    partial.write_text(json.dumps(entries))
-    os.replace(partial, cache_file)
