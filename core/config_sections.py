@@ -79,7 +79,7 @@ class EvalSection:
 
 @dataclass
 class FeatureEvalSection(EvalSection):
-    """What the protocols on frozen features (knn, linear, fewshot) share."""
+    """What the protocols on frozen features (knn, linear, svm, fewshot) share."""
 
     name: str = MISSING
     train_split: str = MISSING
@@ -124,6 +124,21 @@ class LinearSection(FeatureEvalSection):
         at_least("eval.bootstrap", self.bootstrap, 0)
         if not self.lrs:
             raise ConfigError("eval.lrs must list at least one learning rate")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"eval.val_fraction must lie in (0, 1), not {self.val_fraction}")
+
+
+@dataclass
+class SvmSection(FeatureEvalSection):
+    cs: list[float] = MISSING
+    val_fraction: float = MISSING
+    bootstrap: int = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        at_least("eval.bootstrap", self.bootstrap, 0)
+        if not self.cs or min(self.cs) <= 0:
+            raise ConfigError(f"eval.cs must list at least one C above 0, not {self.cs}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"eval.val_fraction must lie in (0, 1), not {self.val_fraction}")
 
@@ -178,6 +193,7 @@ SCHEMAS = {"run": RunSection, "trainer": TrainerSection, "embed": EmbedSection}
 EVAL_SCHEMAS = {
     "knn": KnnSection,
     "linear": LinearSection,
+    "svm": SvmSection,
     "fewshot": FewshotSection,
     "mil": MilSection,
 }

@@ -17,6 +17,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from fmcore.eval.knn import knn_predict, knn_scores
 from fmcore.eval.linear import linear_probe, stratified_split
 from fmcore.eval.metrics import classification_metrics
+from fmcore.eval.svm import svm_probe
 
 
 def _clusters(seed: int, n: int, classes: int = 5, dim: int = 16, spread: float = 1.5):
@@ -68,6 +69,31 @@ def test_linear_probe_matches_logistic_regression() -> None:
     assert abs(ours - reference) <= 0.03
     assert set(probe.sweep) == {"0.001", "0.01", "0.1", "1.0", "10.0"}
     assert not probe.lr_at_edge
+
+
+def test_linear_svm_scores_like_another_linear_classifier() -> None:
+    train_x, train_y = _clusters(2, 600, classes=4, dim=32, spread=2.0)
+    test_x, test_y = _clusters(3, 400, classes=4, dim=32, spread=2.0)
+    probe = svm_probe(train_x, train_y, test_x, 4, cs=[1e-3, 1e-2, 1e-1, 1.0], seed=0)
+    ours = float((probe.scores.argmax(1) == test_y).float().mean())
+    reference = (LogisticRegression(max_iter=2000).fit(train_x.numpy(), train_y.numpy())).score(
+        test_x.numpy(), test_y.numpy()
+    )
+    assert abs(ours - reference) <= 0.04
+    torch.testing.assert_close(probe.scores.sum(dim=1), torch.ones(400))
+    assert set(probe.sweep) == {"0.001", "0.01", "0.1", "1.0"} and probe.c in (1e-3, 1e-2, 0.1, 1.0)
+
+
+def test_linear_svm_separates_two_classes_and_gives_an_unseen_class_nothing() -> None:
+    # class 0 left of x = 0, class 1 right of it, with a margin; class 2 never in training
+    rng = np.random.default_rng(0)
+    x = rng.uniform(1.0, 2.0, size=(120, 1)) * np.where(np.arange(120) % 2, 1.0, -1.0)[:, None]
+    features = torch.tensor(np.hstack([x, rng.normal(size=(120, 1))]), dtype=torch.float32)
+    labels = torch.tensor(np.arange(120) % 2)
+    probe = svm_probe(features[:100], labels[:100], features[100:], 3, cs=[1.0], seed=0)
+    assert probe.scores.shape == (20, 3) and probe.sweep == {}
+    assert (probe.scores.argmax(1) == labels[100:]).all()
+    assert (probe.scores[:, 2] == 0).all()
 
 
 def test_stratified_split_keeps_every_class_on_both_sides() -> None:
@@ -145,6 +171,15 @@ def test_fmcore_eval_linear_picks_an_lr_inside_its_sweep_on_digits(tmp_path: Pat
     assert report["settings"]["lrs"] == [1e-3, 1e-2, 1e-1, 1.0, 10.0]
     assert report["chosen_lr"] in (1e-2, 1e-1, 1.0) and not report["chosen_lr_at_sweep_edge"]
     assert "ci95" not in report and report["metrics"]["accuracy"] > 0.5
+
+
+def test_fmcore_eval_svm_on_raw_digits_reaches_what_the_pixels_allow(tmp_path: Path) -> None:
+    report = _eval(
+        tmp_path, "svm", "checkpoint=pixels", "domain=digits", "eval=svm", "eval.bootstrap=0"
+    )
+    assert report["protocol"] == "svm" and report["settings"]["cs"] == [0.001, 0.01, 0.1, 1.0]
+    assert report["metrics"]["accuracy"] > 0.9  # linear models on raw digits: about 0.96
+    assert "chosen_c" in report and "ci95" not in report
 
 
 def test_fmcore_eval_needs_an_evaluation_and_a_checkpoint(tmp_path: Path) -> None:

@@ -54,7 +54,7 @@ def stratified_split(labels: Tensor, fraction: float, seed: int) -> tuple[Tensor
     return torch.cat(train).sort().values, torch.cat(val).sort().values
 
 
-class _Standardize:
+class Standardize:
     """Feature-wise standardisation fitted on the training features: it makes one lr grid fit
     encoders whose feature scales differ by orders of magnitude."""
 
@@ -123,7 +123,7 @@ def linear_probe(
     sweep: dict[str, float] = {}
     if len(lrs) > 1:
         fit_index, val_index = stratified_split(train_labels, val_fraction, seed)
-        standardize = _Standardize(train_features[fit_index])
+        standardize = Standardize(train_features[fit_index])
         fit_x = standardize(train_features[fit_index])
         val_x = standardize(train_features[val_index])
         for lr in lrs:
@@ -132,7 +132,7 @@ def linear_probe(
                 predictions = layer(val_x).argmax(dim=1)
             sweep[str(lr)] = float((predictions == train_labels[val_index]).float().mean())
     best = max(lrs, key=lambda lr: sweep.get(str(lr), 0.0))  # first of equals: the smaller lr
-    standardize = _Standardize(train_features)
+    standardize = Standardize(train_features)
     layer = train_linear(standardize(train_features), train_labels, num_classes, lr=best, **options)
     with torch.no_grad():
         scores = layer(standardize(test_features.float())).softmax(dim=1)

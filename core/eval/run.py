@@ -1,7 +1,7 @@
 """``fmcore eval``: the protocol ``eval.name`` picks from :data:`PROTOCOLS`, into ``eval.json``.
 
 A protocol is a function ``(config, registry, words) -> result`` that writes its result with
-:func:`fmcore.eval.results.write_result` and returns it. knn, linear and fewshot share
+:func:`fmcore.eval.results.write_result` and returns it. knn, linear, svm and fewshot share
 :func:`evaluate_features`: frozen features of two labelled splits, then the protocol's own
 scoring of them.
 """
@@ -20,6 +20,7 @@ from fmcore.config_sections import (
     FewshotSection,
     KnnSection,
     LinearSection,
+    SvmSection,
     eval_section,
 )
 from fmcore.distributed import pick_device
@@ -32,6 +33,7 @@ from fmcore.eval.linear import linear_probe
 from fmcore.eval.loading import load_encoder
 from fmcore.eval.mil import evaluate_mil
 from fmcore.eval.results import write_result
+from fmcore.eval.svm import svm_probe
 from fmcore.plugin_manager import Registry
 
 Protocol = Callable[[DictConfig, Registry, Sequence[str]], dict[str, Any]]
@@ -129,6 +131,28 @@ def score_linear(
     }
 
 
+def score_svm(
+    settings: SvmSection, train: Features, test: Features, num_classes: int, seed: int
+) -> dict[str, Any]:
+    probe = svm_probe(
+        train.features,
+        train.labels,
+        test.features,
+        num_classes,
+        cs=settings.cs,
+        val_fraction=settings.val_fraction,
+        seed=seed,
+    )
+    return {
+        **metrics_with_intervals(
+            probe.scores, test.labels, num_classes, resamples=settings.bootstrap, seed=seed
+        ),
+        "chosen_c": probe.c,
+        "chosen_c_at_sweep_edge": probe.c_at_edge,
+        "sweep_val_accuracy": probe.sweep,
+    }
+
+
 def score_fewshot(
     settings: FewshotSection, train: Features, test: Features, num_classes: int, seed: int
 ) -> dict[str, Any]:
@@ -147,6 +171,7 @@ def score_fewshot(
 PROTOCOLS: dict[str, Protocol] = {
     "knn": partial(evaluate_features, score_knn),
     "linear": partial(evaluate_features, score_linear),
+    "svm": partial(evaluate_features, score_svm),
     "fewshot": partial(evaluate_features, score_fewshot),
     "mil": evaluate_mil,
 }
@@ -173,4 +198,7 @@ def format_table(result: dict[str, Any]) -> str:
     if "chosen_lr" in result:
         edge = " (the edge of eval.lrs: widen it)" if result["chosen_lr_at_sweep_edge"] else ""
         lines.append(f"chosen lr {result['chosen_lr']:g}{edge}")
+    if "chosen_c" in result:
+        edge = " (the edge of eval.cs: widen it)" if result["chosen_c_at_sweep_edge"] else ""
+        lines.append(f"chosen C {result['chosen_c']:g}{edge}")
     return "\n".join(lines)

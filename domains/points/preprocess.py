@@ -2,9 +2,10 @@
 features chosen and stacked, non-finite points dropped, very large clouds voxel down-sampled,
 farthest point sampling to ``data.points``, centred and scaled into the unit sphere.
 
-Farthest point sampling runs in fpsample's bucketed kd-tree (QuickFPS, exact FPS): a
-1M-point scan takes a fraction of a second. Above ``max_candidates`` points a voxel grid first
-averages neighbours (open3d), so the FPS input and its memory stay bounded.
+Farthest point sampling is fpsample's exact FPS from the file's first point (C++; its bucketed
+kd-tree variants are faster but neither start where asked nor pick the same points), which is
+linear in the points per pick, so above ``max_candidates`` points a voxel grid first averages
+neighbours (open3d): a 1M-point scan is never sampled point by point.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from fmcore.domains.points.readers import FEATURE_WIDTHS, Cloud, open3d
 
 XYZ = 3
 VOXEL_TRIES = 6  # voxel sizes tried before the candidate cap is met
-FPS_TREE_HEIGHT = 5  # fpsample's kd-tree height: its paper's choice for medium clouds
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def farthest_points(xyz: np.ndarray, count: int) -> np.ndarray:
     """Indices of ``count`` farthest-point samples of ``xyz`` (M, 3), from point 0."""
     import fpsample
 
-    return np.sort(fpsample.bucket_fps_kdline_sampling(xyz, count, h=FPS_TREE_HEIGHT, start_idx=0))
+    return np.sort(fpsample.fps_sampling(xyz, count, start_idx=0))
 
 
 def voxel_down_sample(table: np.ndarray, target: int, minimum: int) -> np.ndarray:
