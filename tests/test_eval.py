@@ -15,9 +15,10 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, r
 from sklearn.neighbors import KNeighborsClassifier
 
 from fmcore.eval.knn import knn_predict, knn_scores
-from fmcore.eval.linear import linear_probe, stratified_split
+from fmcore.eval.linear import linear_probe
 from fmcore.eval.metrics import classification_metrics
 from fmcore.eval.svm import svm_probe
+from fmcore.eval.sweep import stratified_split
 
 
 def _clusters(seed: int, n: int, classes: int = 5, dim: int = 16, spread: float = 1.5):
@@ -64,11 +65,11 @@ def test_linear_probe_matches_logistic_regression() -> None:
     reference = (LogisticRegression(max_iter=2000).fit(train_x.numpy(), train_y.numpy())).score(
         test_x.numpy(), test_y.numpy()
     )
-    print(f"linear probe {ours:.3f} (lr {probe.lr}), LogisticRegression {reference:.3f}")
+    print(f"linear probe {ours:.3f} (lr {probe.chosen}), LogisticRegression {reference:.3f}")
     assert reference > 0.5  # the task is learnable, yet not trivial
     assert abs(ours - reference) <= 0.03
     assert set(probe.sweep) == {"0.001", "0.01", "0.1", "1.0", "10.0"}
-    assert not probe.lr_at_edge
+    assert not probe.at_edge
 
 
 def test_linear_svm_scores_like_another_linear_classifier() -> None:
@@ -81,7 +82,12 @@ def test_linear_svm_scores_like_another_linear_classifier() -> None:
     )
     assert abs(ours - reference) <= 0.04
     torch.testing.assert_close(probe.scores.sum(dim=1), torch.ones(400))
-    assert set(probe.sweep) == {"0.001", "0.01", "0.1", "1.0"} and probe.c in (1e-3, 1e-2, 0.1, 1.0)
+    assert set(probe.sweep) == {"0.001", "0.01", "0.1", "1.0"} and probe.chosen in (
+        1e-3,
+        1e-2,
+        0.1,
+        1.0,
+    )
 
 
 def test_linear_svm_separates_two_classes_and_gives_an_unseen_class_nothing() -> None:

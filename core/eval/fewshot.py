@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fmcore.errors import ConfigError
-from fmcore.eval.linear import shuffled_classes
 from fmcore.eval.metrics import classification_metrics
+from fmcore.eval.sweep import shuffled_classes
 
 
 def draw_support(labels: Tensor, num_classes: int, shots: int, seed: int) -> Tensor:

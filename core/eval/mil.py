@@ -31,8 +31,8 @@ from fmcore.config_sections import MilSection, section
 from fmcore.errors import ConfigError, MissingPath
 from fmcore.eval.bootstrap import metrics_with_intervals
 from fmcore.eval.feature_files import EMBED_FILE, read_slide, slide_files
-from fmcore.eval.linear import stratified_split
 from fmcore.eval.results import write_result
+from fmcore.eval.sweep import stratified_split
 from fmcore.plugin_manager import Registry
 
 

@@ -125,8 +125,8 @@ def score_linear(
         **metrics_with_intervals(
             probe.scores, test.labels, num_classes, resamples=settings.bootstrap, seed=seed
         ),
-        "chosen_lr": probe.lr,
-        "chosen_lr_at_sweep_edge": probe.lr_at_edge,
+        "chosen_lr": probe.chosen,
+        "chosen_lr_at_sweep_edge": probe.at_edge,
         "sweep_val_accuracy": probe.sweep,
     }
 
@@ -147,8 +147,8 @@ def score_svm(
         **metrics_with_intervals(
             probe.scores, test.labels, num_classes, resamples=settings.bootstrap, seed=seed
         ),
-        "chosen_c": probe.c,
-        "chosen_c_at_sweep_edge": probe.c_at_edge,
+        "chosen_c": probe.chosen,
+        "chosen_c_at_sweep_edge": probe.at_edge,
         "sweep_val_accuracy": probe.sweep,
     }
 
