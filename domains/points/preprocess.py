@@ -21,6 +21,7 @@ from fmcore.domains.points.readers import FEATURE_WIDTHS, Cloud, open3d
 
 XYZ = 3
 VOXEL_TRIES = 6  # voxel sizes tried before the candidate cap is met
+VOXEL_AIM = 0.75  # share of the cap a voxel size is chosen for
 
 
 @dataclass(frozen=True)
@@ -81,22 +82,25 @@ def farthest_points(xyz: np.ndarray, count: int) -> np.ndarray:
 def voxel_down_sample(table: np.ndarray, target: int, minimum: int) -> np.ndarray:
     """Rows averaged per voxel (features too) with a voxel size that leaves between ``minimum``
     and ``target`` points, found by rescaling a guess: points on a surface scale as 1 / size**2.
+    Each rescaling aims at ``VOXEL_AIM`` of ``target``, so it lands below it instead of creeping
+    up to it from above; if no size lands in range, the last grid with enough points is kept.
     """
     o3d = open3d()
     cloud = o3d.t.geometry.PointCloud(o3d.core.Tensor(np.ascontiguousarray(table[:, :XYZ])))
     if table.shape[1] > XYZ:
         cloud.point.features = o3d.core.Tensor(np.ascontiguousarray(table[:, XYZ:]))
-    extent = float(np.ptp(table[:, :XYZ], axis=0).max())
-    size = extent / math.sqrt(target)
-    down = table
+    aim = VOXEL_AIM * target
+    size = float(np.ptp(table[:, :XYZ], axis=0).max()) / math.sqrt(aim)
+    kept = table
     for _ in range(VOXEL_TRIES):
         sampled = cloud.voxel_down_sample(size)
         count = len(sampled.point.positions)
-        if minimum <= count <= target:
-            down = _table(sampled, table.shape[1])
-            break
-        size *= math.sqrt(count / target) if count > target else 0.7
-    return down
+        if count >= minimum:
+            kept = _table(sampled, table.shape[1])
+            if count <= target:
+                break
+        size *= math.sqrt(count / aim)
+    return kept
 
 
 def _table(cloud: object, channels: int) -> np.ndarray:
