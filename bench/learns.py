@@ -13,7 +13,8 @@ probe on the domain's validation split. On digits (fmcore's own train/val split 
 scikit-learn's digits) every feature kind is scored: the class token, the mean patch token and
 both. On the labelled embedded samples (``data.sample=labelled``: pathology's tumour/normal
 slides as 64-px tiles, radiology's effusion/clear CT crops, video's clips of shapes moving
-horizontally or vertically, ophthalmology's fundus photographs with and without retinopathy) the
+horizontally or vertically, ophthalmology's fundus photographs with and without retinopathy,
+points' six stretched and turned shapes) the
 kind each preset is evaluated on by default (``method.features``), and on pathology also ABMIL
 on the per-slide features ``fmcore embed`` writes (test patients). In the same run: the random
 encoder each preset starts from (``checkpoint=random method=<preset>``: same architecture, same
@@ -123,6 +124,18 @@ TARGETS = {
             "encoder.tokenizer.patch_size=8",
         ),
         {"mae_small": 300},
+    ),
+    # 512 points in 32 groups of 16 (Point-MAE: 1024 in 64 of 32, 5x the CPU time); 48 shapes
+    # of each of 6 classes, stretched and turned at random.
+    "points": Target(
+        (
+            "domain=points",
+            "data.sample=labelled",
+            "data.points=512",
+            "encoder.tokenizer.num_groups=32",
+            "encoder.tokenizer.group_size=16",
+        ),
+        {"mae_small": 300, "simclr_small": 300, "dinov2_small": 200},
     ),
     # 32^3-voxel CT crops with 8^3 patches: 64 tokens; 8 crops of each volume.
     "radiology": Target(
