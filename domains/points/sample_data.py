@@ -1,9 +1,11 @@
 """The embedded points sample: synthetic shapes written by open3d in the formats scanners and
 modelling tools write.
 
-Each shape is one of open3d's primitive meshes (sphere, box, cylinder, cone, torus,
-octahedron) stretched by a random factor along each axis and turned to a random orientation.
-It is written either as a mesh (PLY with faces, OBJ, STL, OFF), which the domain samples, or
+Each shape is an everyday object (table, chair, lamp, mug, dumbbell, snowman) built of open3d's
+primitive meshes (boxes, rods, balls, cones, rings) with its own proportions, stretched along
+each axis and turned to a random heading about its up axis. Classes share parts (legs, rods,
+balls), so a class shows in how parts are arranged, not in any one local patch. An object is
+written either as a mesh (PLY with faces, OBJ, STL, OFF), which the domain samples, or
 as a point cloud sampled from that mesh with surface noise (binary PLY with colours and normals,
 PCD with intensity). The plain sample (``data.sample=plain``) holds every format the domain
 reads, ascii and binary, with and without features; the labelled sample
@@ -13,7 +15,6 @@ train, a quarter to validation, a quarter to test.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,10 @@ import numpy as np
 from fmcore.domains.points.readers import open3d
 from fmcore.labels import SAMPLE_SEED, SAMPLE_SPLIT_CYCLE, write_sample_labels
 
-CLASSES = ("sphere", "box", "cylinder", "cone", "torus", "octahedron")
 SHAPES_PER_CLASS = 48
 CLOUD_POINTS = 2048  # points of a shape written as a cloud
-STRETCH = (0.6, 1.4)  # per-axis scale factors of a shape
+PROPORTION = (0.75, 1.25)  # factor of each part's size: no two objects of a class alike
+STRETCH = (0.8, 1.2)  # per-axis scale factors of a whole object
 NOISE = 0.01  # surface noise of a cloud, in units of the shape's size
 # (writer, suffix) of a labelled shape, cycled through within each class
 LABELLED_FORMATS = (
@@ -58,28 +59,112 @@ PLAIN_FILES: tuple[tuple[str, str, dict[str, Any]], ...] = (
 PLAIN_COPIES = 3  # each plain file is written this often, each a different shape
 
 
-def primitive(name: str) -> Any:
-    """One of open3d's primitive meshes, centred on the origin, about unit size."""
-    mesh = open3d().geometry.TriangleMesh
-    makers: dict[str, Callable[[], Any]] = {
-        "sphere": lambda: mesh.create_sphere(radius=0.5, resolution=12),
-        "box": lambda: mesh.create_box(1.0, 1.0, 1.0),
-        "cylinder": lambda: mesh.create_cylinder(radius=0.4, height=1.0, resolution=16),
-        "cone": lambda: mesh.create_cone(radius=0.5, height=1.0, resolution=16),
-        "torus": lambda: mesh.create_torus(torus_radius=0.5, tube_radius=0.18),
-        "octahedron": lambda: mesh.create_octahedron(radius=0.6),
-    }
-    shape = makers[name]()
-    return shape.translate(-shape.get_center())
+class Parts:
+    """An object built of open3d primitives placed in an upright frame (z up)."""
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        self.rng = rng
+        self.mesh = open3d().geometry.TriangleMesh()
+
+    def size(self, value: float) -> float:
+        return value * self.rng.uniform(*PROPORTION)
+
+    def add(self, part: Any, centre: tuple[float, float, float]) -> None:
+        self.mesh += part.translate(np.asarray(centre, dtype=float) - part.get_center())
+
+    def box(self, width: float, depth: float, height: float, centre: tuple) -> None:
+        self.add(open3d().geometry.TriangleMesh.create_box(width, depth, height), centre)
+
+    def rod(self, radius: float, length: float, centre: tuple, along: str = "z") -> None:
+        rod = open3d().geometry.TriangleMesh.create_cylinder(radius, length, resolution=12)
+        if along == "x":
+            rod.rotate(rod.get_rotation_matrix_from_xyz((0.0, np.pi / 2, 0.0)))
+        self.add(rod, centre)
+
+    def ball(self, radius: float, centre: tuple) -> None:
+        self.add(open3d().geometry.TriangleMesh.create_sphere(radius, resolution=12), centre)
+
+    def cone(self, radius: float, height: float, centre: tuple) -> None:
+        self.add(open3d().geometry.TriangleMesh.create_cone(radius, height, resolution=16), centre)
+
+    def ring(self, radius: float, tube: float, centre: tuple) -> None:
+        ring = open3d().geometry.TriangleMesh.create_torus(radius, tube, 16, 8)
+        ring.rotate(ring.get_rotation_matrix_from_xyz((np.pi / 2, 0.0, 0.0)))  # in the x-z plane
+        self.add(ring, centre)
+
+    def legs(self, width: float, depth: float, height: float) -> None:
+        inset, radius = 0.06, 0.035
+        for x in (-1, 1):
+            for y in (-1, 1):
+                centre = (x * (width / 2 - inset), y * (depth / 2 - inset), height / 2)
+                self.rod(radius, height, centre)
+
+
+def table(parts: Parts) -> None:
+    width, depth, height = parts.size(1.0), parts.size(0.8), parts.size(0.7)
+    parts.box(width, depth, 0.06, (0.0, 0.0, height))
+    parts.legs(width, depth, height)
+
+
+def chair(parts: Parts) -> None:
+    side, height, back = parts.size(0.55), parts.size(0.45), parts.size(0.55)
+    parts.box(side, side, 0.06, (0.0, 0.0, height))
+    parts.box(side, 0.06, back, (0.0, -side / 2, height + back / 2))
+    parts.legs(side, side, height)
+
+
+def lamp(parts: Parts) -> None:
+    pole, shade = parts.size(1.0), parts.size(0.35)
+    parts.rod(parts.size(0.3), 0.05, (0.0, 0.0, 0.025))
+    parts.rod(0.03, pole, (0.0, 0.0, pole / 2))
+    parts.cone(shade, parts.size(0.3), (0.0, 0.0, pole))
+
+
+def mug(parts: Parts) -> None:
+    radius, height, handle = parts.size(0.35), parts.size(0.8), parts.size(0.18)
+    parts.rod(radius, height, (0.0, 0.0, height / 2))
+    parts.ring(handle, 0.04, (radius + handle * 0.6, 0.0, height / 2))
+
+
+def dumbbell(parts: Parts) -> None:
+    length = parts.size(1.2)
+    parts.rod(0.06, length, (0.0, 0.0, 0.0), along="x")
+    for side in (-1, 1):
+        parts.ball(parts.size(0.28), (side * length / 2, 0.0, 0.0))
+
+
+def snowman(parts: Parts) -> None:
+    bottom, middle, head = parts.size(0.4), parts.size(0.3), parts.size(0.2)
+    parts.ball(bottom, (0.0, 0.0, bottom))
+    parts.ball(middle, (0.0, 0.0, 2 * bottom + 0.8 * middle))
+    parts.ball(head, (0.0, 0.0, 2 * bottom + 1.6 * middle + 0.8 * head))
+
+
+BUILDERS = {
+    "table": table,
+    "chair": chair,
+    "lamp": lamp,
+    "mug": mug,
+    "dumbbell": dumbbell,
+    "snowman": snowman,
+}
+CLASSES = tuple(BUILDERS)
 
 
 def posed_shape(name: str, rng: np.random.Generator) -> Any:
-    """The primitive stretched along each axis and turned to a uniformly random orientation."""
+    """An object of class ``name`` with its own proportions, stretched along each axis and
+    turned to a uniformly random heading about its up axis (objects stand upright, as in
+    ModelNet)."""
     o3d = open3d()
-    shape = primitive(name)
-    vertices = np.asarray(shape.vertices) * rng.uniform(*STRETCH, size=3)
-    rotation, _ = np.linalg.qr(rng.normal(size=(3, 3)))  # a random orthogonal matrix
-    shape.vertices = o3d.utility.Vector3dVector(vertices @ rotation.T)
+    parts = Parts(rng)
+    BUILDERS[name](parts)
+    shape = parts.mesh
+    angle = rng.uniform(0.0, 2 * np.pi)
+    heading = np.array(
+        [[np.cos(angle), -np.sin(angle), 0.0], [np.sin(angle), np.cos(angle), 0.0], [0, 0, 1]]
+    )
+    vertices = (np.asarray(shape.vertices) - shape.get_center()) * rng.uniform(*STRETCH, size=3)
+    shape.vertices = o3d.utility.Vector3dVector(vertices @ heading.T)
     shape.compute_triangle_normals()
     shape.compute_vertex_normals()
     return shape
