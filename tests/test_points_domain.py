@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 from fmcore.config import core_config_dir
 from fmcore.domains.points.data import FewPoints, PointClouds
+from fmcore.domains.points.preprocess import voxel_down_sample
 from fmcore.domains.points.sample_data import CLASSES, PLAIN_COPIES, PLAIN_FILES, SHAPES_PER_CLASS
 from fmcore.errors import ConfigError
 
@@ -101,7 +102,9 @@ def test_features_come_from_the_files_that_hold_them(plain_cache: Path) -> None:
     assert (
         "it has no colour" in reasons["mesh.obj"] and "it has no normal" in reasons["points.xyzrgb"]
     )
-    assert "3 columns after xyz, data.features needs 6" in reasons["points.npy"]
+    assert (
+        "3 columns after xyz, data.features=['normal', 'colour'] needs 6" in reasons["points.npy"]
+    )
     for sample in samples.values():
         assert sample.shape == (128, 9)
         assert np.linalg.norm(sample[:, 3:6], axis=1) == pytest.approx(np.ones(128), abs=1e-4)
@@ -204,7 +207,18 @@ def bad_files(folder: Path) -> dict[str, str]:
     assert o3d.t.io.write_point_cloud(str(folder / "ascii.ply"), ascii_cloud, write_ascii=True)
     text = (folder / "ascii.ply").read_bytes()
     (folder / "ascii.ply").write_bytes(text[: len(text) // 2])
+    np.save(folder / "flat.npy", np.arange(10.0))
+    np.savez(folder / "no_points.npz", normals=np.zeros((10, 3)))
+    np.savez(folder / "odd_normals.npz", points=np.zeros((10, 3)), normals=np.zeros(10))
+    torus = o3d.geometry.TriangleMesh.create_torus()
+    assert o3d.io.write_triangle_mesh(str(folder / "faces_cut.ply"), torus)
+    mesh_bytes = (folder / "faces_cut.ply").read_bytes()
+    (folder / "faces_cut.ply").write_bytes(mesh_bytes[:-200])  # inside the face lists
     return {
+        "flat.npy": "a point array must be (M, 3+F)",
+        "no_points.npz": "a point array must be (M, 3+F)",
+        "odd_normals.npz": "its normal has shape (10, 1), expected (10, 3)",
+        "faces_cut.ply": "triangles read",
         "empty.ply": "empty file",
         "nan.pcd": "no finite points: all 50 points hold NaN or inf",
         "no_faces.obj": "no mesh could be read",
@@ -248,15 +262,33 @@ def test_a_cloud_with_too_few_points_is_repeated_with_a_warning_or_skipped(tmp_p
 
 def test_a_large_cloud_is_voxel_down_sampled_before_farthest_points(tmp_path: Path) -> None:
     rng = np.random.default_rng(5)
-    xyz = rng.uniform(-1, 1, size=(20000, 3))
+    xyz = rng.uniform(-1, 1, size=(20000, 3)).astype(np.float32)
+    grid = voxel_down_sample(xyz, target=2000, minimum=128)
+    assert 128 <= len(grid) <= 2000
+    np.testing.assert_array_equal(grid, voxel_down_sample(xyz, target=2000, minimum=128))
+    # voxel means lie inside the cloud's box and average several points each
+    assert (np.abs(grid) <= 1).all() and len(grid) < len(xyz) / 5
     np.save(tmp_path / "scan.npy", xyz)
     domain = points_domain(tmp_path / "scan.npy", tmp_path / "cache", max_candidates=2000)
     (sample,) = sample_by_name(domain).values()
+    (again,) = sample_by_name(domain).values()
     assert sample.shape == (128, 3)
-    # voxel averages: the sampled points are not the written points any more
+    np.testing.assert_array_equal(sample, again)
     direct = points_domain(tmp_path / "scan.npy", tmp_path / "cache2")
-    (exact,) = sample_by_name(direct).values()
+    (exact,) = sample_by_name(direct).values()  # no grid: the written points themselves
     assert not np.allclose(np.sort(sample, axis=0), np.sort(exact, axis=0), atol=1e-3)
+
+
+def test_integer_and_rgba_colours_are_scaled_into_zero_one(tmp_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    xyz = rng.normal(size=(300, 3)).astype(np.float32)
+    rgba = rng.integers(0, 65536, size=(300, 4)).astype(np.uint16)
+    intensity = np.arange(300, dtype=np.float32)  # each point's own number
+    np.savez(tmp_path / "scan.npz", points=xyz, colors=rgba, intensity=intensity)
+    domain = points_domain(tmp_path / "scan.npz", tmp_path / "c", features=["intensity", "colour"])
+    (sample,) = sample_by_name(domain).values()
+    rows = sample[:, 3].round().astype(int)
+    np.testing.assert_allclose(sample[:, 4:], rgba[rows, :3] / 65535.0, atol=1e-6)
 
 
 def test_the_index_is_probed_once_and_again_for_a_changed_file(tmp_path: Path) -> None:

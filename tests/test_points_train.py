@@ -102,4 +102,3 @@ def test_a_linear_svm_scores_a_random_encoder_on_the_labelled_shapes(tmp_path: P
     assert report["splits"] == {"train": 144, "val": 72} and report["num_classes"] == 6
     # six shapes: a random encoder's geometry already tells some apart (chance: 1/6)
     assert report["metrics"]["balanced_accuracy"] > 0.3
-    assert report["chosen_c"] in report["settings"]["cs"]

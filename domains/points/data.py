@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from fmcore.domain import Domain, Sample
 from fmcore.domains.points.formats import UnusableCloud, is_point_file
-from fmcore.domains.points.preprocess import XYZ, Preparation
+from fmcore.domains.points.preprocess import Preparation, feature_problem
 from fmcore.domains.points.readers import MESH_SAMPLINGS, MeshSampling, feature_name, probe, read
 from fmcore.domains.points.refs import CloudRef
 from fmcore.errors import BadSample, ConfigError
@@ -58,6 +58,11 @@ class PointClouds(Domain):
             max_candidates=int(data.max_candidates),
         )
         self.mesh_sampling = MeshSampling(str(data.mesh_sampling), int(data.mesh_points))
+        if self.mesh_sampling.points < self.preparation.points:
+            raise ConfigError(
+                f"data.mesh_points={self.mesh_sampling.points} is below data.points="
+                f"{self.preparation.points}: a mesh must give at least a sample's points"
+            )
         if self.mesh_sampling.method not in MESH_SAMPLINGS:
             raise ConfigError(
                 f"data.mesh_sampling={self.mesh_sampling.method}: choose"
@@ -116,13 +121,11 @@ class PointClouds(Domain):
 
     def _unusable(self, facts: dict) -> str | None:
         """Why a probed file cannot serve this config, or None."""
-        missing = [name for name in self.preparation.features if name not in facts["features"]]
-        columns, width = facts.get("columns", 0), self.preparation.channels - XYZ
-        if missing and columns:
-            if columns != width:
-                return f"{columns} columns after xyz, data.features needs {width}"
-        elif missing:
-            return f"it has no {', '.join(missing)} (data.features asks for it)"
+        problem = feature_problem(
+            facts["features"], facts.get("columns", 0), self.preparation.features
+        )
+        if problem:
+            return problem
         if (
             facts["kind"] != "mesh"
             and self.few_points == "skip"

@@ -48,9 +48,6 @@ class PlyHeader:
     def faces(self) -> int:
         return sum(e.count for e in self.elements if e.name in FACE_ELEMENTS)
 
-    def element(self, name: str) -> PlyElement | None:
-        return next((e for e in self.elements if e.name == name), None)
-
 
 def is_point_file(path: Path) -> bool:
     return path.suffix.lower() in SUFFIXES

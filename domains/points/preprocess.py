@@ -2,10 +2,10 @@
 features chosen and stacked, non-finite points dropped, very large clouds voxel down-sampled,
 farthest point sampling to ``data.points``, centred and scaled into the unit sphere.
 
-Farthest point sampling is fpsample's exact FPS from the file's first point (C++; its bucketed
-kd-tree variants are faster but neither start where asked nor pick the same points), which is
-linear in the points per pick, so above ``max_candidates`` points a voxel grid first averages
-neighbours (open3d): a 1M-point scan is never sampled point by point.
+Farthest point sampling is fpsample's exact FPS from the first point (C++; its bucketed kd-tree
+variants are faster but neither start where asked nor pick the same points), which is linear
+in the points per pick, so above ``max_candidates`` points a voxel grid first averages
+neighbours: a 1M-point scan is never sampled point by point.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fmcore.domains.points.formats import UnusableCloud
-from fmcore.domains.points.readers import FEATURE_WIDTHS, Cloud, open3d
+from fmcore.domains.points.readers import FEATURE_WIDTHS, Cloud
 
 XYZ = 3
 VOXEL_TRIES = 6  # voxel sizes tried before the candidate cap is met
@@ -50,21 +50,31 @@ class Preparation:
         return table
 
 
-def stack_features(cloud: Cloud, features: Sequence[str]) -> np.ndarray:
-    """xyz and the requested features side by side. An array's unnamed extra ``columns`` are
-    taken as the requested features, in order, when their widths add up."""
-    wanted = [name for name in features if name not in cloud.features]
-    if wanted and "columns" in cloud.features:
+def feature_problem(available: Sequence[str], columns: int, features: Sequence[str]) -> str | None:
+    """Why a file with features ``available`` and ``columns`` unnamed extra columns (an .npy's)
+    cannot give ``features``, or None. Unnamed columns stand for the requested features, in
+    order, when their widths add up."""
+    wanted = [name for name in features if name not in available]
+    if not wanted:
+        return None
+    if columns:
         width = sum(FEATURE_WIDTHS[name] for name in features)
-        columns = cloud.features["columns"]
-        if columns.shape[1] != width:
-            raise UnusableCloud(
-                f"{columns.shape[1]} columns after xyz, data.features={list(features)} needs"
-                f" {width}"
-            )
+        if columns != width:
+            return f"{columns} columns after xyz, data.features={list(features)} needs {width}"
+        return None
+    return f"it has no {', '.join(wanted)} (data.features asks for it)"
+
+
+def stack_features(cloud: Cloud, features: Sequence[str]) -> np.ndarray:
+    """xyz and the requested features side by side (see :func:`feature_problem`)."""
+    columns = cloud.features.get("columns")
+    problem = feature_problem(
+        sorted(cloud.features), 0 if columns is None else columns.shape[1], features
+    )
+    if problem:
+        raise UnusableCloud(problem)
+    if columns is not None and any(name not in cloud.features for name in features):
         return np.concatenate([cloud.xyz, columns], axis=1)
-    if wanted:
-        raise UnusableCloud(f"it has no {', '.join(wanted)} (data.features asks for it)")
     return np.concatenate([cloud.xyz, *(cloud.features[name] for name in features)], axis=1)
 
 
@@ -80,34 +90,32 @@ def farthest_points(xyz: np.ndarray, count: int) -> np.ndarray:
 
 
 def voxel_down_sample(table: np.ndarray, target: int, minimum: int) -> np.ndarray:
-    """Rows averaged per voxel (features too) with a voxel size that leaves between ``minimum``
-    and ``target`` points, found by rescaling a guess: points on a surface scale as 1 / size**2.
-    Each rescaling aims at ``VOXEL_AIM`` of ``target``, so it lands below it instead of creeping
-    up to it from above; if no size lands in range, the last grid with enough points is kept.
+    """Rows averaged per voxel (features too), in the voxels' sorted order, with a voxel size
+    that leaves between ``minimum`` and ``target`` points, found by rescaling a guess: points on
+    a surface scale as 1 / size**2. Each rescaling aims at ``VOXEL_AIM`` of ``target`` so it
+    lands below it instead of creeping up to it from above; if no size lands in range, the
+    last grid with at least ``minimum`` points is kept (the whole cloud if none has).
+
+    NumPy rather than open3d: open3d fills its voxel table in parallel, so the order of its
+    output, and with it the farthest point sampling that follows, can change between runs.
     """
-    o3d = open3d()
-    cloud = o3d.t.geometry.PointCloud(o3d.core.Tensor(np.ascontiguousarray(table[:, :XYZ])))
-    if table.shape[1] > XYZ:
-        cloud.point.features = o3d.core.Tensor(np.ascontiguousarray(table[:, XYZ:]))
+    xyz = table[:, :XYZ].astype(np.float64)
+    low = xyz.min(axis=0)
     aim = VOXEL_AIM * target
-    size = float(np.ptp(table[:, :XYZ], axis=0).max()) / math.sqrt(aim)
+    size = max(float(np.ptp(xyz, axis=0).max()), 1e-12) / math.sqrt(aim)
     kept = table
     for _ in range(VOXEL_TRIES):
-        sampled = cloud.voxel_down_sample(size)
-        count = len(sampled.point.positions)
-        if count >= minimum:
-            kept = _table(sampled, table.shape[1])
-            if count <= target:
+        cells = np.floor((xyz - low) / size).astype(np.int64)  # (M, 3)
+        shape = cells.max(axis=0) + 1
+        keys = (cells[:, 0] * shape[1] + cells[:, 1]) * shape[2] + cells[:, 2]
+        _, voxel, counts = np.unique(keys, return_inverse=True, return_counts=True)
+        if len(counts) >= minimum:
+            sums = [np.bincount(voxel, weights=column) for column in table.T]
+            kept = (np.stack(sums, axis=1) / counts[:, None]).astype(np.float32)
+            if len(counts) <= target:
                 break
-        size *= math.sqrt(count / aim)
+        size *= math.sqrt(len(counts) / aim)
     return kept
-
-
-def _table(cloud: object, channels: int) -> np.ndarray:
-    xyz = cloud.point.positions.numpy()
-    if channels == XYZ:
-        return xyz
-    return np.concatenate([xyz, cloud.point.features.numpy()], axis=1)
 
 
 def unit_sphere(xyz: np.ndarray) -> np.ndarray:

@@ -35,7 +35,13 @@ FEATURE_NAMES = {
     "normals": "normal",
     "intensity": "intensity",
 }
-OPEN3D_ATTRIBUTES = {"colors": "colour", "normals": "normal", "intensity": "intensity"}
+# open3d's attribute names (a .pts file's intensity comes back as "intensities")
+OPEN3D_ATTRIBUTES = {
+    "colors": "colour",
+    "normals": "normal",
+    "intensity": "intensity",
+    "intensities": "intensity",
+}
 ARRAY_KEYS = {"points": "xyz", "xyz": "xyz", **OPEN3D_ATTRIBUTES, "colours": "colour"}
 MESH_SAMPLINGS = ("uniform", "poisson")
 
@@ -106,7 +112,8 @@ def probe(path: Path) -> dict[str, Any]:
             "features": features,
         }
     cloud = read_array(path) if kind == "array" else read_cloud(path)
-    finite = int(np.isfinite(cloud.xyz).all(axis=1).sum())
+    # finite in every column: what preparation keeps for any choice of features, or more
+    finite = int(np.isfinite(np.concatenate([cloud.xyz, *cloud.features.values()], 1)).all(1).sum())
     if finite == 0:
         raise UnusableCloud(
             f"no finite points: all {len(cloud.xyz)} points hold NaN or inf"
@@ -133,11 +140,12 @@ def read_cloud(path: Path) -> Cloud:
     cloud = open3d().t.io.read_point_cloud(str(path))
     if "positions" not in cloud.point:
         raise UnusableCloud("no points could be read from it (open3d cannot parse it)")
+    xyz = _as_float(cloud.point.positions.numpy(), "xyz")
     features = {}
     for attribute, name in OPEN3D_ATTRIBUTES.items():
         if attribute in cloud.point:
-            features[name] = _as_float(cloud.point[attribute].numpy(), name)
-    return Cloud(_as_float(cloud.point.positions.numpy(), "xyz"), features)
+            features[name] = _feature(cloud.point[attribute].numpy(), name, len(xyz))
+    return Cloud(xyz, features)
 
 
 def read_mesh(path: Path) -> Any:
@@ -148,6 +156,10 @@ def read_mesh(path: Path) -> Any:
         raise UnusableCloud(
             "a mesh with no faces" if len(mesh.vertices) else "no mesh could be read from it"
         )
+    if int(np.asarray(mesh.triangles).max()) >= len(mesh.vertices):
+        raise UnusableCloud(f"a face names a vertex beyond its {len(mesh.vertices)} vertices")
+    if not mesh.get_surface_area() > 0:
+        raise UnusableCloud("a mesh of zero area: no surface to sample points on")
     if path.suffix.lower() == ".ply":
         announced = read_ply_header(path).faces
         if len(mesh.triangles) < announced:
@@ -190,12 +202,25 @@ def read_array(path: Path) -> Cloud:
             "a point array must be (M, 3+F), or an .npz with 'points' of shape (M, 3)"
         )
     xyz = _as_float(named.pop("xyz")[:, :3], "xyz")
-    features = {
-        name: _as_float(value.reshape(len(xyz), -1), name)
-        for name, value in named.items()
-        if value.size
-    }
+    columns = named.pop("columns", None)
+    features = {name: _feature(value, name, len(xyz)) for name, value in named.items()}
+    if columns is not None and columns.shape[1]:
+        features["columns"] = _as_float(columns, "columns")
     return Cloud(xyz, features)
+
+
+def _feature(values: np.ndarray, name: str, points: int) -> np.ndarray:
+    """One feature as (points, width) float32; colours with alpha lose it; any other shape is
+    an unusable file."""
+    values = values.reshape(len(values), -1) if values.ndim else values.reshape(1, 1)
+    if name == "colour" and values.ndim == 2 and values.shape[1] == 4:
+        values = values[:, :3]  # RGBA
+    width = FEATURE_WIDTHS[name]
+    if values.shape != (points, width):
+        raise UnusableCloud(
+            f"its {name} has shape {values.shape}, expected ({points}, {width}) for {points} points"
+        )
+    return _as_float(values, name)
 
 
 def _is_table(array: np.ndarray) -> bool:
@@ -203,6 +228,6 @@ def _is_table(array: np.ndarray) -> bool:
 
 
 def _as_float(values: np.ndarray, name: str) -> np.ndarray:
-    if name == "colour" and values.dtype.kind in "iu":
-        return values.astype(np.float32) / np.iinfo(values.dtype).max  # 8/16-bit colours
+    if name in ("colour", "intensity") and values.dtype.kind in "iu":
+        return values.astype(np.float32) / np.iinfo(values.dtype).max  # 8/16-bit values
     return np.ascontiguousarray(values, dtype=np.float32)

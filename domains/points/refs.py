@@ -11,7 +11,7 @@ class CloudRef(NamedTuple):
     path: str
     cloud_id: str  # the file's path below data.root
     kind: str  # cloud, mesh or array
-    points: int  # finite points of a cloud or an array, vertices of a mesh
+    points: int  # finite points of a cloud or an array, data.mesh_points of a mesh
     seed: int
     label: int = -1
 
