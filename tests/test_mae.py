@@ -395,6 +395,11 @@ def test_modality_settings_come_from_config() -> None:
     assert points.mask_ratio == 0.6 and list(points.views["global"].scale) == [1.0, 1.0]
     assert points.views["global"].jitter == 0.0
     assert "by_modality" not in points
+    # Point-MAE's optimiser: 1e-3 at batch 128 is 2e-3 per 256, AdamW's default betas
+    trainer = OmegaConf.load(core_config_dir() / "method" / "mae.yaml").trainer
+    assert for_modality(trainer, "points", "trainer").lr * 128 / 256 == 1e-3
+    assert list(for_modality(trainer, "points", "trainer").betas) == [0.9, 0.999]
+    assert for_modality(trainer, "image2d", "trainer").lr == 1.5e-4
 
 
 def test_a_misspelt_modality_override_fails_clearly() -> None:
