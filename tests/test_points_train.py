@@ -99,6 +99,6 @@ def test_a_linear_svm_scores_a_random_encoder_on_the_labelled_shapes(tmp_path: P
         cwd=tmp_path,
     )
     report = json.loads((tmp_path / "svm" / "eval.json").read_text())
-    assert report["splits"] == {"train": 144, "val": 72} and report["num_classes"] == 6
-    # six shapes: a random encoder's geometry already tells some apart (chance: 1/6)
+    assert report["splits"] == {"train": 288, "val": 144} and report["num_classes"] == 12
+    # twelve objects: a random encoder's geometry already tells many apart (chance: 1/12)
     assert report["metrics"]["balanced_accuracy"] > 0.3

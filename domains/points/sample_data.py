@@ -1,14 +1,15 @@
 """The embedded points sample: synthetic shapes written by open3d in the formats scanners and
 modelling tools write.
 
-Each shape is an everyday object (table, chair, lamp, mug, dumbbell, snowman) built of open3d's
-primitive meshes (boxes, rods, balls, cones, rings) with its own proportions, stretched along
-each axis and turned to a random heading about its up axis. Classes share parts (legs, rods,
-balls), so a class shows in how parts are arranged, not in any one local patch. An object is
-written either as a mesh (PLY with faces, OBJ, STL, OFF), which the domain samples, or
-as a point cloud sampled from that mesh with surface noise (binary PLY with colours and normals,
-PCD with intensity). The plain sample (``data.sample=plain``) holds every format the domain
-reads, ascii and binary, with and without features; the labelled sample
+Each shape is an everyday object of twelve classes in six look-alike pairs (table and desk,
+chair and stool, lamp and globe lamp, mug and glass, dumbbell and barbell, snowman and totem)
+built of open3d's primitive meshes (boxes, rods, balls, cones, rings) with its own proportions,
+stretched along each axis and turned to a random heading about its up axis. Classes share parts
+(legs, rods, balls), so a class shows in how parts are arranged, not in any one local patch.
+An object is written either as a mesh (PLY with faces, OBJ, STL, OFF), which the domain
+samples, or as a point cloud sampled from that mesh with surface noise (binary PLY with colours
+and normals, PCD with intensity). The plain sample (``data.sample=plain``) holds every format
+the domain reads, ascii and binary, with and without features; the labelled sample
 (``data.sample=labelled``) holds ``SHAPES_PER_CLASS`` shapes of each class, split a half to
 train, a quarter to validation, a quarter to test.
 """
@@ -140,13 +141,60 @@ def snowman(parts: Parts) -> None:
     parts.ball(head, (0.0, 0.0, 2 * bottom + 1.6 * middle + 0.8 * head))
 
 
+def desk(parts: Parts) -> None:
+    width, depth, height = parts.size(1.0), parts.size(0.6), parts.size(0.7)
+    parts.box(width, depth, 0.06, (0.0, 0.0, height))
+    drawers = parts.size(0.35)
+    parts.box(drawers, depth, height, (width / 2 - drawers / 2, 0.0, height / 2))
+    for y in (-1, 1):
+        parts.rod(0.035, height, (-width / 2 + 0.06, y * (depth / 2 - 0.06), height / 2))
+
+
+def stool(parts: Parts) -> None:
+    side, height = parts.size(0.4), parts.size(0.7)
+    parts.box(side, side, 0.06, (0.0, 0.0, height))
+    parts.legs(side, side, height)
+
+
+def globe_lamp(parts: Parts) -> None:
+    pole, globe = parts.size(1.0), parts.size(0.22)
+    parts.rod(parts.size(0.3), 0.05, (0.0, 0.0, 0.025))
+    parts.rod(0.03, pole, (0.0, 0.0, pole / 2))
+    parts.ball(globe, (0.0, 0.0, pole + globe * 0.8))
+
+
+def glass(parts: Parts) -> None:
+    radius, height = parts.size(0.28), parts.size(0.9)
+    parts.rod(radius, height, (0.0, 0.0, height / 2))
+
+
+def barbell(parts: Parts) -> None:
+    length = parts.size(1.6)
+    parts.rod(0.05, length, (0.0, 0.0, 0.0), along="x")
+    for side in (-1, 1):
+        parts.rod(parts.size(0.3), 0.08, (side * length * 0.4, 0.0, 0.0), along="x")
+
+
+def totem(parts: Parts) -> None:
+    bottom, middle, top = parts.size(0.6), parts.size(0.45), parts.size(0.3)
+    parts.box(bottom, bottom, bottom, (0.0, 0.0, bottom / 2))
+    parts.box(middle, middle, middle, (0.0, 0.0, bottom + middle / 2))
+    parts.box(top, top, top, (0.0, 0.0, bottom + middle + top / 2))
+
+
 BUILDERS = {
     "table": table,
+    "desk": desk,
     "chair": chair,
+    "stool": stool,
     "lamp": lamp,
+    "globe_lamp": globe_lamp,
     "mug": mug,
+    "glass": glass,
     "dumbbell": dumbbell,
+    "barbell": barbell,
     "snowman": snowman,
+    "totem": totem,
 }
 CLASSES = tuple(BUILDERS)
 
