@@ -214,7 +214,11 @@ def bad_files(folder: Path) -> dict[str, str]:
     assert o3d.io.write_triangle_mesh(str(folder / "faces_cut.ply"), torus)
     mesh_bytes = (folder / "faces_cut.ply").read_bytes()
     (folder / "faces_cut.ply").write_bytes(mesh_bytes[:-200])  # inside the face lists
+    write_cloud(folder / "cut.pts", rng.normal(size=(300, 3)))
+    pts_lines = (folder / "cut.pts").read_bytes().splitlines(keepends=True)
+    (folder / "cut.pts").write_bytes(b"".join(pts_lines[:201]))  # the count line and 200 points
     return {
+        "cut.pts": "truncated PTS: 200 points, its first line announces 300",
         "flat.npy": "a point array must be (M, 3+F)",
         "no_points.npz": "a point array must be (M, 3+F)",
         "odd_normals.npz": "its normal has shape (10, 1), expected (10, 3)",

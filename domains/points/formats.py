@@ -1,9 +1,9 @@
 """Which point-cloud and mesh files the domain reads, and the checks made before open3d decodes
 one: is the content what the extension says, and is a PLY file whole.
 
-open3d reads a truncated PLY file without an error (RPly prints one, the points past the cut
-come back as garbage), so the PLY header is parsed here and the file's size (binary) or line
-count (ascii) checked against what the header announces.
+open3d reads a truncated PLY or PTS file without an error (the points past the cut come back as
+garbage), so the PLY header is parsed here and the file's size (binary) or line count (ascii)
+checked against what the header announces, and a PTS file's lines against its count line.
 """
 
 from __future__ import annotations
@@ -147,4 +147,17 @@ def ply_truncation(path: Path, header: PlyHeader) -> str | None:
     size = path.stat().st_size
     if size < needed:
         return f"truncated PLY: {size} bytes, the header announces at least {needed}"
+    return None
+
+
+def pts_truncation(path: Path) -> str | None:
+    """Why a PTS file holds fewer points than its first line announces, or None (open3d fills
+    the missing rows with whatever memory held)."""
+    with open(path, "rb") as handle:
+        first = handle.readline().strip()
+        if not first.isdigit():
+            return None  # no count line: nothing announced
+        lines = sum(1 for line in handle if line.strip())
+    if lines < int(first):
+        return f"truncated PTS: {lines} points, its first line announces {int(first)}"
     return None

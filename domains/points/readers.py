@@ -10,6 +10,7 @@ each point's normal taken from its triangle. NumPy arrays are read with NumPy (s
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from fmcore.domains.points.formats import (
     UnusableCloud,
     check_content,
     ply_truncation,
+    pts_truncation,
     read_ply_header,
 )
 
@@ -44,6 +46,11 @@ OPEN3D_ATTRIBUTES = {
 }
 ARRAY_KEYS = {"points": "xyz", "xyz": "xyz", **OPEN3D_ATTRIBUTES, "colours": "colour"}
 MESH_SAMPLINGS = ("uniform", "poisson")
+# formats whose files announce their size, so a cut one is found before open3d reads garbage
+TRUNCATION_CHECKS: dict[str, Callable[[Path], str | None]] = {
+    ".ply": lambda path: ply_truncation(path, read_ply_header(path)),
+    ".pts": pts_truncation,
+}
 
 
 @dataclass
@@ -97,10 +104,10 @@ def probe(path: Path) -> dict[str, Any]:
     vertices of a mesh), triangles, which features it has, and an array's unnamed extra
     ``columns``."""
     check_content(path)
-    if path.suffix.lower() == ".ply":
-        reason = ply_truncation(path, read_ply_header(path))
-        if reason:
-            raise UnusableCloud(reason)
+    truncation = TRUNCATION_CHECKS.get(path.suffix.lower())
+    reason = truncation(path) if truncation else None
+    if reason:
+        raise UnusableCloud(reason)
     kind = kind_of(path)
     if kind == "mesh":
         mesh = read_mesh(path)
