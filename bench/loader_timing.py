@@ -5,9 +5,11 @@ benches."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -54,3 +56,30 @@ def time_loader(
     elapsed = time.perf_counter() - started
     del iterator, loader
     return LoaderTiming(samples / elapsed, first, skipped)
+
+
+def print_against_bare(
+    domain: Dataset,
+    bare: Dataset,
+    workers: Sequence[int],
+    timing: tuple[int, int, int],
+    common: dict[str, Any],
+    unit: str = "samples",
+) -> None:
+    """One JSON line per worker count: ``unit``/s of the domain's loader and of a bare decode
+    of the same references, their ratio and the domain's skipped samples. ``timing`` is
+    (batch, timed batches, warm-up batches)."""
+    batch, batches, warmup = timing
+    for count in workers:
+        rates = {
+            name: time_loader(dataset, count, batch, batches, warmup, seed=0)
+            for name, dataset in (("domain", domain), ("bare", bare))
+        }
+        row = {
+            **common,
+            "workers": count,
+            **{f"{n}_{unit}_per_s": round(r.samples_per_s, 1) for n, r in rates.items()},
+            "ratio": round(rates["domain"].samples_per_s / rates["bare"].samples_per_s, 2),
+            "skipped": rates["domain"].skipped,
+        }
+        print(json.dumps(row), flush=True)

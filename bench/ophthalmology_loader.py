@@ -19,14 +19,13 @@ Ophthalmic Photography DICOM) under ``--workdir`` once. One JSON line per measur
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from loader_timing import machine_record, time_loader
+from loader_timing import machine_record, print_against_bare
 
 from fmcore.config import compose, config_sources
 from fmcore.domain import Sample
@@ -129,24 +128,13 @@ def measure(args: argparse.Namespace, root: Path, files: str) -> None:
         "side": args.side,
         "batch": args.batch,
     }
-    for workers in args.workers:
-        arms = {"domain": DomainDataset(domain, refs), "bare": BareDecode(refs)}
-        rates = {
-            name: time_loader(dataset, workers, args.batch, args.batches, args.warmup, seed=0)
-            for name, dataset in arms.items()
-        }
-        print(
-            json.dumps(
-                {
-                    **common,
-                    "workers": workers,
-                    **{f"{n}_samples_per_s": round(r.samples_per_s, 1) for n, r in rates.items()},
-                    "ratio": round(rates["domain"].samples_per_s / rates["bare"].samples_per_s, 2),
-                    "skipped": rates["domain"].skipped,
-                }
-            ),
-            flush=True,
-        )
+    print_against_bare(
+        DomainDataset(domain, refs),
+        BareDecode(refs),
+        args.workers,
+        (args.batch, args.batches, args.warmup),
+        common,
+    )
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from loader_timing import machine_record, time_loader
+from loader_timing import machine_record, print_against_bare
 
 from fmcore.config import compose, config_sources
 from fmcore.domain import Sample
@@ -135,27 +135,14 @@ def measure_loader(args: argparse.Namespace, root: Path, files: str) -> None:
     domain = build_domain(compose(words, config_sources(registry())), registry())
     refs = list(domain.index("train"))
     common = {**machine_record(), "files": f"{len(refs)} {files}", "batch": args.batch}
-    for workers in args.workers:
-        arms = {
-            "domain": DomainDataset(domain, refs),
-            "bare": BareRead(refs, domain.preparation),
-        }
-        rates = {
-            name: time_loader(dataset, workers, args.batch, args.batches, args.warmup, seed=0)
-            for name, dataset in arms.items()
-        }
-        print(
-            json.dumps(
-                {
-                    **common,
-                    "workers": workers,
-                    **{f"{n}_clouds_per_s": round(r.samples_per_s, 1) for n, r in rates.items()},
-                    "ratio": round(rates["domain"].samples_per_s / rates["bare"].samples_per_s, 2),
-                    "skipped": rates["domain"].skipped,
-                }
-            ),
-            flush=True,
-        )
+    print_against_bare(
+        DomainDataset(domain, refs),
+        BareRead(refs, domain.preparation),
+        args.workers,
+        (args.batch, args.batches, args.warmup),
+        common,
+        unit="clouds",
+    )
 
 
 def main() -> None:
