@@ -34,6 +34,7 @@ from fmcore.eval.loading import load_encoder
 from fmcore.eval.mil import evaluate_mil
 from fmcore.eval.results import write_result
 from fmcore.eval.svm import svm_probe
+from fmcore.eval.sweep import SweptProbe
 from fmcore.plugin_manager import Registry
 
 Protocol = Callable[[DictConfig, Registry, Sequence[str]], dict[str, Any]]
@@ -106,6 +107,21 @@ def score_knn(
     )
 
 
+def swept_report(
+    probe: SweptProbe, setting: str, test: Features, num_classes: int, bootstrap: int, seed: int
+) -> dict[str, Any]:
+    """A swept probe's part of eval.json: the test metrics, the chosen ``setting`` (``lr``,
+    ``c``), whether it lies at the sweep's edge, and the sweep's validation accuracies."""
+    return {
+        **metrics_with_intervals(
+            probe.scores, test.labels, num_classes, resamples=bootstrap, seed=seed
+        ),
+        f"chosen_{setting}": probe.chosen,
+        f"chosen_{setting}_at_sweep_edge": probe.at_edge,
+        "sweep_val_accuracy": probe.sweep,
+    }
+
+
 def score_linear(
     settings: LinearSection, train: Features, test: Features, num_classes: int, seed: int
 ) -> dict[str, Any]:
@@ -121,14 +137,7 @@ def score_linear(
         weight_decay=settings.weight_decay,
         seed=seed,
     )
-    return {
-        **metrics_with_intervals(
-            probe.scores, test.labels, num_classes, resamples=settings.bootstrap, seed=seed
-        ),
-        "chosen_lr": probe.chosen,
-        "chosen_lr_at_sweep_edge": probe.at_edge,
-        "sweep_val_accuracy": probe.sweep,
-    }
+    return swept_report(probe, "lr", test, num_classes, settings.bootstrap, seed)
 
 
 def score_svm(
@@ -143,14 +152,7 @@ def score_svm(
         val_fraction=settings.val_fraction,
         seed=seed,
     )
-    return {
-        **metrics_with_intervals(
-            probe.scores, test.labels, num_classes, resamples=settings.bootstrap, seed=seed
-        ),
-        "chosen_c": probe.chosen,
-        "chosen_c_at_sweep_edge": probe.at_edge,
-        "sweep_val_accuracy": probe.sweep,
-    }
+    return swept_report(probe, "c", test, num_classes, settings.bootstrap, seed)
 
 
 def score_fewshot(
