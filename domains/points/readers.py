@@ -10,7 +10,6 @@ each point's normal taken from its triangle. NumPy arrays are read with NumPy (s
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import numpy as np
 from fmcore.domains.points.formats import (
     ARRAY_SUFFIXES,
     MESH_SUFFIXES,
+    PlyHeader,
     UnusableCloud,
     check_content,
     ply_truncation,
@@ -46,11 +46,6 @@ OPEN3D_ATTRIBUTES = {
 }
 ARRAY_KEYS = {"points": "xyz", "xyz": "xyz", **OPEN3D_ATTRIBUTES, "colours": "colour"}
 MESH_SAMPLINGS = ("uniform", "poisson")
-# formats whose files announce their size, so a cut one is found before open3d reads garbage
-TRUNCATION_CHECKS: dict[str, Callable[[Path], str | None]] = {
-    ".ply": lambda path: ply_truncation(path, read_ply_header(path)),
-    ".pts": pts_truncation,
-}
 
 
 @dataclass
@@ -87,14 +82,14 @@ def feature_name(name: str) -> str:
         ) from None
 
 
-def kind_of(path: Path) -> str:
+def kind_of(path: Path, header: PlyHeader | None) -> str:
     """``mesh``, ``cloud`` or ``array``, by extension and, for PLY, by its header's faces."""
     suffix = path.suffix.lower()
     if suffix in ARRAY_SUFFIXES:
         return "array"
     if suffix in MESH_SUFFIXES:
         return "mesh"
-    if suffix == ".ply" and read_ply_header(path).faces > 0:
+    if header is not None and header.faces > 0:
         return "mesh"
     return "cloud"
 
@@ -104,13 +99,23 @@ def probe(path: Path) -> dict[str, Any]:
     vertices of a mesh), triangles, which features it has, and an array's unnamed extra
     ``columns``."""
     check_content(path)
-    truncation = TRUNCATION_CHECKS.get(path.suffix.lower())
-    reason = truncation(path) if truncation else None
+    header = read_ply_header(path) if path.suffix.lower() == ".ply" else None
+    reason = None
+    if header is not None:
+        reason = ply_truncation(path, header)
+    elif path.suffix.lower() == ".pts":
+        reason = pts_truncation(path)  # open3d fills a cut PTS file's rows with stale memory
     if reason:
         raise UnusableCloud(reason)
-    kind = kind_of(path)
+    kind = kind_of(path, header)
     if kind == "mesh":
         mesh = read_mesh(path)
+        if header is not None and len(mesh.triangles) < header.faces:
+            # a PLY cut inside its face lists passes the size check and reads with fewer
+            raise UnusableCloud(
+                f"truncated PLY: {len(mesh.triangles)} triangles read, {header.faces} faces"
+                " announced"
+            )
         features = ["normal"] + (["colour"] if mesh.has_vertex_colors() else [])
         return {
             "kind": kind,
@@ -156,8 +161,8 @@ def read_cloud(path: Path) -> Cloud:
 
 
 def read_mesh(path: Path) -> Any:
-    """An open3d TriangleMesh with at least one triangle, all of the faces its header promised
-    (a PLY cut inside its face lists reads with fewer)."""
+    """An open3d TriangleMesh with at least one triangle, each naming vertices it has, and a
+    surface to sample."""
     mesh = open3d().io.read_triangle_mesh(str(path))
     if len(mesh.triangles) == 0:
         raise UnusableCloud(
@@ -167,12 +172,6 @@ def read_mesh(path: Path) -> Any:
         raise UnusableCloud(f"a face names a vertex beyond its {len(mesh.vertices)} vertices")
     if not mesh.get_surface_area() > 0:
         raise UnusableCloud("a mesh of zero area: no surface to sample points on")
-    if path.suffix.lower() == ".ply":
-        announced = read_ply_header(path).faces
-        if len(mesh.triangles) < announced:
-            raise UnusableCloud(
-                f"truncated PLY: {len(mesh.triangles)} triangles read, {announced} faces announced"
-            )
     return mesh
 
 
