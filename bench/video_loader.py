@@ -31,13 +31,13 @@ from loader_timing import machine_record, time_loader
 
 from fmcore.config import compose, config_sources
 from fmcore.domain import Sample
-from fmcore.domains.video.probe import import_decord
-from fmcore.domains.video.readers import cover_size
 from fmcore.domains.video.sample_data import moving_shapes
-from fmcore.domains.video.writers import write_video
 from fmcore.engine.data import DomainDataset
 from fmcore.factory import build_domain
 from fmcore.plugin_manager import registry
+from fmcore.video_files.probe import import_decord
+from fmcore.video_files.readers import cover_size
+from fmcore.video_files.writers import write_video
 
 
 class BareDecord(torch.utils.data.Dataset):

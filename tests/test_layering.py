@@ -24,6 +24,7 @@ FLOORS: list[tuple[str, ...]] = [
         "file_checks",
         "probe_cache",
         "dicom_writing",
+        "video_files",
         "run_files",
         "distributed",
         "collapse",

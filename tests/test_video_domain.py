@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 
 pytest.importorskip("av", reason="needs the video extra: pip install -e '.[video]'")
-pytest.importorskip("decord")  # after PyAV: see fmcore.domains.video.probe.import_decord
+pytest.importorskip("decord")  # after PyAV: see fmcore.video_files.probe.import_decord
 
 from omegaconf import OmegaConf
 from pydicom.data import get_testdata_file
 
 from fmcore.config import core_config_dir
 from fmcore.domains.video.data import ReaderFallback, Video
-from fmcore.domains.video.writers import write_cine, write_video
 from fmcore.errors import ConfigError
+from fmcore.video_files.writers import write_cine, write_video
 
 FRAMES = 30
 FPS = 10.0

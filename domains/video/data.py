@@ -21,12 +21,12 @@ from omegaconf import DictConfig
 
 from fmcore.domain import Domain, Sample
 from fmcore.domains.video.files import find_videos
-from fmcore.domains.video.probe import VideoInfo, probe_all
-from fmcore.domains.video.readers import ClipReader
 from fmcore.domains.video.refs import ClipRef
 from fmcore.domains.video.sampling import ClipSampling
 from fmcore.errors import ConfigError
 from fmcore.splits import SPLITS, check_split, select
+from fmcore.video_files.probe import VideoInfo, probe_all
+from fmcore.video_files.readers import ClipReader
 
 INPUT_KINDS = "video files or DICOM cine files"  # what data.labels names
 

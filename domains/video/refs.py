@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from fmcore.domains.video.probe import VideoInfo
+from fmcore.video_files.probe import VideoInfo
 
 
 class ClipRef(NamedTuple):

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fmcore.domains.video.writers import write_cine, write_video
 from fmcore.labels import SAMPLE_SEED, sample_patients, write_sample_labels
+from fmcore.video_files.writers import write_cine, write_video
 
 CLASSES = ("horizontal", "vertical")
 LABELLED_VIDEOS = 256  # one per patient: 128 train, 64 val, 64 test

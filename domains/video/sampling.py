@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from omegaconf import DictConfig
 
-from fmcore.domains.video.probe import VideoInfo
 from fmcore.errors import ConfigError
+from fmcore.video_files.probe import VideoInfo, nearest_frames
 
 JITTER = ("random", "uniform")
 SHORT_VIDEOS = ("pad", "skip")
@@ -85,10 +85,3 @@ class ClipSampling:
         room = max(times[-1] - times[0] - (self.frames - 1) / self.fps, 0.0)
         wanted = times[0] + position * room + np.arange(self.frames) / self.fps
         return tuple(int(i) for i in nearest_frames(times, wanted))
-
-
-def nearest_frames(times: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    """For each wanted time, the index of the frame shown then: the last frame whose time is
-    not after it (the first frame for times before the video starts)."""
-    shown = np.searchsorted(times, wanted + 1e-6, side="right") - 1
-    return np.clip(shown, 0, len(times) - 1)

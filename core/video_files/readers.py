@@ -18,9 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fmcore.domains.video.probe import VideoInfo, import_decord
-from fmcore.domains.video.sampling import nearest_frames
 from fmcore.errors import BadSample
+from fmcore.video_files.probe import VideoInfo, import_decord, nearest_frames
 
 OPEN_READERS = 8  # decord readers kept open per process
 FORKED_AWAY: list[Any] = []  # readers a forked process inherited (see ClipReader._decord_reader)

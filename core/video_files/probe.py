@@ -56,6 +56,13 @@ class VideoInfo:
         return np.arange(self.frames, dtype=np.float64) / self.fps
 
 
+def nearest_frames(times: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """For each wanted time, the index of the frame shown then: the last frame whose time is
+    not after it (the first frame for times before the video starts)."""
+    shown = np.searchsorted(times, wanted + 1e-6, side="right") - 1
+    return np.clip(shown, 0, len(times) - 1)
+
+
 def import_decord():
     """decord, imported after PyAV. decord loads its own FFmpeg 4 libraries (libvpx among them)
     with global symbols; loaded first, they stand in for PyAV's, whose VP8/VP9 encoders then

@@ -1,0 +1,1 @@
+"""Robot demonstrations: LeRobot datasets and HDF5 episodes (docs/robotics.md)."""
