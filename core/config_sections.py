@@ -175,6 +175,33 @@ class MilSection(EvalSection):
 
 
 @dataclass
+class BcSection(EvalSection):
+    """``eval=bc``: a behaviour-cloning policy on frozen features (configs/eval/bc.yaml)."""
+
+    name: str = MISSING
+    train_split: str = MISSING
+    val_split: str = MISSING
+    test_split: str = MISSING
+    batch_size: int = MISSING
+    features: str | None = MISSING
+    with_state: bool = MISSING
+    hidden_dim: int = MISSING
+    epochs: int = MISSING
+    lr: float = MISSING
+    weight_decay: float = MISSING
+    probe_batch_size: int = MISSING
+    rollouts: int = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key in ("batch_size", "hidden_dim", "epochs", "probe_batch_size"):
+            at_least(f"eval.{key}", getattr(self, key), 1)
+        at_least("eval.rollouts", self.rollouts, 0)
+        if self.lr <= 0:
+            raise ConfigError(f"eval.lr must be above 0, not {self.lr}")
+
+
+@dataclass
 class EmbedSection:
     """``embed``: what ``fmcore embed`` writes (configs/embed/default.yaml)."""
 
@@ -196,6 +223,7 @@ EVAL_SCHEMAS = {
     "svm": SvmSection,
     "fewshot": FewshotSection,
     "mil": MilSection,
+    "bc": BcSection,
 }
 
 

@@ -11,10 +11,10 @@ import importlib.util
 import os
 import shutil
 from abc import ABC, abstractmethod
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from omegaconf import DictConfig
 from torch import Tensor
@@ -36,6 +36,23 @@ class Sample:
     label: int = -1
     meta: dict[str, Any] = field(default_factory=dict)
     valid: Tensor | None = None
+
+
+# (observations, states) -> actions: one (B, *sample shape) tensor per sample of a time step (a
+# camera each, or one of stacked cameras) in [0, 1] as ``load`` gives them, and (B, S) states.
+Act = Callable[[list[Tensor], Tensor], Tensor]
+
+
+class ClosedLoop(Protocol):
+    """The simulator a domain's demonstrations were recorded in, for the behaviour-cloning
+    probe (``eval=bc``) to roll its policy out in."""
+
+    action_dim: int  # the first action_dim entries of a policy's output act
+
+    def rollouts(self, act: Act, episodes: int, seed: int) -> list[bool]:
+        """Run ``episodes`` new episodes (seeded by ``seed``, none of the recorded ones), each
+        step acting as ``act`` says for the whole batch; whether each one succeeded."""
+        ...
 
 
 class Domain(ABC):
@@ -220,6 +237,11 @@ class Domain(ABC):
         groupings they support in ``partition_keys``."""
         raise NotImplementedError(f"domain '{self.name}' cannot group samples by '{by}'")
 
+    def closed_loop(self) -> ClosedLoop | None:
+        """The simulator of the task the samples show, where there is one (a robotics sample
+        recorded in simulation); None for recorded data."""
+        return None
+
     def view_steps(self) -> list[ViewStep]:
         """Domain-specific batched view steps applied after the modality's (e.g. stain jitter)."""
         return []
@@ -236,4 +258,4 @@ class Domain(ABC):
         return (views - mean_t) / std_t
 
 
-__all__ = ["BadSample", "Domain", "Sample"]
+__all__ = ["Act", "BadSample", "ClosedLoop", "Domain", "Sample"]

@@ -68,3 +68,35 @@ def test_mae_trains_a_step_on_hdf5_frames_and_on_stacked_clips(
     train(config, registry())
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["skipped_samples"] == 0
+
+
+@pytest.mark.slow
+def test_behaviour_cloning_on_a_random_encoder_is_scored_on_test_episodes_and_in_closed_loop(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "bc"
+    fmcore(
+        "eval",
+        "eval=bc",
+        "checkpoint=random",
+        "domain=robotics",
+        "data.frame_step=4",
+        *TINY_ENCODER,
+        "trainer.device=cpu",
+        "trainer.num_workers=0",
+        "eval.epochs=20",
+        "eval.rollouts=8",
+        f"run.dir={out}",
+        f"run.cache_dir={tmp_path / 'cache'}",
+        cwd=tmp_path,
+    )
+    report = json.loads((out / "eval.json").read_text())
+    # 160 episodes of 24 frames, a sample every 4th frame: 6 time steps each, split by episode
+    assert sum(report["splits"].values()) == 160 * 6
+    assert all(count % 6 == 0 for count in report["splits"].values())
+    assert report["feature_dim"] == 2 * 64  # the top and wrist cameras' features joined
+    assert report["closed_loop_episodes"] == 8
+    metrics = report["metrics"]
+    for prefix in ("", "state_only_"):
+        assert 0 <= metrics[prefix + "success_rate"] <= 1
+        assert metrics[prefix + "action_mse"] > 0 and metrics[prefix + "action_r2"] <= 1

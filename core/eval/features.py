@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +39,6 @@ class Features:
         return int(self.labels.shape[0])
 
 
-@torch.no_grad()
 def extract_features(
     encoder: Encoder | RawPixels,
     domain: Domain,
@@ -55,13 +56,51 @@ def extract_features(
     domain's samples carry, e.g. ``video``), one feature per group instead: the mean of its
     samples' (a video's clips), in the order groups first appear.
 
-    The encoder runs in eval mode without gradients and on unaugmented samples passed through
-    the domain's ``normalize`` (the same input mapping it was trained with). Unlabelled samples
-    (label -1) are refused: a metric computed on them would be meaningless.
+    Unlabelled samples (label -1) are refused: a metric computed on them would be meaningless.
     """
     refs = domain.index(split)
     if len(refs) == 0:
         raise ConfigError(f"split '{split}' of domain '{domain.name}' has no samples")
+    features, targets, metas = encode_samples(
+        encoder,
+        domain,
+        refs,
+        batch_size=batch_size,
+        device=device,
+        num_workers=num_workers,
+        kind=kind,
+    )
+    if group_by is not None:
+        groups = [group_of(meta, group_by, domain.name) for meta in metas]
+        features, targets = mean_per_group(features, targets, groups, group_by)
+    if (targets < 0).any():
+        raise ConfigError(
+            f"split '{split}' of domain '{domain.name}' has unlabelled samples (label -1):"
+            " evaluation needs a labelled split"
+        )
+    if l2_normalize:
+        features = F.normalize(features, dim=1)
+    return Features(features, targets)
+
+
+@torch.no_grad()
+def encode_samples(
+    encoder: Encoder | RawPixels,
+    domain: Domain,
+    refs: Sequence[Any],
+    *,
+    batch_size: int,
+    device: torch.device | str,
+    num_workers: int,
+    kind: str,
+) -> tuple[Tensor, Tensor, list[dict[str, Any]]]:
+    """Features (N, D), labels (N,) and metadata of the samples ``refs`` name, in their order.
+
+    The encoder runs in eval mode without gradients and on unaugmented samples passed through
+    the domain's ``normalize`` (the same input mapping it was trained with). A sample that
+    cannot be read fails the evaluation: features must cover the whole split, or the metric is
+    of another one.
+    """
     loader = DataLoader(
         DomainDataset(domain, refs),
         batch_size=batch_size,
@@ -73,31 +112,19 @@ def extract_features(
     encoder.eval().to(device)
     chunks: list[Tensor] = []
     labels: list[Tensor] = []
-    groups: list[object] = []
+    metas: list[dict[str, Any]] = []
     try:
         for batch, unreadable in loader:
-            if unreadable:  # features must cover the whole split, or the metric is of another one
+            if unreadable:
                 raise BadSample(unreadable[0].split(":", 1)[0], f"cannot evaluate: {unreadable[0]}")
             images = domain.normalize(batch.data.to(device, non_blocking=True).float())
             valid = None if batch.valid is None else batch.valid.to(device)
             chunks.append(encoder.features(images, kind, valid).float().cpu())
             labels.append(batch.labels)
-            if group_by is not None:
-                groups.extend(group_of(meta, group_by, domain.name) for meta in batch.meta)
+            metas.extend(batch.meta)
     finally:
         encoder.train(was_training)
-    features = torch.cat(chunks)
-    targets = torch.cat(labels)
-    if group_by is not None:
-        features, targets = mean_per_group(features, targets, groups, group_by)
-    if (targets < 0).any():
-        raise ConfigError(
-            f"split '{split}' of domain '{domain.name}' has unlabelled samples (label -1):"
-            " evaluation needs a labelled split"
-        )
-    if l2_normalize:
-        features = F.normalize(features, dim=1)
-    return Features(features, targets)
+    return torch.cat(chunks), torch.cat(labels), metas
 
 
 def group_of(meta: dict, key: str, domain: str) -> object:

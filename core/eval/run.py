@@ -25,6 +25,7 @@ from fmcore.config_sections import (
 )
 from fmcore.distributed import pick_device
 from fmcore.errors import ConfigError
+from fmcore.eval.bc import evaluate_bc
 from fmcore.eval.bootstrap import metrics_with_intervals
 from fmcore.eval.features import Features, SplitFeatures
 from fmcore.eval.fewshot import fewshot_metrics, summarize
@@ -176,6 +177,7 @@ PROTOCOLS: dict[str, Protocol] = {
     "svm": partial(evaluate_features, score_svm),
     "fewshot": partial(evaluate_features, score_fewshot),
     "mil": evaluate_mil,
+    "bc": evaluate_bc,
 }
 
 

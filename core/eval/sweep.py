@@ -67,6 +67,9 @@ class Standardize:
     def __call__(self, features: Tensor) -> Tensor:
         return (features - self.mean) / self.std
 
+    def inverse(self, standardised: Tensor) -> Tensor:
+        return standardised * self.std + self.mean
+
 
 def sweep_and_refit(
     train_features: Tensor,

@@ -48,6 +48,11 @@ def resize(frames: np.ndarray, size: Sequence[int]) -> np.ndarray:
     return out.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
+def fit_frames(frames: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """(T, H, W, C) uint8 ``frames`` resized to cover ``size`` (H, W), then centre-cropped."""
+    return center_crop(resize(frames, cover_size(frames.shape[1:3], size)), size)
+
+
 class ClipReader:
     """Reads clips of probed files; picklable, and opens its decord readers lazily."""
 

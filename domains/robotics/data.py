@@ -24,13 +24,15 @@ import torch
 from omegaconf import DictConfig
 
 from fmcore.domain import Domain, Sample
+from fmcore.domains.robotics.closed_loop import ReachingLoop
 from fmcore.domains.robotics.episodes import ArrayFrames, Episode, UnusableEpisode, VideoFrames
 from fmcore.domains.robotics.hdf5_episodes import Hdf5Layout, hdf5_files, read_hdf5
 from fmcore.domains.robotics.lerobot import BadEpisodes, lerobot_datasets, read_lerobot
+from fmcore.domains.robotics.reaching import CAMERAS
 from fmcore.domains.robotics.refs import CameraRead, FrameRef
 from fmcore.errors import BadSample, ConfigError
 from fmcore.video_files.probe import VideoInfo, nearest_frames, probe_all
-from fmcore.video_files.readers import ClipReader, center_crop, cover_size, resize
+from fmcore.video_files.readers import ClipReader, fit_frames
 
 FORMATS = ("lerobot", "hdf5")
 CAMERA_MODES = ("separate", "stack")
@@ -236,9 +238,7 @@ class Robotics(Domain):
             frames = block[[unique.index(i) for i in read.indices]]
         except (OSError, KeyError, ValueError) as error:
             raise BadSample(read.path, f"{read.key} rows {read.indices}: {error}") from error
-        size = self.sample_size[-2:]
-        height, width = cover_size(frames.shape[1:3], size)
-        return center_crop(resize(frames, (height, width)), size)
+        return fit_frames(frames, self.sample_size[-2:])
 
     def _hdf5_file(self, path: str) -> Any:
         import h5py
@@ -248,6 +248,15 @@ class Robotics(Domain):
         if path not in self._hdf5:
             self._hdf5[path] = h5py.File(path, "r")
         return self._hdf5[path]
+
+    def closed_loop(self) -> ReachingLoop | None:
+        """The embedded sample's simulator, for single frames (a policy on clips would need
+        the frames before the first); None for a user's recorded data."""
+        if self.data.get("root") or int(self.data.frames) != 1:
+            return None
+        cameras = [str(c) for c in self.data.get("cameras") or sorted(CAMERAS)]
+        groups = [[c] for c in cameras] if self.camera_mode == "separate" else [cameras]
+        return ReachingLoop(groups, int(self.data.frame_size))
 
     def normalize(self, views: torch.Tensor) -> torch.Tensor:
         """``data.mean`` / ``data.std`` of one camera's RGB, repeated over stacked cameras."""

@@ -14,9 +14,9 @@ from fmcore.domains.robotics.reaching import CAMERAS, FPS, run_episode
 from fmcore.domains.robotics.writers import Recording, write_lerobot, write_robomimic
 from fmcore.labels import SAMPLE_SEED
 
-EPISODES = 48
+EPISODES = 160
 FRAME_SIZE = 64  # rendered pixels per side
-EPISODES_PER_FILE = 20  # the v3 dataset's episodes share data and video files, 20 to a file
+EPISODES_PER_FILE = 50  # the v3 dataset's episodes share data and video files, 50 to a file
 LEROBOT_FOLDER = "lerobot"
 HDF5_FILE = "robomimic.hdf5"
 STATE_KEY = "gripper_pos"  # the HDF5 file's state dataset, obs/gripper_pos
