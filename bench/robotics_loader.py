@@ -8,9 +8,10 @@ decode of the same frames.
 The loader is the engine's (``DomainDataset`` of the domain's references in the shuffled order
 of ``ResumableBatchSampler``, through ``make_loader``): each sample is one camera frame, found
 in an MP4 that many episodes share by its timestamp while indexing, decoded by decord at the
-sample's size and centre-cropped. The bare arm decodes the same frame numbers of the same
-files, in the same order, through the same loader machinery, with a ``decord.VideoReader``
-per file opened at that size and kept open per worker, as a hand-written loader would. Without
+sample's size, centre-cropped and turned into a float tensor. The bare arm
+(``bare_decord.py``) decodes the same frame numbers of the same files, in the same order,
+through the same loader machinery, with a ``decord.VideoReader`` per file opened at that size
+and kept open per worker, and nothing else, as a hand-written loader would. Without
 ``--root`` it writes ``--episodes`` episodes of the simulated reaching task rendered at
 ``--render-size`` pixels as a LeRobot v3.0 dataset (H.264, 50 episodes to a file) under
 ``--workdir`` once. One JSON line per worker count.
@@ -21,44 +22,17 @@ from __future__ import annotations
 import argparse
 import tempfile
 from pathlib import Path
-from typing import Any
 
-import torch
+from bare_decord import BareDecord, FramesToRead
 from loader_timing import machine_record, print_against_bare
 
 from fmcore.config import compose, config_sources
-from fmcore.domain import Sample
 from fmcore.domains.robotics.reaching import FPS
 from fmcore.domains.robotics.sample_data import EPISODES_PER_FILE, record
 from fmcore.domains.robotics.writers import write_lerobot
 from fmcore.engine.data import DomainDataset
 from fmcore.factory import build_domain
 from fmcore.plugin_manager import registry
-from fmcore.video_files.probe import import_decord
-from fmcore.video_files.readers import center_crop, cover_size
-
-
-class BareDecord(torch.utils.data.Dataset):
-    """The same frames of the same files through decord's ``VideoReader.get_batch``."""
-
-    def __init__(self, refs: list[Any], size: int) -> None:
-        self.refs = refs
-        self.size = size
-        self.readers: dict[str, Any] = {}
-
-    def __len__(self) -> int:
-        return len(self.refs)
-
-    def __getitem__(self, index: int) -> Sample:
-        read = self.refs[index].reads[0]
-        if read.path not in self.readers:
-            height, width = cover_size((read.info.height, read.info.width), (self.size,) * 2)
-            self.readers[read.path] = import_decord().VideoReader(
-                read.path, width=width, height=height, num_threads=1
-            )
-        frames = self.readers[read.path].get_batch(list(read.indices)).asnumpy()
-        frame = center_crop(frames, (self.size, self.size))[0]
-        return Sample(data=torch.from_numpy(frame).permute(2, 0, 1).float().div_(255))
 
 
 def write_dataset(folder: Path, episodes: int, render_size: int) -> Path:
@@ -108,7 +82,13 @@ def main() -> None:
     }
     print_against_bare(
         DomainDataset(domain, refs),
-        BareDecord(refs, args.frame_size),
+        BareDecord(
+            [
+                FramesToRead(r.reads[0].path, r.reads[0].info.display_size, r.reads[0].indices)
+                for r in refs
+            ],
+            args.frame_size,
+        ),
         args.workers,
         (args.batch, args.batches, args.warmup),
         common,

@@ -23,43 +23,17 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import torch
+from bare_decord import BareDecord, FramesToRead
 from loader_timing import machine_record, time_loader
 
 from fmcore.config import compose, config_sources
-from fmcore.domain import Sample
 from fmcore.domains.video.sample_data import moving_shapes
 from fmcore.engine.data import DomainDataset
 from fmcore.factory import build_domain
 from fmcore.plugin_manager import registry
-from fmcore.video_files.probe import import_decord
-from fmcore.video_files.readers import cover_size
 from fmcore.video_files.writers import write_video
-
-
-class BareDecord(torch.utils.data.Dataset):
-    """The same clips through decord alone: one reader per file and worker, uint8 frames."""
-
-    def __init__(self, refs: list[Any], size: int) -> None:
-        self.refs = refs
-        self.size = size
-        self.readers: dict[str, Any] = {}
-
-    def __len__(self) -> int:
-        return len(self.refs)
-
-    def __getitem__(self, index: int) -> Sample:
-        ref = self.refs[index]
-        if ref.path not in self.readers:
-            height, width = cover_size(ref.info.display_size, (self.size, self.size))
-            self.readers[ref.path] = import_decord().VideoReader(
-                ref.path, width=width, height=height, num_threads=1
-            )
-        frames = self.readers[ref.path].get_batch(list(ref.indices)).asnumpy()
-        return Sample(data=torch.from_numpy(frames))
 
 
 def write_videos(folder: Path, count: int, frames: int, size: tuple[int, int]) -> Path:
@@ -136,7 +110,12 @@ def main() -> None:
     timing_args = (args.batch, args.batches, args.warmup, 0)
     for workers in args.workers:
         for arm, dataset in (
-            ("bare decord get_batch", BareDecord(refs, args.size)),
+            (
+                "bare decord get_batch",
+                BareDecord(
+                    [FramesToRead(r.path, r.info.display_size, r.indices) for r in refs], args.size
+                ),
+            ),
             ("fmcore video loader", DomainDataset(domain, refs)),
         ):
             timing = time_loader(dataset, workers, *timing_args)

@@ -18,7 +18,7 @@ pytest.importorskip("h5py", reason="needs the robotics extra: pip install -e '.[
 pytest.importorskip("pyarrow", reason="needs the robotics extra: pip install -e '.[robotics]'")
 
 from fmcore.config import compose, config_sources
-from fmcore.domains.robotics.data import Robotics
+from fmcore.domains.robotics.data import Robotics, nearest
 from fmcore.domains.robotics.reaching import Reaching, run_episode
 from fmcore.domains.robotics.sample_data import STATE_KEY, record
 from fmcore.domains.robotics.writers import write_lerobot, write_robomimic
@@ -131,14 +131,15 @@ def test_clips_of_stacked_cameras(datasets: dict[str, Path], tmp_path: Path) -> 
     )
     assert Robotics.modality_for(robotics.data) == "video"
     refs = robotics.index("all")
-    # 24 frames, a clip spans 10: starts 0, 5, 10 (15 would run past the end)
-    assert [r.frame for r in refs[:4]] == [0, 5, 10, 0]
-    assert refs[1].reads[0].indices == (5, 8, 11, 14)
-    sample = robotics.load(refs[1]).data
+    # a sample every 5th frame of 24, each the clip that ends on it (never later frames)
+    assert [r.frame for r in refs[:6]] == [0, 5, 10, 15, 20, 0]
+    assert refs[1].reads[0].indices == (0, 0, 2, 5)  # the first frame repeats
+    assert refs[3].reads[0].indices == (6, 9, 12, 15)
+    sample = robotics.load(refs[3]).data
     assert sample.shape == (6, 4, 64, 64)
     scenes = run_episode(FIRST_SEED)[0]
-    np.testing.assert_array_equal(sample[3:, 1], _rendered(scenes[8], "top"))
-    np.testing.assert_array_equal(sample[:3, 3], _rendered(scenes[14], "wrist"))
+    np.testing.assert_array_equal(sample[3:, 1], _rendered(scenes[9], "top"))
+    np.testing.assert_array_equal(sample[:3, 3], _rendered(scenes[15], "wrist"))
     normalised = robotics.normalize(sample[None])
     assert normalised.shape == (1, 6, 4, 64, 64)
 
@@ -166,14 +167,29 @@ def test_an_episode_longer_than_its_rows_or_its_video_is_named(
     meta = root / "arm/meta/episodes/chunk-000/file-000.parquet"
     rows = pq.read_table(meta).to_pylist()
     rows[1]["length"] = 30  # the data file holds 24 rows of it
+    rows[3]["videos/observation.images.top/from_timestamp"] = 2.4  # episode 4's frames
     rows[4]["videos/observation.images.top/from_timestamp"] = 6.0  # past its file's 7.2 s
     pq.write_table(pa.Table.from_pylist(rows), meta)
     robotics = domain(root, tmp_path / "cache")
     episodes = {r.episode for r in robotics.index("all")}
-    assert episodes == {f"arm/episode_{n:06d}" for n in (0, 2, 3, 5)}
-    first, second = robotics.bad_inputs
+    assert episodes == {f"arm/episode_{n:06d}" for n in (0, 2, 5)}
+    first, second, third = robotics.bad_inputs
     assert "episode 1: its length is 30 frames but" in first and "holds 24 rows" in first
-    assert "episode 4: its frame 12 at 7.200 s is not in" in second and "file-001.mp4" in second
+    assert "episode 3: its last frame at 4.700 s" in second
+    assert "lies past its to_timestamp 2.400 s" in second
+    assert "episode 4: its frame 12 at 7.200 s is not in" in third and "file-001.mp4" in third
+
+
+def test_frames_are_found_in_long_files_despite_float32_timestamps() -> None:
+    """LeRobot writes timestamps as float32: 40 s into a 30 fps file they fall a few
+    microseconds before the frame's time, and must still find that frame, not the one before."""
+    frames = np.arange(30 * 300)
+    times = frames / 30
+    wanted = (frames.astype(np.float32) / np.float32(30)).astype(np.float64)
+    assert (wanted < times).sum() > 1000  # the case the lookup must survive
+    np.testing.assert_array_equal(nearest(times, wanted), frames)
+    np.testing.assert_array_equal(nearest(times, times + 0.4 / 30), frames)
+    np.testing.assert_array_equal(nearest(times, np.array([-1.0, 1e6])), [0, len(frames) - 1])
 
 
 def test_hdf5_demos_without_images_or_with_short_actions_are_named(
@@ -190,7 +206,7 @@ def test_hdf5_demos_without_images_or_with_short_actions_are_named(
         handle["data/demo_4"].create_dataset("actions", data=actions[:20])
     robotics = domain(root, tmp_path / "cache", "data.format=hdf5")
     episodes = {r.episode for r in robotics.index("all")}
-    assert episodes == {f"demos.hdf5/episode_{n:06d}" for n in (0, 1, 3, 5)}
+    assert episodes == {f"demos.hdf5/demo_{n}" for n in (0, 1, 3, 5)}
     no_images, short = robotics.bad_inputs
     assert "data/demo_2: has no images" in no_images
     assert "data/demo_4: has 20 actions for 24 frames" in short

@@ -28,7 +28,7 @@ from fmcore.distributed import pick_device
 from fmcore.domain import Act, Domain
 from fmcore.encoder import Encoder
 from fmcore.errors import ConfigError
-from fmcore.eval.features import RawPixels, encode_samples
+from fmcore.eval.features import RawPixels, encode_samples, split_refs
 from fmcore.eval.loading import load_encoder
 from fmcore.eval.results import write_result
 from fmcore.eval.sweep import Standardize
@@ -71,9 +71,7 @@ def demonstrations(
     kind: str,
 ) -> Demonstrations:
     """The time steps of ``split``: the features of each step's samples joined in index order."""
-    refs = domain.index(split)
-    if len(refs) == 0:
-        raise ConfigError(f"split '{split}' of domain '{domain.name}' has no samples")
+    refs = split_refs(domain, split)
     missing = [name for name in CARRIED if not hasattr(refs[0], name)]
     if missing:
         raise ConfigError(
@@ -92,14 +90,24 @@ def demonstrations(
     steps: dict[tuple[str, int], list[int]] = {}
     for row, ref in enumerate(refs):
         steps.setdefault((ref.episode, ref.frame), []).append(row)
-    if len({len(rows) for rows in steps.values()}) > 1:
-        raise ConfigError(f"split '{split}': time steps with different numbers of camera samples")
+    layouts = {tuple(_cameras(refs[r]) for r in rows) for rows in steps.values()}
+    if len(layouts) > 1:  # features are joined slot by slot: each slot must be one camera
+        shown = " and ".join(str(layout) for layout in sorted(layouts)[:2])
+        raise ConfigError(
+            f"split '{split}': time steps come from different cameras ({shown}); set"
+            " data.cameras to the cameras every episode has"
+        )
     rows = list(steps.values())
     return Demonstrations(
         features=torch.stack([features[r].reshape(-1) for r in rows]),
         states=torch.tensor([refs[r[0]].state for r in rows], dtype=torch.float32),
         actions=torch.tensor([refs[r[0]].actions for r in rows], dtype=torch.float32),
     )
+
+
+def _cameras(ref: Any) -> str:
+    """The cameras a sample shows, where its reference names them (robotics' ``reads``)."""
+    return "+".join(read.camera for read in getattr(ref, "reads", ()))
 
 
 class Policy(nn.Module):
@@ -160,6 +168,10 @@ def fit_policy(
         error = validation_error(policy, val)
         if error < best_error:
             best, best_error = copy.deepcopy(policy.mlp.state_dict()), error
+    if best_error == float("inf"):
+        raise ConfigError(
+            "eval=bc: the policy's validation error was not finite in any epoch; lower eval.lr"
+        )
     policy.mlp.load_state_dict(best)
     return policy.eval()
 
@@ -174,13 +186,16 @@ def validation_error(policy: Policy, split: Demonstrations) -> float:
 @torch.no_grad()
 def action_metrics(policy: Policy, test: Demonstrations) -> dict[str, float]:
     """Mean squared error in the actions' units, and R² averaged over action dimensions (1:
-    perfect; 0: no better than the test split's mean action)."""
+    perfect; 0: no better than the test split's mean action; a dimension that does not vary
+    on test scores 1 when predicted exactly, else 0, as scikit-learn's ``r2_score``)."""
     predicted = policy(test.features, test.states)
     residual = ((predicted - test.actions) ** 2).sum(0)
-    spread = ((test.actions - test.actions.mean(0)) ** 2).sum(0).clamp_min(1e-12)
+    spread = ((test.actions - test.actions.mean(0)) ** 2).sum(0)
+    varies = spread > 0
+    r2 = torch.where(varies, 1 - residual / spread.where(varies, 1), (residual == 0).float())
     return {
         "action_mse": float(((predicted - test.actions) ** 2).mean()),
-        "action_r2": float((1 - residual / spread).mean()),
+        "action_r2": float(r2.mean()),
     }
 
 

@@ -58,13 +58,10 @@ def extract_features(
 
     Unlabelled samples (label -1) are refused: a metric computed on them would be meaningless.
     """
-    refs = domain.index(split)
-    if len(refs) == 0:
-        raise ConfigError(f"split '{split}' of domain '{domain.name}' has no samples")
     features, targets, metas = encode_samples(
         encoder,
         domain,
-        refs,
+        split_refs(domain, split),
         batch_size=batch_size,
         device=device,
         num_workers=num_workers,
@@ -81,6 +78,14 @@ def extract_features(
     if l2_normalize:
         features = F.normalize(features, dim=1)
     return Features(features, targets)
+
+
+def split_refs(domain: Domain, split: str) -> Sequence[Any]:
+    """The references of ``split``; a :class:`ConfigError` when it has none."""
+    refs = domain.index(split)
+    if len(refs) == 0:
+        raise ConfigError(f"split '{split}' of domain '{domain.name}' has no samples")
+    return refs
 
 
 @torch.no_grad()

@@ -62,7 +62,10 @@ class Standardize:
 
     def __init__(self, features: Tensor) -> None:
         self.mean = features.mean(dim=0, keepdim=True)
-        self.std = features.std(dim=0, keepdim=True).clamp_min(1e-6)
+        std = features.std(dim=0, keepdim=True)
+        # a column constant on train is only centred: dividing by a tiny spread would blow any
+        # later deviation up a million times
+        self.std = torch.where(std > 1e-6, std, torch.ones_like(std))
 
     def __call__(self, features: Tensor) -> Tensor:
         return (features - self.mean) / self.std

@@ -31,13 +31,14 @@ from fmcore.domains.robotics.lerobot import BadEpisodes, lerobot_datasets, read_
 from fmcore.domains.robotics.reaching import CAMERAS
 from fmcore.domains.robotics.refs import CameraRead, FrameRef
 from fmcore.errors import BadSample, ConfigError
-from fmcore.video_files.probe import VideoInfo, nearest_frames, probe_all
+from fmcore.video_files.probe import VideoInfo, probe_all
 from fmcore.video_files.readers import ClipReader, fit_frames
 
 FORMATS = ("lerobot", "hdf5")
 CAMERA_MODES = ("separate", "stack")
 LABELS = ("none", "task")
 SPLITS = ("train", "val", "test", "all")
+SAMPLE_VERSION = 2  # bump when the embedded sample changes
 FRAME_TOLERANCE = 0.5  # frame periods: an episode frame with no video frame this near is missing
 
 
@@ -68,6 +69,12 @@ class Robotics(Domain):
     @classmethod
     def modality_for(cls, data: DictConfig) -> str:
         return "image2d" if int(data.frames) == 1 else "video"
+
+    @property
+    def sample_name(self) -> str:
+        """The embedded sample's folder, versioned: a cache written by an earlier version (48
+        episodes) is not taken for this one."""
+        return f"{self.name}-v{SAMPLE_VERSION}"
 
     @property
     def sample_size(self) -> tuple[int, ...]:
@@ -169,26 +176,27 @@ class Robotics(Domain):
                     for camera in self._cameras(episode)
                 }
             except UnusableEpisode as error:
-                self.report_bad_input(f"{episode.where} episode {episode.number}", str(error))
+                self.report_bad_input(episode.where, str(error))
                 continue
             yield episode, reads
 
     def _frame_refs(
         self, episode: Episode, reads: dict[str, CameraRead], label: int
     ) -> list[FrameRef]:
+        """A sample every ``data.frame_step`` frames: the clip that ends at its frame (the
+        earlier frames ``data.stride`` apart, the first frame repeated at the episode's start,
+        so a clip never shows what the actions from its frame on bring about), its state and
+        its next ``data.action_chunk`` actions (the last one repeated at the episode's end)."""
         frames, stride = int(self.data.frames), int(self.data.stride)
         chunk = int(self.data.action_chunk)
         last = episode.length - 1
-        span = (frames - 1) * stride
-        starts = range(0, max(1, episode.length - span), int(self.data.frame_step))
-        groups = [[camera] for camera in reads] if self.camera_mode == "separate" else [list(reads)]
         refs = []
-        for start in starts:
-            clip = np.minimum(start + np.arange(frames) * stride, last)
-            chunk_rows = np.minimum(start + np.arange(chunk), last)
-            state = tuple(float(v) for v in episode.states[start])
+        for frame in range(0, episode.length, int(self.data.frame_step)):
+            clip = np.maximum(frame - (frames - 1 - np.arange(frames)) * stride, 0)
+            chunk_rows = np.minimum(frame + np.arange(chunk), last)
+            state = tuple(float(v) for v in episode.states[frame])
             actions = tuple(float(v) for v in episode.actions[chunk_rows].reshape(-1))
-            for group in groups:
+            for group in self.camera_groups(list(reads)):
                 camera_reads = tuple(
                     reads[camera]._replace(indices=tuple(reads[camera].indices[i] for i in clip))
                     for camera in group
@@ -198,8 +206,8 @@ class Robotics(Domain):
                         episode=episode.id,
                         source=episode.source,
                         task=episode.task,
-                        frame=start,
-                        timestamp=float(episode.timestamps[start]),
+                        frame=frame,
+                        timestamp=float(episode.timestamps[frame]),
                         reads=camera_reads,
                         state=state,
                         actions=actions,
@@ -255,8 +263,11 @@ class Robotics(Domain):
         if self.data.get("root") or int(self.data.frames) != 1:
             return None
         cameras = [str(c) for c in self.data.get("cameras") or sorted(CAMERAS)]
-        groups = [[c] for c in cameras] if self.camera_mode == "separate" else [cameras]
-        return ReachingLoop(groups, int(self.data.frame_size))
+        return ReachingLoop(self.camera_groups(cameras), int(self.data.frame_size))
+
+    def camera_groups(self, cameras: list[str]) -> list[list[str]]:
+        """The cameras of each sample of a time step, in order: one each, or all stacked."""
+        return [[c] for c in cameras] if self.camera_mode == "separate" else [cameras]
 
     def normalize(self, views: torch.Tensor) -> torch.Tensor:
         """``data.mean`` / ``data.std`` of one camera's RGB, repeated over stacked cameras."""
@@ -300,14 +311,30 @@ def _whole_episode(episode: Episode, camera: str, infos: dict[str, VideoInfo | s
     if isinstance(info, str):
         raise UnusableEpisode(f"its video {frames.path} {info}")
     times = info.frame_times()
+    # LeRobot keeps timestamps as float32: a minute into a file they are ~2 us off
     wanted = frames.start + episode.timestamps
-    found = nearest_frames(times, wanted)
+    found = nearest(times, wanted)
     period = 1 / info.fps if info.fps > 0 else float(np.median(np.diff(times)) or 1)
-    off = np.abs(times[found] - wanted) > FRAME_TOLERANCE * period
+    tolerance = FRAME_TOLERANCE * period
+    off = np.abs(times[found] - wanted) > tolerance
     if off.any():
         first = int(np.flatnonzero(off)[0])
         raise UnusableEpisode(
             f"its frame {first} at {wanted[first]:.3f} s is not in {frames.path}, whose"
             f" {info.frames} frames end at {times[-1]:.3f} s"
         )
+    if frames.end is not None and wanted[-1] > frames.end + tolerance:
+        raise UnusableEpisode(
+            f"its last frame at {wanted[-1]:.3f} s of {frames.path} lies past its to_timestamp"
+            f" {frames.end:.3f} s: in the next episode's frames"
+        )
     return CameraRead(camera, frames.path, tuple(int(i) for i in found), info=info)
+
+
+def nearest(times: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """For each wanted time, the index of the frame whose time is nearest (``times``
+    ascending)."""
+    after = np.clip(np.searchsorted(times, wanted), 1, len(times) - 1)
+    before = after - 1
+    closer_before = np.abs(times[before] - wanted) <= np.abs(times[after] - wanted)
+    return np.where(closer_before, before, after) if len(times) > 1 else np.zeros_like(after)

@@ -15,11 +15,13 @@ class UnusableEpisode(ValueError):
 @dataclass(frozen=True)
 class VideoFrames:
     """One camera's frames of an episode inside a video file: the episode's frame ``i`` is
-    shown at ``start + timestamps[i]`` seconds of ``path`` (LeRobot v3 packs many episodes
-    into one file; v2.1 has one file per episode and ``start`` 0)."""
+    shown at ``start + timestamps[i]`` seconds of ``path``, and none after ``end`` (LeRobot v3
+    packs many episodes into one file, each between its from_ and to_timestamp; v2.1 has one
+    file per episode, ``start`` 0 and no ``end``)."""
 
     path: str
     start: float
+    end: float | None = None
 
 
 @dataclass(frozen=True)
@@ -46,11 +48,13 @@ class Episode:
     states: np.ndarray  # (T, S) float32
     actions: np.ndarray  # (T, A) float32
     cameras: dict[str, CameraFrames]
-    where: str  # the file that describes it, for messages
+    where: str  # where it is described, for messages: "<folder> episode 3", "<file> data/demo_3"
+    name: str | None = None  # its own name where the format gives one (HDF5's demo_3)
 
     @property
     def id(self) -> str:
-        return f"{self.source}/episode_{self.number:06d}"
+        """``<source>/<name>``, or ``<source>/episode_<number>`` (LeRobot's numbering)."""
+        return f"{self.source}/{self.name or f'episode_{self.number:06d}'}"
 
     @property
     def length(self) -> int:
@@ -60,6 +64,8 @@ class Episode:
         """:class:`UnusableEpisode` when its arrays disagree in length or it has no frames."""
         if self.length == 0:
             raise UnusableEpisode("has no frames")
+        if not self.cameras:
+            raise UnusableEpisode("has no camera: no video feature (or no image dataset)")
         for name, values in (("states", self.states), ("actions", self.actions)):
             if len(values) != self.length:
                 raise UnusableEpisode(

@@ -101,9 +101,9 @@ def _episode(group, order: int, name: str, path: Path, source: str, layout: Hdf5
             f"has no images: no (T, H, W, 3) uint8 dataset in '{layout.observations}'"
         )
     lengths = {camera: group.file[frames.key].shape[0] for camera, frames in cameras.items()}
-    length = min(lengths.values())
     if len(set(lengths.values())) > 1:
         raise UnusableEpisode(f"its cameras disagree in frame count: {lengths}")
+    length = next(iter(lengths.values()))
     if layout.actions not in group:
         raise UnusableEpisode(f"has no '{layout.actions}' dataset (data.hdf5.actions)")
     actions = np.asarray(group[layout.actions], dtype=np.float32)
@@ -116,7 +116,8 @@ def _episode(group, order: int, name: str, path: Path, source: str, layout: Hdf5
         states=_state(observations, layout.state, length),
         actions=actions.reshape(len(actions), -1),
         cameras=cameras,
-        where=str(path),
+        where=f"{path} {group.name.lstrip('/')}",
+        name=name,
     )
 
 
@@ -151,7 +152,7 @@ def _state(observations, keys: tuple[str, ...] | None, length: int) -> np.ndarra
             key
             for key in sorted(observations)
             if isinstance(observations[key], h5py.Dataset)
-            and not _is_camera(observations[key])
+            and observations[key].ndim <= 2  # not a depth image: (T, H, W, 1) floats
             and np.issubdtype(observations[key].dtype, np.floating)
         )
     parts = []

@@ -77,11 +77,11 @@ def read_lerobot(
             )
             videos = {}
             for key in cameras:
-                place, start = _video_place(row, key, number, chunks_size, v3)
+                place, start, end = _video_place(row, key, number, chunks_size, v3)
                 video = folder / str(info["video_path"]).format(video_key=key, **place)
                 if not video.is_file():
                     raise UnusableEpisode(f"its {key} video {video} is missing")
-                videos[camera_name(key)] = VideoFrames(str(video), start)
+                videos[camera_name(key)] = VideoFrames(str(video), start, end)
             episodes.append(
                 Episode(
                     source=source,
@@ -91,11 +91,13 @@ def read_lerobot(
                     states=episode[state_key],
                     actions=episode[action_key],
                     cameras=videos,
-                    where=str(folder),
+                    where=where,
                 )
             )
         except UnusableEpisode as error:
             bad.append((where, str(error)))
+        except (KeyError, TypeError, ValueError) as error:  # a row without a column it needs
+            bad.append((where, f"its meta/episodes row cannot be read: {error!r}"))
     return episodes, bad
 
 
@@ -114,6 +116,7 @@ def _read_info(folder: Path) -> dict[str, Any]:
 
 
 def _v3_episode_rows(folder: Path) -> list[dict[str, Any]]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     files = sorted((folder / "meta" / "episodes").glob("**/*.parquet"))
@@ -121,22 +124,29 @@ def _v3_episode_rows(folder: Path) -> list[dict[str, Any]]:
         raise UnusableEpisode(f"{folder}: a v3 dataset without meta/episodes/**/*.parquet")
     rows: list[dict[str, Any]] = []
     for file in files:
-        columns = [
-            name
-            for name in pq.read_schema(file).names
-            if not name.startswith("stats/")  # per-episode statistics: many columns, unused
-        ]
-        rows.extend(pq.read_table(file, columns=columns).to_pylist())
+        try:
+            columns = [
+                name
+                for name in pq.read_schema(file).names
+                if not name.startswith("stats/")  # per-episode statistics: many columns, unused
+            ]
+            rows.extend(pq.read_table(file, columns=columns).to_pylist())
+        except (OSError, pa.ArrowException) as error:
+            raise UnusableEpisode(f"{file} cannot be read: {error}") from error
+    if any("episode_index" not in row for row in rows):
+        raise UnusableEpisode(f"{folder}: meta/episodes rows without an episode_index")
     return sorted(rows, key=lambda row: int(row["episode_index"]))
 
 
 def _v2_episode_rows(folder: Path) -> list[dict[str, Any]]:
     file = folder / "meta" / "episodes.jsonl"
     try:
-        lines = file.read_text().splitlines()
-    except OSError as error:
+        rows = [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError) as error:
         raise UnusableEpisode(f"{file} cannot be read: {error}") from error
-    return [json.loads(line) for line in lines if line.strip()]
+    if any(not isinstance(row, dict) or "episode_index" not in row for row in rows):
+        raise UnusableEpisode(f"{file}: lines without an episode_index")
+    return rows
 
 
 def _data_place(row: dict[str, Any], number: int, chunks_size: int, v3: bool) -> dict:
@@ -148,16 +158,18 @@ def _data_place(row: dict[str, Any], number: int, chunks_size: int, v3: bool) ->
 
 def _video_place(
     row: dict[str, Any], key: str, number: int, chunks_size: int, v3: bool
-) -> tuple[dict, float]:
+) -> tuple[dict, float, float | None]:
     """The ``video_path`` template's fields for camera ``key``'s file, and where the episode
-    begins in it (seconds): a v3 row names each camera's file, a v2 episode owns its files."""
+    begins and ends in it (seconds): a v3 row names each camera's file, a v2 episode owns its
+    files."""
     if not v3:
-        return {"episode_chunk": number // chunks_size, "episode_index": number}, 0.0
+        return {"episode_chunk": number // chunks_size, "episode_index": number}, 0.0, None
     prefix = f"videos/{key}/"
     if prefix + "chunk_index" not in row:
         raise UnusableEpisode(f"meta/episodes names no video file for {key}")
     place = {"chunk_index": row[prefix + "chunk_index"], "file_index": row[prefix + "file_index"]}
-    return place, float(row[prefix + "from_timestamp"])
+    end = row.get(prefix + "to_timestamp")
+    return place, float(row[prefix + "from_timestamp"]), None if end is None else float(end)
 
 
 def _read_data(file: Path, state_key: str, action_key: str) -> dict[str, np.ndarray]:

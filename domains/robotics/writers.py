@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fmcore.domains.robotics.lerobot import CAMERA_PREFIX
 from fmcore.video_files.writers import write_video
 
 V3_DATA = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
@@ -21,7 +22,6 @@ V21_DATA = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"
 V21_VIDEO = "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4"
 CHUNKS_SIZE = 1000
 STATE, ACTION = "observation.state", "action"
-CAMERA_PREFIX = "observation.images."
 
 
 @dataclass(frozen=True)
