@@ -194,6 +194,8 @@ def _read_data(file: Path, state_key: str, action_key: str) -> dict[str, np.ndar
             arrays[name] = values.reshape(len(table), -1).astype(np.float32)
         else:
             arrays[name] = column.to_numpy(zero_copy_only=False).astype(np.float32)[:, None]
+    arrays["episode_order"] = np.argsort(arrays["episode_index"], kind="stable")
+    arrays["episode_sorted"] = arrays["episode_index"][arrays["episode_order"]]
     return arrays
 
 
@@ -205,7 +207,8 @@ def _episode(
     state_key: str,
     action_key: str,
 ) -> dict[str, np.ndarray]:
-    rows = np.flatnonzero(data["episode_index"] == number)
+    first, last = np.searchsorted(data["episode_sorted"], [number, number + 1])
+    rows = data["episode_order"][first:last]  # one sort per file, not a scan per episode
     if len(rows) != length:
         raise UnusableEpisode(
             f"its length is {length} frames but {data_file} holds {len(rows)} rows of it"
