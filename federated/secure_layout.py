@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fmcore.federated.store import GlobalState
+from fmcore.federated.store import GlobalState, contiguous
 
 Layout = list[tuple[str, str]]  # (group, entry) in the order of the flat vector
 LAYOUT = "layout"
@@ -21,7 +21,7 @@ def layout_of(state: GlobalState) -> Layout:
 
 
 def flatten(layout: Layout, state: GlobalState) -> list[np.ndarray]:
-    return [np.ascontiguousarray(state[group][key]) for group, key in layout]
+    return [contiguous(state[group][key]) for group, key in layout]
 
 
 def unflatten(layout: Layout, arrays: list[np.ndarray]) -> GlobalState:

@@ -36,7 +36,7 @@ class RoundStore:
 
     def save(self, server_round: int, state: GlobalState) -> Path:
         self.directory.mkdir(parents=True, exist_ok=True)
-        flat = {key: np.ascontiguousarray(value) for key, value in flat_state(state).items()}
+        flat = {key: contiguous(value) for key, value in flat_state(state).items()}
         final = self.path(server_round)
         partial = final.with_name(f".partial-{final.name}")
         save_file(flat, str(partial), metadata={"format": FORMAT, "round": str(server_round)})
@@ -60,6 +60,12 @@ class RoundStore:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with open(self.run_dir / ROUNDS_LOG, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
+
+
+def contiguous(array: np.ndarray) -> np.ndarray:
+    """``array`` in C order with its shape kept: ``np.ascontiguousarray`` turns a 0-d array
+    (a BatchNorm's ``num_batches_tracked``) into shape (1,)."""
+    return np.require(array, requirements="C")
 
 
 def load_round(path: Path) -> GlobalState:

@@ -11,6 +11,7 @@ import torch
 from flwr.app import Array, ArrayRecord
 
 from fmcore.errors import ConfigError
+from fmcore.federated.store import contiguous
 
 WIRE_DTYPES = ("fp32", "bf16")
 # The records of fmcore's messages, by name: the site, its metrics, the round's config.
@@ -67,4 +68,4 @@ def record_bytes(record: ArrayRecord) -> int:
 
 def as_record(entries: dict[str, np.ndarray]) -> ArrayRecord:
     """Entries in sorted order: Flower's DP wrappers pair global and update arrays by position."""
-    return ArrayRecord({key: Array(np.ascontiguousarray(entries[key])) for key in sorted(entries)})
+    return ArrayRecord({key: Array(contiguous(entries[key])) for key in sorted(entries)})

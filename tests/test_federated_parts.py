@@ -261,3 +261,61 @@ def test_the_wrappers_decode_a_rounds_weights_once_and_read_them_back_exactly() 
         for key, value in entries.items():
             assert decoded[group][key].dtype == value.dtype
             np.testing.assert_array_equal(decoded[group][key], value)
+
+
+def test_every_kind_of_entry_keeps_its_shape_and_dtype_on_the_wire_and_in_round_files(
+    tmp_path: Path,
+) -> None:
+    """0-d (a BatchNorm's num_batches_tracked), empty, bool and integer entries come back as
+    they were sent; floats travel as float32 (or bf16 patterns) and come back as float32."""
+    from fmcore.federated.secure_layout import flatten, layout_of, unflatten
+    from fmcore.federated.wire import as_record, to_state
+
+    state = {
+        "bn.num_batches_tracked": torch.tensor(7, dtype=torch.int64),
+        "empty": torch.zeros(0, 3),
+        "mask": torch.tensor([True, False, True]),
+        "ids": torch.tensor([[1, 2], [3, 4]], dtype=torch.int32),
+        "scalar": torch.tensor(2.5),
+        "weight": torch.arange(6, dtype=torch.bfloat16).reshape(2, 3).t(),  # not contiguous
+    }
+    for wire in ("fp32", "bf16"):
+        back = to_state(to_record(state, wire), wire)
+        for key, sent in state.items():
+            assert back[key].shape == sent.shape, (wire, key)
+            expected = torch.float32 if sent.is_floating_point() else sent.dtype
+            assert back[key].dtype == expected, (wire, key)
+            assert torch.equal(back[key], sent.to(expected)), (wire, key)
+    arrays = {
+        key: value.float().numpy() if value.is_floating_point() else value.numpy()
+        for key, value in state.items()
+    }
+    again = to_numpy(as_record(arrays))
+    assert {k: (v.shape, v.dtype) for k, v in again.items()} == {
+        k: (v.shape, v.dtype) for k, v in arrays.items()
+    }
+    grouped = {"shared": arrays}
+    assert (
+        unflatten(layout_of(grouped), flatten(layout_of(grouped), grouped))["shared"][
+            "bn.num_batches_tracked"
+        ].shape
+        == ()
+    )
+    store = RoundStore(tmp_path)
+    store.save(1, grouped)
+    _, loaded = store.latest()
+    assert {k: (v.shape, v.dtype) for k, v in loaded["shared"].items()} == {
+        k: (v.shape, v.dtype) for k, v in arrays.items()
+    }
+
+
+def test_weights_of_another_shape_are_refused_naming_the_key_and_both_shapes() -> None:
+    from fmcore.engine.checkpoint import load_partial_state
+
+    model = torch.nn.Linear(3, 2)
+    with pytest.raises(
+        ConfigError, match=r"wrong shape: weight \[2, 4\] where the model has \[2, 3\]"
+    ):
+        load_partial_state(model, {"weight": torch.zeros(2, 4)})
+    load_partial_state(model, {"bias": torch.ones(2)})
+    assert torch.equal(model.bias.data, torch.ones(2))

@@ -149,11 +149,16 @@ def load_partial_state(module: torch.nn.Module, state: dict[str, torch.Tensor]) 
     """Load some of a module's entries (a federated round's global weights) over the others."""
     own = module.state_dict()
     unknown = sorted(set(state) - set(own))
-    misshapen = [k for k in state if k in own and own[k].shape != state[k].shape]
+    misshapen = [
+        f"{key} {list(state[key].shape)} where the model has {list(own[key].shape)}"
+        for key in state
+        if key in own and own[key].shape != state[key].shape
+    ]
     if unknown or misshapen:
         raise ConfigError(
-            f"received weights do not fit this model: unknown {unknown[:5]},"
-            f" wrong shape {misshapen[:5]} (do all sites run the same method and encoder?)"
+            f"received weights do not fit this model: unknown {unknown[:5]}, wrong shape:"
+            f" {'; '.join(misshapen[:5]) or 'none'} (do all sites run the same method and"
+            " encoder?)"
         )
     module.load_state_dict(state, strict=False)
 
