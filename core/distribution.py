@@ -13,10 +13,8 @@ from importlib import metadata
 DISTRIBUTION = "fmcore-ssl"
 
 
-def extra_install_command(extra: str) -> str:
-    """The pip command that installs fmcore's optional ``extra``: the requirements the installed
-    distribution declares for it, named one by one, because "fmcore" on the package index is an
-    unrelated project (``pip install "fmcore[extra]"`` could fetch it)."""
+def extra_requirements(extra: str) -> list[str]:
+    """The requirements the installed distribution declares for its optional ``extra``."""
     marker = re.compile(rf"""extra\s*==\s*["']{re.escape(extra)}["']""")
     wanted = [
         requirement.split(";", 1)[0].strip()
@@ -25,4 +23,11 @@ def extra_install_command(extra: str) -> str:
     ]
     if not wanted:
         raise ValueError(f"the installed fmcore declares no extra '{extra}'")
-    return "pip install " + " ".join(shlex.quote(requirement) for requirement in wanted)
+    return wanted
+
+
+def extra_install_command(extra: str) -> str:
+    """The pip command that installs fmcore's optional ``extra``: its requirements named one by
+    one, because "fmcore" on the package index is an unrelated project (``pip install
+    "fmcore[extra]"`` could fetch it)."""
+    return "pip install " + " ".join(shlex.quote(r) for r in extra_requirements(extra))

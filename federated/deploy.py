@@ -8,6 +8,7 @@ coordinator's machine instead of inside the SuperLink.
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import tomli_w
 
 from fmcore import __version__
-from fmcore.distribution import DISTRIBUTION
+from fmcore.distribution import DISTRIBUTION, extra_requirements
 from fmcore.errors import ConfigError
 from fmcore.federated.federation_config import compose_federation, federation_words
 from fmcore.io import atomic_write_text
@@ -28,6 +29,13 @@ SERVER_APP = "fmcore.federated.apps:serverapp"
 CLIENT_APP = "fmcore.federated.apps:clientapp"
 
 
+def flwr_requirement() -> str:
+    """The flwr range fmcore's ``federated`` extra pins (the tested one), without its extras:
+    a node runs the app, not the simulation engine."""
+    (pinned,) = [r for r in extra_requirements("federated") if re.match(r"flwr\b", r)]
+    return re.sub(r"\[[^\]]*\]", "", pinned).replace(" ", "")
+
+
 def app_pyproject(words: Sequence[str]) -> str:
     """The app's pyproject.toml for these federation words."""
     project = {
@@ -37,7 +45,7 @@ def app_pyproject(words: Sequence[str]) -> str:
         "license": "Apache-2.0",
         # Documentation of what the nodes need: SuperLinks started with
         # --disable-runtime-dependency-installation use the installed fmcore instead.
-        "dependencies": ["flwr>=1.41", f"{DISTRIBUTION}[federated]=={__version__}"],
+        "dependencies": [flwr_requirement(), f"{DISTRIBUTION}[federated]=={__version__}"],
     }
     app = {
         "publisher": PUBLISHER,

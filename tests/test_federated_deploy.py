@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -232,6 +233,12 @@ def test_the_written_app_is_one_flwr_accepts(tmp_path: Path) -> None:
     config, _ = load_and_validate(tmp_path / "app" / "pyproject.toml", check_module=True)
     words = shlex.split(config["tool"]["flwr"]["app"]["config"]["overrides"])
     assert words == ["federated=fedavg", *FEDERATION, "run.dir=/srv/federation one"]
+    # the app asks for the flwr range fmcore's federated extra pins, which the installed flwr
+    # (the one these tests ran against) lies in
+    (flwr,) = [d for d in config["project"]["dependencies"] if d.startswith("flwr")]
+    assert flwr == "flwr<1.43,>=1.41"
+    installed = tuple(int(part) for part in metadata.version("flwr").split(".")[:2])
+    assert (1, 41) <= installed < (1, 43)
 
 
 def test_an_unknown_word_or_a_foreign_pyproject_is_refused(tmp_path: Path) -> None:
