@@ -140,9 +140,11 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         print(f"{info.name}  ({info.distribution} {info.version}, {info.module})")
         for kind, names in sorted(info.provides.items()):
             print(f"    {kind}: {', '.join(names)}")
+        if info.hooks:
+            print(f"    hooks: {', '.join(info.hooks)}")
     for problem in plugins.problems:
         print(f"BROKEN {problem}")
-    return 0
+    return 1 if args.strict and plugins.problems else 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -208,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
         "list installed plugins, what each provides, and broken ones",
         cmd_plugins,
         with_overrides=False,
-    )
+    ).add_argument("--strict", action="store_true", help="exit 1 when a plugin is broken")
     report = add(
         "report",
         "plot a training run's metrics: PNG figures and index.md in <run dir>/report",

@@ -47,6 +47,7 @@ class PluginInfo:
     version: str
     module: str
     provides: dict[str, list[str]] = field(default_factory=dict)
+    hooks: list[str] = field(default_factory=list)  # lifecycle hooks it implements
 
 
 @dataclass
@@ -164,9 +165,19 @@ def _load_one(registry: Registry, entry: EntryPoint) -> None:
         registry.manager.unregister(module)
         problem(f"provider hook failed: {_short(error)}")
         return
+    hooks = sorted(
+        caller.name
+        for caller in registry.manager.get_hookcallers(module) or []
+        if caller.name not in PROVIDER_HOOKS
+    )
     registry.plugins.append(
         PluginInfo(
-            entry.name, dist_name, version, getattr(module, "__name__", repr(module)), provides
+            entry.name,
+            dist_name,
+            version,
+            getattr(module, "__name__", repr(module)),
+            provides,
+            hooks,
         )
     )
 
@@ -199,7 +210,11 @@ def _add_contributions(
     for kind, name, value in entries:
         table = getattr(registry, kind)
         if name in table:
-            problem(f"{kind[:-1]} '{name}' is already provided by another plugin; ignored")
+            owner = next(p for p in registry.plugins if name in p.provides.get(kind, []))
+            problem(
+                f"{kind[:-1]} '{name}' is already provided by plugin '{owner.name}' of"
+                f" {owner.distribution}; ignored"
+            )
             continue
         table[name] = value
         provides.setdefault(kind, []).append(name)

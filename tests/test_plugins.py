@@ -151,7 +151,7 @@ def test_duplicate_domain_name_is_reported_and_the_first_kept(make_plugin: MakeP
     assert registry.domains["digits"].__module__ == "fmcore.domains.digits.data"
     (problem,) = registry.problems
     assert problem.plugin == "aaa_impostor"
-    assert "domain 'digits' is already provided" in problem.reason
+    assert "domain 'digits' is already provided by plugin 'digits' of fmcore-ssl" in problem.reason
     names = [info.name for info in registry.plugins]
     assert names == ["digits", "aaa_impostor"]
     assert by_name(registry)["aaa_impostor"] == {}
@@ -436,6 +436,33 @@ def test_trace_hooks_prints_hook_calls_to_stderr(
 
 
 # --- the command line ------------------------------------------------------------------------
+
+
+def test_plugins_strict_exits_1_on_a_broken_plugin_and_the_listing_shows_hooks(
+    make_plugin: MakePlugin, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from fmcore import cli
+
+    watcher = make_plugin(
+        "watcher",
+        """
+from fmcore import hookimpl
+
+
+@hookimpl
+def fmcore_step_end(step, metrics, run_dir):
+    pass
+""",
+    )
+    impostor = make_plugin("impostor", domain_plugin("FakeDigits", "digits"))
+    loaded = load_registry(entries=[builtin("digits"), watcher, impostor])
+    monkeypatch.setattr(cli, "registry", lambda: loaded)
+    assert cli.main(["plugins"]) == 0
+    assert cli.main(["plugins", "--strict"]) == 1
+    out = capsys.readouterr().out
+    assert "watcher  (" in out and "    hooks: fmcore_step_end" in out
+    assert "BROKEN plugin 'impostor'" in out
+    assert "already provided by plugin 'digits' of fmcore-ssl" in out
 
 
 def test_cli_plugins_lists_builtins_with_distribution_and_provides(tmp_path: Path) -> None:
