@@ -12,7 +12,7 @@ import torch
 
 from fmcore.domain import Sample
 from fmcore.video_files.probe import import_decord
-from fmcore.video_files.readers import cover_size
+from fmcore.video_files.readers import FORKED_AWAY, cover_size
 
 
 class FramesToRead(NamedTuple):
@@ -33,7 +33,10 @@ class BareDecord(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> Sample:
         read = self.reads[index]
-        if self.owner != os.getpid():  # a forked worker must not use its parent's readers
+        if self.owner != os.getpid():
+            # a forked worker must neither use its parent's readers nor destroy them (either
+            # hangs: their decoding threads did not survive the fork), as ClipReader does
+            FORKED_AWAY.append(self.readers)
             self.readers, self.owner = {}, os.getpid()
         if read.path not in self.readers:
             height, width = cover_size(read.display_size, (self.size, self.size))

@@ -13,8 +13,9 @@ sample's size, centre-cropped and turned into a float tensor. The bare arm
 through the same loader machinery, with a ``decord.VideoReader`` per file opened at that size
 and kept open per worker, and nothing else, as a hand-written loader would. Without
 ``--root`` it writes ``--episodes`` episodes of the simulated reaching task rendered at
-``--render-size`` pixels as a LeRobot v3.0 dataset (H.264, 50 episodes to a file) under
-``--workdir`` once. One JSON line per worker count.
+``--render-size`` pixels as a LeRobot v3.0 dataset (H.264 with a key frame every ``--gop``
+frames, 2 as LeRobot records; 50 episodes to a file) under ``--workdir`` once. One JSON line
+per worker count.
 """
 
 from __future__ import annotations
@@ -29,18 +30,18 @@ from loader_timing import machine_record, print_against_bare
 from fmcore.config import compose, config_sources
 from fmcore.domains.robotics.reaching import FPS
 from fmcore.domains.robotics.sample_data import EPISODES_PER_FILE, record
-from fmcore.domains.robotics.writers import write_lerobot
+from fmcore.domains.robotics.writers import LEROBOT_GOP, write_lerobot
 from fmcore.engine.data import DomainDataset
 from fmcore.factory import build_domain
 from fmcore.plugin_manager import registry
 
 
-def write_dataset(folder: Path, episodes: int, render_size: int) -> Path:
+def write_dataset(folder: Path, episodes: int, render_size: int, gop: int | None) -> Path:
     """``episodes`` expert episodes of the reaching task as a LeRobot v3.0 dataset, once."""
     done = folder / "done"
     if not done.exists():
         recordings = record(episodes, size=render_size)
-        write_lerobot(folder / "lerobot", recordings, FPS, "v3.0", EPISODES_PER_FILE)
+        write_lerobot(folder / "lerobot", recordings, FPS, "v3.0", EPISODES_PER_FILE, gop)
         done.touch()
     return folder / "lerobot"
 
@@ -54,6 +55,9 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=160)
     parser.add_argument("--render-size", type=int, default=64)
     parser.add_argument("--frame-size", type=int, default=64)
+    parser.add_argument(
+        "--gop", type=int, default=LEROBOT_GOP, help="key-frame interval; 0: libx264's (250)"
+    )
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--batches", type=int, default=10)
@@ -61,9 +65,10 @@ def main() -> None:
     args = parser.parse_args()
 
     root = args.root or write_dataset(
-        args.workdir / f"lerobot-{args.episodes}-{args.render_size}",
+        args.workdir / f"lerobot-{args.episodes}-{args.render_size}-gop{args.gop}",
         args.episodes,
         args.render_size,
+        args.gop or None,
     )
     words = [
         "domain=robotics",
@@ -73,7 +78,7 @@ def main() -> None:
     ]
     domain = build_domain(compose(words, config_sources(registry())), registry())
     refs = list(domain.index("all"))
-    files = str(args.root) if args.root else f"sim {args.render_size} px"
+    files = str(args.root) if args.root else f"sim {args.render_size} px, GOP {args.gop or 250}"
     common = {
         **machine_record(),
         "dataset": f"{files}: {len(refs)} camera frames, LeRobot v3 H.264",

@@ -23,11 +23,13 @@ def write_video(
     pixel_format: str = "yuv420p",
     rotation: int = 0,
     times: Sequence[float] | None = None,
+    gop: int | None = None,
 ) -> None:
     """(T, H, W, 3) uint8 RGB ``frames`` encoded with ``codec`` into ``path`` (the container
     follows its extension). ``rotation`` (counter-clockwise degrees) goes into the display
     matrix, as phones record portrait video; ``times`` (seconds) makes a variable-frame-rate
-    file."""
+    file; ``gop`` sets the frames from one key frame to the next (None: the encoder's
+    default, 250 for libx264)."""
     import av
 
     with av.open(str(path), "w") as container:
@@ -35,6 +37,8 @@ def write_video(
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = pixel_format
         stream.options = QUIET.get(codec, {})
+        if gop is not None:
+            stream.codec_context.gop_size = gop
         if rotation:
             stream.set_display_rotation(rotation)
         if times is not None:

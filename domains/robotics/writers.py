@@ -21,6 +21,7 @@ V3_EPISODES = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parqu
 V21_DATA = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"
 V21_VIDEO = "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4"
 CHUNKS_SIZE = 1000
+LEROBOT_GOP = 2  # LeRobot encodes a key frame every 2 frames: a frame decodes without a long seek
 STATE, ACTION = "observation.state", "action"
 
 
@@ -42,10 +43,12 @@ def write_lerobot(
     fps: int,
     version: str = "v3.0",
     episodes_per_file: int | None = None,
+    gop: int | None = None,
 ) -> None:
     """``recordings`` as a LeRobot dataset in ``directory``: ``version`` "v3.0" packs up to
     ``episodes_per_file`` episodes (all when None) into each data and video file; "v2.1" writes
-    one file of each per episode."""
+    one file of each per episode. ``gop``: frames from one key frame to the next (None:
+    libx264's default, 250; LeRobot's recorder uses ``LEROBOT_GOP``)."""
     if version not in ("v3.0", "v2.1"):
         raise ValueError(f"LeRobot codebase_version {version}: write v3.0 or v2.1")
     directory.mkdir(parents=True, exist_ok=True)
@@ -64,7 +67,7 @@ def write_lerobot(
         "splits": {"train": f"0:{len(recordings)}"},
         "data_path": V3_DATA if version == "v3.0" else V21_DATA,
         "video_path": V3_VIDEO if version == "v3.0" else V21_VIDEO,
-        "features": _features(recordings[0], cameras, fps),
+        "features": _features(recordings[0], cameras, fps, gop),
     }
     if version == "v2.1":
         info["total_videos"] = len(recordings) * len(cameras)
@@ -78,10 +81,10 @@ def write_lerobot(
         for number, r in enumerate(recordings)
     ]
     if version == "v2.1":
-        _write_v21(directory, recordings, tables, tasks, cameras, fps)
+        _write_v21(directory, recordings, tables, tasks, cameras, fps, gop)
     else:
         per_file = episodes_per_file or len(recordings)
-        _write_v3(directory, recordings, tables, tasks, cameras, fps, per_file)
+        _write_v3(directory, recordings, tables, tasks, cameras, fps, per_file, gop)
 
 
 def write_robomimic(path: Path, recordings: Sequence[Recording], state_key: str) -> None:
@@ -127,7 +130,7 @@ def write_robomimic(path: Path, recordings: Sequence[Recording], state_key: str)
         mask.create_dataset("valid", data=np.array(names[split:], dtype="S"))
 
 
-def _features(recording: Recording, cameras: Sequence[str], fps: int) -> dict:
+def _features(recording: Recording, cameras: Sequence[str], fps: int, gop: int | None) -> dict:
     def vector(values: np.ndarray, prefix: str) -> dict:
         width = values.shape[1]
         return {
@@ -155,6 +158,7 @@ def _features(recording: Recording, cameras: Sequence[str], fps: int) -> dict:
                 "video.fps": fps,
                 "video.channels": 3,
                 "has_audio": False,
+                **({"video.g": gop} if gop else {}),
             },
         }
     for name, dtype in (
@@ -190,7 +194,7 @@ def _episode_table(recording: Recording, number: int, first_index: int, task: in
     )
 
 
-def _write_v3(directory, recordings, tables, tasks, cameras, fps, per_file) -> None:
+def _write_v3(directory, recordings, tables, tasks, cameras, fps, per_file, gop) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -207,7 +211,8 @@ def _write_v3(directory, recordings, tables, tasks, cameras, fps, per_file) -> N
         for camera in cameras:
             video = directory / V3_VIDEO.format(video_key=CAMERA_PREFIX + camera, **location)
             video.parent.mkdir(parents=True, exist_ok=True)
-            write_video(video, np.concatenate([recordings[n].frames[camera] for n in members]), fps)
+            frames = np.concatenate([recordings[n].frames[camera] for n in members])
+            write_video(video, frames, fps, gop=gop)
         elapsed = {camera: 0.0 for camera in cameras}
         for number in members:
             length = len(recordings[number].states)
@@ -239,7 +244,7 @@ def _write_v3(directory, recordings, tables, tasks, cameras, fps, per_file) -> N
     )
 
 
-def _write_v21(directory, recordings, tables, tasks, cameras, fps) -> None:
+def _write_v21(directory, recordings, tables, tasks, cameras, fps, gop) -> None:
     import pyarrow.parquet as pq
 
     with open(directory / "meta" / "episodes.jsonl", "w") as episodes:
@@ -251,7 +256,7 @@ def _write_v21(directory, recordings, tables, tasks, cameras, fps) -> None:
             for camera in cameras:
                 video = directory / V21_VIDEO.format(video_key=CAMERA_PREFIX + camera, **location)
                 video.parent.mkdir(parents=True, exist_ok=True)
-                write_video(video, recording.frames[camera], fps)
+                write_video(video, recording.frames[camera], fps, gop=gop)
             line = {
                 "episode_index": number,
                 "tasks": [recording.task],
