@@ -111,11 +111,17 @@ def number_labels(values: Sequence[str]) -> list[int]:
     return [names.index(value) if value else -1 for value in values]
 
 
+def hash_position(key: str) -> float:
+    """Where ``key`` falls in [0, 1), from a hash that is the same on every run and machine
+    (Python's ``hash`` is salted per process): what hashed splits compare with their shares."""
+    digest = hashlib.sha256(key.encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
 def hashed_split(key: str, val_fraction: float = VAL_FRACTION) -> str:
     """``val`` for about ``val_fraction`` of keys, else ``train``; stable across runs and
-    machines (Python's ``hash`` is salted per process)."""
-    digest = hashlib.sha256(key.encode()).digest()
-    return "val" if int.from_bytes(digest[:8], "big") / 2**64 < val_fraction else "train"
+    machines."""
+    return "val" if hash_position(key) < val_fraction else "train"
 
 
 def _read_class_folders(root: Path, val_fraction: float) -> dict[Path, Label]:

@@ -13,7 +13,6 @@ straddle train and test.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -31,6 +30,7 @@ from fmcore.domains.robotics.lerobot import BadEpisodes, lerobot_datasets, read_
 from fmcore.domains.robotics.reaching import CAMERAS
 from fmcore.domains.robotics.refs import CameraRead, FrameRef
 from fmcore.errors import BadSample, ConfigError
+from fmcore.labels import hash_position
 from fmcore.video_files.probe import VideoInfo, probe_all
 from fmcore.video_files.readers import ClipReader, fit_frames
 
@@ -139,8 +139,7 @@ class Robotics(Domain):
     def episode_split(self, episode_id: str) -> str:
         """train, val or test for an episode, from a stable hash of its id (the same on every
         machine and run, and independent of the other episodes)."""
-        digest = hashlib.sha256(episode_id.encode()).digest()
-        position = int.from_bytes(digest[:8], "big") / 2**64
+        position = hash_position(episode_id)
         train, val, _ = (float(f) for f in self.data.split_fractions)
         return "train" if position < train else "val" if position < train + val else "test"
 
