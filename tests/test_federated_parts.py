@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import SMALL_RUN
+from safetensors.torch import save_file
 
 from fmcore.config import compose, config_sources
 from fmcore.errors import ConfigError
@@ -20,12 +21,13 @@ from fmcore.federated.federation_config import (
 )
 from fmcore.federated.partition import site_share
 from fmcore.federated.scopes import SHARED_GROUP, split_by_group
-from fmcore.federated.site import proximal_term
+from fmcore.federated.site import initial_groups, proximal_term
 from fmcore.federated.store import RoundStore
 from fmcore.federated.strategies import EqualWeights, make_strategy
 from fmcore.federated.updates import update_problem
 from fmcore.federated.wire import record_bytes, to_numpy, to_record
 from fmcore.plugin_manager import registry
+from fmcore.timm_layout import to_timm_state_dict
 
 
 def digits_config(*words: str):
@@ -142,6 +144,19 @@ def test_the_round_store_keeps_complete_rounds_only(tmp_path: Path) -> None:
     assert last == 2
     np.testing.assert_array_equal(loaded[SHARED_GROUP]["w"], [0, 2, 4])
     np.testing.assert_array_equal(loaded["domain:x:y"]["t"], [2, 2])
+
+
+def test_a_federation_starts_from_init_and_its_sites_never_read_the_file(tmp_path: Path) -> None:
+    cache = f"run.cache_dir={tmp_path}"
+    source = build_parts(digits_config(cache, "run.seed=5"), registry()).method.export_encoder()
+    weights = tmp_path / "start.safetensors"
+    save_file(to_timm_state_dict(source), str(weights))
+    groups = initial_groups(digits_config(cache, f"init={weights}"), registry())
+    shared = groups[SHARED_GROUP]
+    key = next(key for key in shared if key.endswith("trunk.blocks.1.attn.qkv.weight"))
+    assert shared[key].equal(source.trunk.blocks[1].attn.qkv.weight)
+    # a site's round resumes or takes the global weights: init= names a file only the server has
+    build_parts(digits_config(cache, f"init={tmp_path / 'absent.pth'}"), registry())
 
 
 def test_trunks_are_shared_and_everything_else_stays_within_the_domain(tmp_path: Path) -> None:
