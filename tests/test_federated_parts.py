@@ -146,7 +146,7 @@ def test_the_round_store_keeps_complete_rounds_only(tmp_path: Path) -> None:
     np.testing.assert_array_equal(loaded["domain:x:y"]["t"], [2, 2])
 
 
-def test_a_federation_starts_from_init_and_its_sites_never_read_the_file(tmp_path: Path) -> None:
+def test_a_federation_starts_from_init_and_its_rounds_never_read_the_file(tmp_path: Path) -> None:
     cache = f"run.cache_dir={tmp_path}"
     source = build_parts(digits_config(cache, "run.seed=5"), registry()).method.export_encoder()
     weights = tmp_path / "start.safetensors"
@@ -155,7 +155,7 @@ def test_a_federation_starts_from_init_and_its_sites_never_read_the_file(tmp_pat
     shared = groups[SHARED_GROUP]
     key = next(key for key in shared if key.endswith("trunk.blocks.1.attn.qkv.weight"))
     assert shared[key].equal(source.trunk.blocks[1].attn.qkv.weight)
-    # a site's round resumes or takes the global weights: init= names a file only the server has
+    # a round resumes the site's run or takes the global weights: init= is not read again
     build_parts(digits_config(cache, f"init={tmp_path / 'absent.pth'}"), registry())
 
 
