@@ -177,7 +177,7 @@ def test_federate_refuses_a_saved_config_and_names_what_to_do(
     from fmcore.cli import main
 
     assert main(["federate", "--config", "runs/x/config.yaml"]) == 2
-    assert "repeat the federation's words" in capsys.readouterr().err
+    assert "fmcore federate run.dir=<its directory> resume=true" in capsys.readouterr().err
 
 
 def test_local_entries_never_join_a_group(tmp_path: Path) -> None:
