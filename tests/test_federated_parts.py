@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 import torch
 from conftest import SMALL_RUN
+from flwr.app import Context, RecordDict
 from safetensors.torch import save_file
 
 from fmcore.config import compose, config_sources
 from fmcore.errors import ConfigError
 from fmcore.factory import build_domain, build_parts
+from fmcore.federated.apps import deployed_site
 from fmcore.federated.federation_config import (
     FederatedSection,
     compose_federation,
@@ -157,6 +159,17 @@ def test_a_federation_starts_from_init_and_its_rounds_never_read_the_file(tmp_pa
     assert shared[key].equal(source.trunk.blocks[1].attn.qkv.weight)
     # a round resumes the site's run or takes the global weights: init= is not read again
     build_parts(digits_config(cache, f"init={tmp_path / 'absent.pth'}"), registry())
+
+
+def test_two_federations_with_one_state_dir_keep_their_site_state_apart(tmp_path: Path) -> None:
+    node = {"site-name": "hospital-a", "data-root": "/data/a", "state-dir": str(tmp_path)}
+    context = Context(run_id=1, node_id=7, node_config=node, state=RecordDict(), run_config={})
+    config = digits_config()
+    first = deployed_site(context, "runs-a-1f2e3d4c", config)
+    second = deployed_site(context, "runs-b-99aa00bb", config)
+    assert first.state_dir == tmp_path / "runs-a-1f2e3d4c" / "hospital-a"
+    assert second.state_dir == tmp_path / "runs-b-99aa00bb" / "hospital-a"
+    assert first.overrides == ("data.root=/data/a",)
 
 
 def test_trunks_are_shared_and_everything_else_stays_within_the_domain(tmp_path: Path) -> None:
