@@ -5,21 +5,22 @@ rounds through fmcore's strategies, composed as Flower's DP wrappers compose::
 
 :class:`~.scoped_strategy.ScopedAggregation` averages each aggregation group (see :mod:`.scopes`)
 with its own instance of the configured Flower strategy, :class:`~.validated_strategy.
-ValidatedUpdates` lets only usable updates through, and :class:`RecordedRounds` numbers, saves,
-logs and publishes the rounds.
+ValidatedUpdates` lets only usable updates through, and :class:`RecordedRounds` numbers, saves
+(with the server optimizer's state, :mod:`.server_optimizer`), logs and publishes the rounds.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
 from omegaconf import DictConfig
 
 from fmcore.errors import ConfigError
@@ -27,6 +28,7 @@ from fmcore.federated.federation_config import FederatedSection, federated_secti
 from fmcore.federated.publish import FailedRounds, publish_round
 from fmcore.federated.scoped_strategy import ScopedAggregation, StateRecords
 from fmcore.federated.scopes import SHARED_GROUP
+from fmcore.federated.server_optimizer import optimizer_state, restore_optimizer_state
 from fmcore.federated.sites import open_federation
 from fmcore.federated.store import RoundStore
 from fmcore.federated.strategies import StrategyWrapper, make_strategy
@@ -86,6 +88,8 @@ class Federation:
             self._evaluates,
             records,
         )
+        if last:
+            restore_optimizer_state(scoped.strategies, self.store.optimizer(last))
         rounds = RecordedRounds(
             ValidatedUpdates(scoped, sites, self.min_sites, self.timeout, records),
             self.store,
@@ -93,6 +97,7 @@ class Federation:
             self.settings,
             first_round=last + 1,
             records=records,
+            strategies=scoped.strategies,
         )
         rounds.start(
             self.grid,
@@ -122,9 +127,11 @@ class RecordedRounds(StrategyWrapper):
         settings: FederatedSection,
         first_round: int,
         records: StateRecords,
+        strategies: Mapping[str, Strategy],
     ) -> None:
         super().__init__(inner)
         self.records = records
+        self.strategies = strategies  # the groups' own, whose optimizer state is saved
         self.updates = inner
         self.store = store
         self.registry = registry
@@ -162,7 +169,10 @@ class RecordedRounds(StrategyWrapper):
             self.failures.failed(self.record)
             return None, None
         self.failures.aggregated()
-        self.record["checkpoint"] = str(self.store.save(number, self.records.state_of(arrays)))
+        saved = self.store.save(
+            number, self.records.state_of(arrays), optimizer_state(self.strategies)
+        )
+        self.record["checkpoint"] = str(saved)
         self.record["metrics"] = dict(metrics or {})
         return arrays, metrics
 

@@ -34,14 +34,38 @@ class RoundStore:
     def path(self, server_round: int) -> Path:
         return self.directory / f"round_{server_round:04d}.safetensors"
 
-    def save(self, server_round: int, state: GlobalState) -> Path:
+    def optimizer_path(self, server_round: int) -> Path:
+        return self.directory / f"server_optimizer_{server_round:04d}.safetensors"
+
+    def save(
+        self,
+        server_round: int,
+        state: GlobalState,
+        optimizer: Mapping[str, np.ndarray] | None = None,
+    ) -> Path:
+        """The round's weights; with ``optimizer`` (the server optimizer's arrays) written first,
+        so a complete round file always has its optimizer state beside it. Only the newest
+        optimizer file is kept: it is as large as the model, twice for Adam's two moments."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        flat = {key: contiguous(value) for key, value in flat_state(state).items()}
+        if optimizer:
+            self._write(self.optimizer_path(server_round), optimizer, server_round)
         final = self.path(server_round)
-        partial = final.with_name(f".partial-{final.name}")
-        save_file(flat, str(partial), metadata={"format": FORMAT, "round": str(server_round)})
-        os.replace(partial, final)
+        self._write(final, flat_state(state), server_round)
+        for old in self.directory.glob("server_optimizer_*.safetensors"):
+            if old != self.optimizer_path(server_round):
+                old.unlink()
         return final
+
+    def _write(self, final: Path, flat: Mapping[str, np.ndarray], server_round: int) -> None:
+        partial = final.with_name(f".partial-{final.name}")
+        arrays = {key: contiguous(value) for key, value in flat.items()}
+        save_file(arrays, str(partial), metadata={"format": FORMAT, "round": str(server_round)})
+        os.replace(partial, final)
+
+    def optimizer(self, server_round: int) -> dict[str, np.ndarray]:
+        """The server optimizer's arrays saved with ``server_round`` (empty if none were)."""
+        path = self.optimizer_path(server_round)
+        return load_file(str(path)) if path.is_file() else {}
 
     def latest(self) -> tuple[int, GlobalState] | None:
         """The newest complete round and its weights, or None before the first round."""

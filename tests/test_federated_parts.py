@@ -9,7 +9,16 @@ import numpy as np
 import pytest
 import torch
 from conftest import SMALL_RUN
-from flwr.app import Context, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.supercore.task_identity import TaskIdentity
 from safetensors.torch import save_file
 
 from fmcore.config import compose, config_sources
@@ -22,7 +31,9 @@ from fmcore.federated.federation_config import (
     federated_section,
 )
 from fmcore.federated.partition import site_share
+from fmcore.federated.scoped_strategy import NodeSubset
 from fmcore.federated.scopes import SHARED_GROUP, split_by_group
+from fmcore.federated.server_optimizer import optimizer_state, restore_optimizer_state
 from fmcore.federated.site import initial_groups, proximal_term
 from fmcore.federated.store import RoundStore
 from fmcore.federated.strategies import EqualWeights, make_strategy
@@ -170,6 +181,66 @@ def test_two_federations_with_one_state_dir_keep_their_site_state_apart(tmp_path
     assert first.state_dir == tmp_path / "runs-a-1f2e3d4c" / "hospital-a"
     assert second.state_dir == tmp_path / "runs-b-99aa00bb" / "hospital-a"
     assert first.overrides == ("data.root=/data/a",)
+
+
+@pytest.fixture
+def flower_task(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What Flower's runtime sets before a ServerApp or ClientApp makes messages."""
+    for attribute, value in (("_run_id", 1), ("_task_id", 1), ("_node_id", 0)):
+        monkeypatch.setattr(TaskIdentity, attribute, value)
+
+
+def flower_round(strategy, server_round: int, weights: np.ndarray, updates: list[np.ndarray]):
+    """One round of ``strategy`` over two nodes: the global ``weights`` out, ``updates`` back."""
+    sent = strategy.configure_train(
+        server_round, ArrayRecord({"w": Array(weights)}), ConfigRecord(), NodeSubset([1, 2])
+    )
+    replies = []
+    for message, update in zip(sent, updates, strict=True):
+        TaskIdentity._node_id = message.metadata.dst_node_id  # the replying node
+        content = {
+            "arrays": ArrayRecord({"w": Array(update)}),
+            "metrics": MetricRecord({"num-examples": 1}),
+        }
+        replies.append(Message(RecordDict(content), reply_to=message))
+    arrays, _ = strategy.aggregate_train(server_round, replies)
+    return arrays["w"].numpy()
+
+
+@pytest.mark.parametrize("strategy", ["fedadam", "fedavgm"])
+def test_a_restored_server_optimizer_continues_exactly(
+    tmp_path: Path, flower_task: None, strategy: str
+) -> None:
+    """Rounds 1-2, a restart from the saved round, round 3: the same weights as never stopping;
+    a restart that lost the moments (or momentum) gives others."""
+    settings = federated_settings(f"federated={strategy}", "federated.sites=2")
+
+    def fresh():
+        return {SHARED_GROUP: make_strategy(settings, sites=2, min_sites=2, fraction=1.0)}
+
+    rng = np.random.default_rng(0)
+    updates = [[rng.normal(size=4).astype(np.float32) for _ in range(2)] for _ in range(3)]
+    running, weights = fresh(), np.zeros(4, np.float32)
+    for server_round in (1, 2):
+        weights = flower_round(
+            running[SHARED_GROUP], server_round, weights, updates[server_round - 1]
+        )
+    store = RoundStore(tmp_path)
+    store.save(2, {SHARED_GROUP: {"w": weights}}, optimizer_state(running))
+    uninterrupted = flower_round(running[SHARED_GROUP], 3, weights, updates[2])
+
+    restarted = fresh()
+    restore_optimizer_state(restarted, store.optimizer(2))
+    resumed = flower_round(
+        restarted[SHARED_GROUP], 3, store.latest()[1][SHARED_GROUP]["w"], updates[2]
+    )
+    np.testing.assert_array_equal(resumed, uninterrupted)
+    forgetful = flower_round(fresh()[SHARED_GROUP], 3, weights, updates[2])
+    assert not np.allclose(forgetful, uninterrupted)
+    store.save(3, {SHARED_GROUP: {"w": resumed}}, optimizer_state(restarted))
+    assert sorted(p.name for p in store.directory.glob("server_optimizer_*")) == [
+        "server_optimizer_0003.safetensors"
+    ]
 
 
 def test_trunks_are_shared_and_everything_else_stays_within_the_domain(tmp_path: Path) -> None:
