@@ -120,6 +120,24 @@ def cmd_federate_app(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_node(args: argparse.Namespace) -> int:
+    from fmcore.federated.node import check_node, keep_running, read_node_settings
+
+    plugins = registry()
+    _warn_problems(plugins)
+    settings = read_node_settings(args.node_file)
+    samples = check_node(settings, plugins)
+    print(
+        f"node checks passed: site {settings.site_name}, domain {settings.domain},"
+        f" {samples:,} training samples"
+    )
+    if args.check:
+        return 0
+    command = settings.supernode_command()
+    print(f"starting {' '.join(command)}", flush=True)
+    return keep_running(command, settings.restart_delay, settings.max_delay, settings.max_restarts)
+
+
 def cmd_config_show(args: argparse.Namespace) -> int:
     plugins = registry()
     _warn_problems(plugins)
@@ -205,6 +223,14 @@ def build_parser() -> argparse.ArgumentParser:
     federate_app.add_argument(
         "overrides", nargs="*", metavar="override", help="see 'overrides' below"
     )
+    node = add(
+        "node",
+        "a hospital's SuperNode from NODE.toml: checked before it joins, restarted with back-off",
+        cmd_node,
+        with_overrides=False,
+    )
+    node.add_argument("node_file", type=Path, metavar="NODE.toml", help="the node's settings")
+    node.add_argument("--check", action="store_true", help="run the checks only, then exit")
     add(
         "plugins",
         "list installed plugins, what each provides, and broken ones",

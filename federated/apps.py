@@ -32,6 +32,7 @@ from fmcore.federated.federation_config import (
     federated_section,
     federation_words,
 )
+from fmcore.federated.node import SITE_OVERRIDES
 from fmcore.federated.secure_client import secure_aggregation_mod
 from fmcore.federated.secure_server import (
     SecureFederation,
@@ -89,9 +90,8 @@ def deployed_site(context: Context, federation: str, config: DictConfig) -> Site
             ' --node-config \'site-name="hospital-a" data-root="/data/slides"\''
         )
     name = str(node["site-name"])
-    overrides = [f"data.root={node['data-root']}"] if "data-root" in node else []
-    if "domain" in node:
-        overrides.insert(0, f"domain={node['domain']}")
+    overrides = [f"domain={node['domain']}"] if "domain" in node else []
+    overrides += [f"{key}={node[name]}" for name, key in SITE_OVERRIDES.items() if name in node]
     # Keyed by the federation, also under a configured state-dir: a new federation never
     # resumes (nor prunes) an older one's checkpoints, and a restarted one finds its own.
     state = node.get("state-dir")

@@ -1,0 +1,186 @@
+"""``fmcore node NODE.toml``: a hospital's SuperNode from one settings file, checked before it
+joins and restarted with back-off when it stops.
+
+The file holds what the hospital decides: its site name, data, domain, device and batch size,
+where state lives, how to reach the SuperLink and with which key. Before Flower's
+``flower-supernode`` starts, fmcore checks what would otherwise fail at the first round, far from
+the hospital's eyes: the domain and its extras are installed, the data root exists and indexes
+to at least one sample (no silent fallback to the embedded sample), the state directory is
+writable. A failed check exits non-zero naming the setting and the file.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from pathlib import Path
+
+from fmcore.config import compose, config_sources
+from fmcore.errors import ConfigError, FmcoreError
+from fmcore.factory import build_domain
+from fmcore.plugin_manager import Registry
+
+#: Node-config keys the ClientApp reads (federated/apps.py ``deployed_site``) and the config key
+#: each sets at this site; the rest of the config comes from the federation's app.
+SITE_OVERRIDES = {
+    "data-root": "data.root",
+    "device": "trainer.device",
+    "batch-size": "trainer.batch_size",
+    "num-workers": "trainer.num_workers",
+}
+
+
+#: A SuperNode that ran this long (seconds) before stopping was healthy: waits start over.
+HEALTHY_RUN = 600.0
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """A node file's keys (TOML names with dashes)."""
+
+    site_name: str
+    domain: str
+    superlink: str
+    data_root: str | None = None
+    sample_data: bool = False  # true: train on the domain's embedded sample (a trial, not a site)
+    state_dir: str | None = None
+    device: str | None = None
+    batch_size: int | None = None
+    num_workers: int | None = None
+    root_certificates: str | None = None
+    insecure: bool = False
+    auth_supernode_private_key: str | None = None
+    auth_supernode_public_key: str | None = None
+    trusted_entities: str | None = None
+    health_server_address: str | None = None
+    port: int | None = None  # the SuperNode's runtime API for its ClientApp (Flower's 9094)
+    restart_delay: float = 5.0  # seconds before the first restart; doubles up to max_delay
+    max_delay: float = 300.0
+    max_restarts: int | None = None  # None: restart for ever
+    source: Path = field(default=Path("node.toml"), compare=False)
+
+    def node_config(self) -> str:
+        """The ``--node-config`` string: the site's keys as TOML ``key=value`` pairs."""
+        values = {
+            "site-name": self.site_name,
+            "domain": self.domain,
+            "state-dir": self.state_dir,
+            "data-root": self.data_root,
+            "device": self.device,
+            "batch-size": self.batch_size,
+            "num-workers": self.num_workers,
+        }
+        return " ".join(f"{key}={json.dumps(v)}" for key, v in values.items() if v is not None)
+
+    def supernode_command(self) -> list[str]:
+        executable = shutil.which("flower-supernode") or str(
+            Path(sys.executable).with_name("flower-supernode")
+        )
+        command = [executable, "--superlink", self.superlink]
+        command += ["--insecure"] if self.insecure else []
+        for flag, value in (
+            ("--root-certificates", self.root_certificates),
+            ("--auth-supernode-private-key", self.auth_supernode_private_key),
+            ("--auth-supernode-public-key", self.auth_supernode_public_key),
+            ("--trusted-entities", self.trusted_entities),
+            ("--health-server-address", self.health_server_address),
+            ("--port", self.port),
+        ):
+            if value is not None:
+                command += [flag, str(value)]
+        return [*command, "--node-config", self.node_config()]
+
+
+def read_node_settings(path: Path) -> NodeSettings:
+    """The node file at ``path``, every key checked: unknown or missing keys are named."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise ConfigError(f"{path}: not a readable TOML node file ({error})") from error
+    known = {f.name.replace("_", "-"): f for f in fields(NodeSettings) if f.name != "source"}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    required = [key for key in ("site-name", "domain", "superlink") if key not in raw]
+    if required:
+        raise ConfigError(f"{path}: {', '.join(required)} must be set")
+    if not raw.get("insecure") and "root-certificates" not in raw:
+        raise ConfigError(
+            f"{path}: set root-certificates (the federation's CA certificate), or insecure = true"
+            " for a test without TLS"
+        )
+    return NodeSettings(**{known[key].name: value for key, value in raw.items()}, source=path)
+
+
+def check_node(settings: NodeSettings, registry: Registry) -> int:
+    """What the first round would need at this site; returns the number of training samples."""
+    where = f"{settings.source}"
+    if not settings.data_root and not settings.sample_data:
+        raise ConfigError(
+            f"{where}: data-root is not set; a hospital's node trains on its own data (set"
+            " sample-data = true only to try the federation on the domain's embedded sample)"
+        )
+    if settings.data_root and not Path(settings.data_root).exists():
+        raise ConfigError(f"{where}: data-root {settings.data_root} does not exist")
+    words = [f"domain={settings.domain}"]
+    words += [f"data.root={settings.data_root}"] if settings.data_root else []
+    try:
+        config = compose(words, config_sources(registry))
+        samples = len(build_domain(config, registry).index("train"))
+    except FmcoreError as error:
+        raise ConfigError(f"{where}: domain={settings.domain}, data-root: {error}") from error
+    if samples == 0:
+        raise ConfigError(
+            f"{where}: data-root {settings.data_root} holds no training sample for domain"
+            f" {settings.domain}"
+        )
+    if settings.state_dir:
+        _check_writable(Path(settings.state_dir), f"{where}: state-dir")
+    return samples
+
+
+def _check_writable(directory: Path, what: str) -> None:
+    probe = directory / ".fmcore-write-check"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(f"{what} {directory} is not writable ({error})") from error
+
+
+def keep_running(
+    command: Sequence[str],
+    restart_delay: float,
+    max_delay: float,
+    max_restarts: int | None,
+    log=print,
+) -> int:
+    """Run ``command`` until it exits 0; after a failure wait and start it again, the wait
+    doubling from ``restart_delay`` up to ``max_delay`` (back to the start after a run of
+    ``HEALTHY_RUN`` seconds or more). Returns the last exit code."""
+    delay, restarts = restart_delay, 0
+    while True:
+        started = time.monotonic()
+        code = subprocess.call(list(command))
+        if code == 0:
+            return 0
+        if max_restarts is not None and restarts >= max_restarts:
+            log(f"{_now()} SuperNode exited with {code}; no restart left (max-restarts)")
+            return code
+        if time.monotonic() - started >= HEALTHY_RUN:
+            delay = restart_delay
+        log(f"{_now()} SuperNode exited with {code}; restarting in {delay:g} s")
+        time.sleep(delay)
+        delay, restarts = min(delay * 2, max_delay), restarts + 1
+
+
+def _now() -> str:
+    return datetime.now().astimezone().isoformat(timespec="seconds")

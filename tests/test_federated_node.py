@@ -1,0 +1,99 @@
+"""``fmcore node NODE.toml``: a hospital node's settings checked before it joins, the node config
+Flower hands the ClientApp, and the SuperNode restarted with back-off."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from flwr.app import Context, RecordDict
+from flwr.common.config import parse_config_args
+
+from fmcore.cli import main
+from fmcore.config import compose, config_sources
+from fmcore.federated.apps import deployed_site
+from fmcore.federated.node import keep_running, read_node_settings
+from fmcore.plugin_manager import registry
+
+DIGITS_TRAIN = 1797 - len(range(0, 1797, 5))  # scikit-learn's digits, every 5th held out
+TRIAL = {"site-name": "hospital-a", "domain": "digits", "superlink": "127.0.0.1:9092"}
+
+
+def node_file(tmp_path: Path, **settings: object) -> Path:
+    lines = [f"{key} = {value!r}".replace("'", '"') for key, value in settings.items()]
+    path = tmp_path / "node.toml"
+    path.write_text("\n".join(lines).replace("True", "true") + "\n")
+    return path
+
+
+def test_checks_pass_on_usable_data_and_count_its_samples(tmp_path, capsys) -> None:
+    path = node_file(tmp_path, **TRIAL, insecure=True, **{"sample-data": True})
+    assert main(["node", str(path), "--check"]) == 0
+    assert f"{DIGITS_TRAIN:,} training samples" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({"insecure": True}, "data-root is not set"),
+        ({"insecure": True, "data-root": "/no/such/slides"}, "data-root /no/such/slides"),
+        ({"insecure": True, "sample-data": True, "state-dir": "FILE/state"}, "state-dir"),
+        ({"insecure": True, "batch_size": 4}, "unknown key(s) batch_size"),
+        ({}, "set root-certificates"),
+    ],
+)
+def test_a_bad_setting_exits_before_joining_and_is_named(tmp_path, capsys, settings, named):
+    blocker = tmp_path / "FILE"
+    blocker.write_text("a file where a directory should go")
+    settings = {
+        k: str(v).replace("FILE", str(blocker)) if k == "state-dir" else v
+        for k, v in settings.items()
+    }
+    path = node_file(tmp_path, **TRIAL, **settings)
+    assert main(["node", str(path), "--check"]) == 2
+    error = capsys.readouterr().err
+    assert str(path) in error and named in error
+
+
+def test_the_node_config_reaches_the_site_as_overrides(tmp_path) -> None:
+    path = node_file(
+        tmp_path,
+        **TRIAL,
+        insecure=True,
+        **{"data-root": "/data/a b", "device": "cuda", "batch-size": 8, "state-dir": "/srv/s"},
+    )
+    command = read_node_settings(path).supernode_command()
+    node = parse_config_args([command[command.index("--node-config") + 1]])
+    context = Context(run_id=1, node_id=3, node_config=node, state=RecordDict(), run_config={})
+    config = compose(["domain=digits"], config_sources(registry()))
+    site = deployed_site(context, "fed-1", config)
+    assert site.name == "hospital-a"
+    assert site.overrides == (
+        "domain=digits",
+        "data.root=/data/a b",
+        "trainer.device=cuda",
+        "trainer.batch_size=8",
+    )
+    assert site.state_dir == Path("/srv/s/fed-1/hospital-a")
+
+
+def test_a_stopped_supernode_restarts_with_growing_waits(tmp_path) -> None:
+    runs = tmp_path / "runs"
+    script = (
+        "import pathlib, sys; p = pathlib.Path(sys.argv[1]);"
+        " n = len(p.read_text()) if p.exists() else 0; p.write_text('x' * (n + 1));"
+        " sys.exit(0 if n == 2 else 3)"
+    )
+    said: list[str] = []
+    command = [sys.executable, "-c", script, str(runs)]
+    assert keep_running(command, 0.01, 0.02, None, said.append) == 0
+    assert runs.read_text() == "xxx"  # two failures, then a clean exit
+    assert [line.split(" ", 1)[1] for line in said] == [
+        "SuperNode exited with 3; restarting in 0.01 s",
+        "SuperNode exited with 3; restarting in 0.02 s",
+    ]
+    runs.unlink()
+    always_failing = [sys.executable, "-c", "import sys; sys.exit(7)"]
+    assert keep_running(always_failing, 0.01, 0.02, 1, said.append) == 7
+    assert said[-1].endswith("SuperNode exited with 7; no restart left (max-restarts)")
