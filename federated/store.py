@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +16,16 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-ROUND_FILE = re.compile(r"^round_(\d{4,})\.safetensors$")
+from fmcore.run_files import (
+    FORMAT_KEY,
+    ROUND_FORMAT,
+    ROUND_KEY,
+    ROUNDS_DIR,
+    round_file_name,
+    round_files,
+)
+
 ROUNDS_LOG = "rounds.jsonl"
-FORMAT = "fmcore.federated/1"
 GlobalState = dict[str, dict[str, np.ndarray]]  # group -> entry -> weights
 
 
@@ -29,32 +35,29 @@ class RoundStore:
 
     @property
     def directory(self) -> Path:
-        return self.run_dir / "rounds"
+        return self.run_dir / ROUNDS_DIR
 
     def path(self, server_round: int) -> Path:
-        return self.directory / f"round_{server_round:04d}.safetensors"
+        return self.directory / round_file_name(server_round)
 
     def save(self, server_round: int, state: GlobalState) -> Path:
         self.directory.mkdir(parents=True, exist_ok=True)
         flat = {key: contiguous(value) for key, value in flat_state(state).items()}
         final = self.path(server_round)
         partial = final.with_name(f".partial-{final.name}")
-        save_file(flat, str(partial), metadata={"format": FORMAT, "round": str(server_round)})
+        save_file(
+            flat, str(partial), metadata={FORMAT_KEY: ROUND_FORMAT, ROUND_KEY: str(server_round)}
+        )
         os.replace(partial, final)
         return final
 
     def latest(self) -> tuple[int, GlobalState] | None:
         """The newest complete round and its weights, or None before the first round."""
-        if not self.directory.is_dir():
+        files = round_files(self.directory)
+        if not files:
             return None
-        rounds = sorted(
-            int(match.group(1))
-            for name in os.listdir(self.directory)
-            if (match := ROUND_FILE.match(name))
-        )
-        if not rounds:
-            return None
-        return rounds[-1], load_round(self.path(rounds[-1]))
+        last = max(files)
+        return last, load_round(files[last])
 
     def log(self, record: dict[str, Any]) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
