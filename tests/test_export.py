@@ -113,7 +113,10 @@ def test_a_run_dir_a_checkpoint_and_a_round_export_the_weights_they_hold(
     teacher = {k.removeprefix(TEACHER): v for k, v in method_state.items() if k.startswith(TEACHER)}
     student = method_state["encoder.trunk.blocks.0.attn.qkv.weight"]
     assert not torch.equal(teacher["trunk.blocks.0.attn.qkv.weight"], student)
-    for source in (step_dir, step_dir / "model.safetensors", run / "checkpoints"):
+    interrupted = tmp_path / "interrupted"  # a run stopped before it wrote its encoder file
+    shutil.copytree(run, interrupted, ignore=shutil.ignore_patterns("encoder.safetensors"))
+    sources = (step_dir, step_dir / "model.safetensors", run / "checkpoints", interrupted)
+    for source in sources:
         exported = export_encoder(source, tmp_path / "checkpoint.safetensors", plugins)
         assert_same_tensors(load_file(str(exported.out)), teacher)
         assert metadata(exported.out) == metadata(encoder_file)  # step 2, the run's config
@@ -194,6 +197,22 @@ def test_fmcore_eval_scores_an_exported_file_and_a_round_file(
         assert result["checkpoint"] == str(checkpoint)
         assert result["checkpoint_step"] == ("2" if name == "file" else "6")
         assert 0.1 < result["metrics"]["accuracy"] <= 1.0
+
+
+def test_fmcore_embed_of_a_checkpoint_equals_embed_of_the_runs_encoder_file(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], one_thread: None
+) -> None:
+    features = {}
+    for name, checkpoint in (("file", run), ("checkpoint", run / "checkpoints")):
+        out = tmp_path / name
+        words = [f"checkpoint={checkpoint}", "domain=digits", "embed.split=val", f"embed.out={out}"]
+        assert main(["embed", *words, "trainer.device=cpu", "trainer.num_workers=0"]) == 0
+        assert "embedded 360 samples" in capsys.readouterr().out
+        features[name] = torch.cat(
+            [load_file(str(shard))["features"] for shard in sorted(out.glob("shard-*"))]
+        )
+    assert features["file"].shape == (360, WIDTH)
+    assert torch.equal(features["checkpoint"], features["file"])
 
 
 def test_the_timm_export_has_timms_vision_transformer_layout(run: Path, tmp_path: Path) -> None:
