@@ -180,29 +180,29 @@ def _from_checkpoint(checkpoint: Checkpoint, registry: Registry) -> EncoderSourc
 def _from_round(
     path: Path, metadata: dict[str, str], registry: Registry, domain: str | None
 ) -> EncoderSource:
-    config = _round_config(path.parents[1], path, domain)
-    parts = build_parts(config, registry)
-    wanted = {SHARED_GROUP, domain_group(str(config.domain.name), parts.modality.name)}
-    state: dict[str, Tensor] = {}
-    groups: set[str] = set()
+    grouped: dict[str, dict[str, Tensor]] = {}
     for name, value in _tensors(path).items():
         group, _, entry = name.partition("/")
-        groups.add(group)
-        if group in wanted:
-            state[entry] = value
-    if not wanted <= groups:
+        grouped.setdefault(group, {})[entry] = value
+    config = _round_config(path, set(grouped), domain)
+    parts = build_parts(config, registry)
+    wanted = [SHARED_GROUP, domain_group(str(config.domain.name), parts.modality.name)]
+    absent = [group for group in wanted if group not in grouped]
+    if absent:
         raise ConfigError(
-            f"{path} holds no {' or '.join(sorted(wanted - groups))} weights for the"
-            f" federation's domain {config.domain.name}; its groups: {', '.join(sorted(groups))}"
+            f"{path} holds no {' or '.join(absent)} weights for the domain"
+            f" {config.domain.name}; its groups: {', '.join(sorted(grouped))}"
         )
+    state = {entry: value for group in wanted for entry, value in grouped[group].items()}
     step = int(metadata.get(ROUND_KEY, 0)) * int(config.federated.local_steps)
     encoder_metadata = run_encoder_metadata(config, parts.modality.name, step)
     return EncoderSource(path, _exported_state(parts.method, state, path), encoder_metadata)
 
 
-def _round_config(run_dir: Path, path: Path, domain: str | None) -> DictConfig:
-    """The federation's config; for another ``domain`` than its own, a simulated site's of that
-    domain (the federation's config composes only its first domain's data section)."""
+def _round_config(path: Path, groups: set[str], domain: str | None) -> DictConfig:
+    """The federation's config; for another ``domain`` of the round (``groups``), a simulated
+    site's of that domain: the federation's config composes only its first domain's data."""
+    run_dir = path.parents[1]
     federation = _run_config(run_dir / RUN_CONFIG_FILE, path)
     if domain is None or str(federation.domain.name) == domain:
         return federation
@@ -210,7 +210,14 @@ def _round_config(run_dir: Path, path: Path, domain: str | None) -> DictConfig:
         config = OmegaConf.load(site)
         if str(config.domain.name) == domain:
             return config
-    return federation
+    if any(group.startswith(domain_group(domain, "")) for group in groups):
+        raise MissingPath(
+            f"{path} holds {domain}'s tokenizer, but its federation's {RUN_CONFIG_FILE} is"
+            f" {federation.domain.name}'s and no {SITES_DIR}/<name>/{RUN_CONFIG_FILE} of a"
+            f" {domain} site is beside it: copy one there (a site keeps it in its state"
+            " directory)"
+        )
+    return federation  # a domain the federation never saw: its own encoder, as an encoder file's
 
 
 def _exported_state(method: Method, state: dict[str, Tensor], path: Path) -> dict[str, Tensor]:

@@ -149,13 +149,15 @@ def test_a_round_of_two_domains_gives_the_asked_domains_tokenizer(
     shutil.copytree(federation, directory)
     words = [*RUN, "domain=ophthalmology", "federated.rounds=3", "federated.local_steps=2"]
     site = compose_federation(words, plugins)
-    (directory / "sites" / "site-1").mkdir(parents=True)
-    (directory / "sites" / "site-1" / "config.yaml").write_text(to_yaml(site))
     fundus = split_by_group(build_parts(site, plugins).method, "ophthalmology", "image2d")
     store = RoundStore(directory)
     state = load_round(store.path(3))
     state[FUNDUS_GROUP] = {k: v.numpy() for k, v in fundus[FUNDUS_GROUP].items()}
     store.save(3, state)
+    with pytest.raises(MissingPath, match="holds ophthalmology's tokenizer, but"):
+        export_encoder(directory, tmp_path / "x.safetensors", plugins, domain="ophthalmology")
+    (directory / "sites" / "site-1").mkdir(parents=True)
+    (directory / "sites" / "site-1" / "config.yaml").write_text(to_yaml(site))
 
     for domain, group in (("ophthalmology", FUNDUS_GROUP), ("digits", DOMAIN_GROUP)):
         exported = export_encoder(
