@@ -106,19 +106,19 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_federate(args: argparse.Namespace) -> int:
-    from fmcore.federated.federation_config import compose_federation, federation_words
+    from fmcore.federated.federation_config import federation_to_run
     from fmcore.federated.simulation import simulate
 
     if args.config is not None:
         # Every site composes its own config from the command's words (its domain, data).
         raise ConfigError(
-            "fmcore federate takes its config from the command line, not --config: repeat the"
-            " federation's words (add resume=true to continue it)"
+            "fmcore federate takes its config from the command line, not --config: continue a"
+            " federation with fmcore federate run.dir=<its directory> resume=true"
         )
     plugins = registry()
     _warn_problems(plugins)
-    words = federation_words(args.overrides)
-    result = simulate(compose_federation(words, plugins), words)
+    config, words = federation_to_run(args.overrides, plugins)
+    result = simulate(config, words)
     print(f"finished {result.rounds} rounds; global weights in {result.run_dir / 'rounds'}")
     return 0
 

@@ -165,19 +165,21 @@ RESUME_MAY_CHANGE = (
 )
 
 
-def resume_config(words: Sequence[str], sources: ConfigSources, run_config: Path) -> DictConfig:
-    """The saved config of a run being resumed, with the few overrides a resume may make.
-
-    Repeating the original command line with ``resume=true`` works: overrides that restate a
-    saved value are accepted; only real changes outside ``RESUME_MAY_CHANGE`` are refused.
-    """
+def refuse_resume_changes(
+    words: Sequence[str],
+    groups: Iterable[str],
+    run_config: Path,
+    may_change: Sequence[str] = RESUME_MAY_CHANGE,
+) -> None:
+    """Raise unless ``words`` only restate ``run_config``'s values or change ``may_change`` keys:
+    repeating the original command line with ``resume=true`` works, a real change does not."""
     saved = OmegaConf.load(run_config)
-    overrides = parse_overrides(words, sources.groups())
+    overrides = parse_overrides(words, groups)
     final = {key: value for key, value, _ in overrides.values}  # the last word for a key wins
     changed = [
         key
         for key, value in final.items()
-        if key not in RESUME_MAY_CHANGE and as_dict(OmegaConf.select(saved, key)) != value
+        if key not in may_change and as_dict(OmegaConf.select(saved, key)) != value
     ]
     changed += [
         f"{group}={option}"
@@ -185,11 +187,15 @@ def resume_config(words: Sequence[str], sources: ConfigSources, run_config: Path
         if saved.get("defaults", {}).get(group) != option
     ]
     if changed:
-        refused = changed
         raise ConfigError(
-            f"resume=true continues {run_config} as saved and cannot change {', '.join(refused)};"
-            f" a resume may only change {', '.join(RESUME_MAY_CHANGE[1:])}"
+            f"resume=true continues {run_config} as saved and cannot change {', '.join(changed)};"
+            f" a resume may only change {', '.join(key for key in may_change if key != 'resume')}"
         )
+
+
+def resume_config(words: Sequence[str], sources: ConfigSources, run_config: Path) -> DictConfig:
+    """The saved config of a run being resumed, with the few overrides a resume may make."""
+    refuse_resume_changes(words, sources.groups(), run_config)
     kept = [w for w in words if w.split("=", 1)[0].lstrip("+") not in sources.groups()]
     return compose(kept, sources, saved=run_config)
 

@@ -19,6 +19,7 @@ from fmcore.io import read_metadata
 from fmcore.method import Method
 from fmcore.modalities.base import Modality, TokenizerSettings
 from fmcore.plugin_manager import Registry
+from fmcore.pretrained import load_pretrained
 from fmcore.run_files import (
     ENCODER_CONFIG_KEY,
     ENCODER_FILE,
@@ -131,7 +132,9 @@ class Parts:
     views: ViewMaker
 
 
-def build_parts(config: DictConfig, registry: Registry) -> Parts:
+def build_parts(config: DictConfig, registry: Registry, fresh_start: bool = False) -> Parts:
+    """The run's parts; ``fresh_start`` (a run's or a federation's first weights, not a resume
+    or a site's round) loads ``init=`` into the encoder before the method copies it (teachers)."""
     unresolved = unresolved_by_modality(config)
     if unresolved:  # composed before the domain was known: the recipes would silently not apply
         raise ConfigError(
@@ -141,6 +144,8 @@ def build_parts(config: DictConfig, registry: Registry) -> Parts:
     domain = build_domain(config, registry)
     modality = registry.modality(domain.modality)
     encoder = build_encoder(config, registry, domain)
+    if fresh_start and config.get("init"):
+        load_pretrained(encoder, encoder_file(config.init, "init"))
     method = registry.method(config.method.name)(config.method, encoder, modality)
     teacher = config.method.get("teacher")
     if teacher:  # a frozen target model on disk (D-iGPT's), for the method to distil

@@ -22,13 +22,12 @@ import math
 from os import PathLike
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from fmcore.backbones.vit import VisionTransformer
 from fmcore.encoder import Encoder
-from fmcore.modalities.grid import GridTokenizer
+from fmcore.modalities.grid import GridTokenizer, resample_grid_embedding
 
 logger = logging.getLogger(__name__)
 
@@ -57,12 +56,15 @@ def _vit_trunk(encoder: Encoder) -> VisionTransformer:
 
 
 @torch.no_grad()
-def to_timm_state_dict(encoder: Encoder, no_embed_class: bool = False) -> dict[str, Tensor]:
+def to_timm_state_dict(encoder: Encoder, no_embed_class: bool | None = None) -> dict[str, Tensor]:
     """The encoder's weights under timm's VisionTransformer names, as detached copies.
 
-    ``no_embed_class`` picks the ``pos_embed`` layout (see the module docstring); use ``True``
-    for timm models built with ``no_embed_class=True``, such as its register models.
+    ``no_embed_class`` picks the ``pos_embed`` layout (see the module docstring). By default it
+    is what timm's own models of that kind use: ``True`` with registers (timm's register and
+    DINOv2 models are all built so), ``False`` without (vit_small_patch16_224 and kin).
     """
+    if no_embed_class is None:
+        no_embed_class = _vit_trunk(encoder).config.num_registers > 0
     return _timm_state(encoder, no_embed_class)
 
 
@@ -85,16 +87,6 @@ def _timm_state(encoder: Encoder, no_embed_class: bool) -> dict[str, Tensor]:
     out["patch_embed.proj.bias"] = tokenizer.proj.bias
     out.update(trunk_state)  # blocks.*, norm.*
     return {key: value.detach().clone().contiguous() for key, value in out.items()}
-
-
-def resample_pos_embed(pos: Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]) -> Tensor:
-    """(1, h*w, D) -> (1, H*W, D), bicubic with antialiasing in float32, as timm's
-    ``resample_abs_pos_embed`` does (timm/layers/pos_embed.py)."""
-    if old_grid == new_grid:
-        return pos
-    grid = pos.float().reshape(1, *old_grid, -1).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid, size=new_grid, mode="bicubic", antialias=True)
-    return grid.permute(0, 2, 3, 1).reshape(1, math.prod(new_grid), -1).to(pos.dtype)
 
 
 def _pos_layouts(
@@ -160,10 +152,34 @@ def _key_problems(
     unexpected = [key for key in state if key not in expected and key != "pos_embed"]
     mismatched = [
         f"{key}: checkpoint {tuple(state[key].shape)}, encoder {tuple(shape)}"
+        + _mismatch_hint(key, state[key].shape, shape)
         for key, shape in expected.items()
         if key in state and state[key].shape != shape
     ]
+    if mismatched and _swiglu_checkpoint(state) != (_vit_trunk(encoder).config.ffn == "swiglu"):
+        wanted = "swiglu" if _swiglu_checkpoint(state) else "mlp"
+        mismatched.append(f"(the checkpoint's feed-forward wants encoder.vit.ffn={wanted})")
     return missing, unexpected, mismatched
+
+
+def _swiglu_checkpoint(state: dict[str, Tensor]) -> bool:
+    """A packed SwiGLU's fc1 is twice as wide as its fc2's input; a GELU MLP's is as wide."""
+    fc1, fc2 = state.get("blocks.0.mlp.fc1.weight"), state.get("blocks.0.mlp.fc2.weight")
+    return fc1 is not None and fc2 is not None and fc1.shape[0] == 2 * fc2.shape[1]
+
+
+def _mismatch_hint(key: str, saved: torch.Size, wanted: torch.Size) -> str:
+    """The config keys that make the encoder match a checkpoint's patch projection."""
+    if key != "patch_embed.proj.weight" or len(saved) != 4:
+        return ""
+    hints = []
+    if saved[0] != wanted[0]:
+        hints.append(f"an encoder= of width {saved[0]}")
+    if saved[1] != wanted[1]:
+        hints.append(f"{saved[1]} input channels")
+    if saved[2:] != wanted[2:]:
+        hints.append(f"encoder.tokenizer.patch_size={saved[2]}")
+    return f" (the checkpoint wants {', '.join(hints)})"
 
 
 def _pos_layout(
@@ -223,7 +239,7 @@ def _encoder_state(
     mapped = {
         "tokenizer.proj.weight": state.pop("patch_embed.proj.weight"),
         "tokenizer.proj.bias": state.pop("patch_embed.proj.bias"),
-        "tokenizer.pos_embed": resample_pos_embed(pos[:, prefix:], grid, native),
+        "tokenizer.pos_embed": resample_grid_embedding(pos[:, prefix:], grid, native),
         "trunk.cls_pos": pos[:, :1] if prefix else torch.zeros_like(state["cls_token"]),
     }
     if _vit_trunk(encoder).config.num_registers:
@@ -236,8 +252,11 @@ def _encoder_state(
     return mapped
 
 
-def export_timm(encoder: Encoder, path: str | PathLike[str], no_embed_class: bool = False) -> None:
-    """Write the encoder as a timm-layout .safetensors file."""
+def export_timm(
+    encoder: Encoder, path: str | PathLike[str], no_embed_class: bool | None = None
+) -> None:
+    """Write the encoder as a timm-layout .safetensors file (``no_embed_class`` as in
+    :func:`to_timm_state_dict`)."""
     save_file(to_timm_state_dict(encoder, no_embed_class), str(path), metadata={"format": "pt"})
 
 

@@ -92,9 +92,11 @@ def deployed_site(context: Context, federation: str, config: DictConfig) -> Site
     overrides = [f"data.root={node['data-root']}"] if "data-root" in node else []
     if "domain" in node:
         overrides.insert(0, f"domain={node['domain']}")
+    # Keyed by the federation, also under a configured state-dir: a new federation never
+    # resumes (nor prunes) an older one's checkpoints, and a restarted one finds its own.
     state = node.get("state-dir")
-    state_dir = Path(str(state)) if state else cache_dir(config) / "federated" / federation / name
-    return Site(name, tuple(overrides), state_dir)
+    root = Path(str(state)) if state else cache_dir(config) / "federated"
+    return Site(name, tuple(overrides), root / federation / name)
 
 
 def site_errors_stay_local(handler: Callable[[Message, Context], Message]):

@@ -5,19 +5,38 @@ config.yaml shows the steps that really run."""
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from omegaconf import MISSING, DictConfig
 
-from fmcore.config import ProvidesConfigDirs, compose, config_sources
+from fmcore.config import (
+    RESUME_MAY_CHANGE,
+    ProvidesConfigDirs,
+    compose,
+    config_sources,
+    refuse_resume_changes,
+)
 from fmcore.config_sections import at_least, one_of, section, type_sections
 from fmcore.errors import ConfigError
 from fmcore.federated.wire import WIRE_DTYPES
+from fmcore.io import atomic_write_text
+from fmcore.run_files import RUN_CONFIG_FILE
 
 DEFAULT_STRATEGY = "federated=fedavg"
 DERIVED_KEY = "trainer.max_steps"
+#: The words a federation was started with, in its run directory: every site composes its
+#: config from them, so a resume continues from them rather than from config.yaml alone.
+WORDS_FILE = "federation_words.json"
+FEDERATION_RESUME_MAY_CHANGE = (
+    *(key for key in RESUME_MAY_CHANGE if key != DERIVED_KEY),
+    "federated.rounds",
+    "federated.round_timeout",
+    "federated.connect_timeout",
+)
 
 
 @dataclass
@@ -112,6 +131,34 @@ def compose_federation(words: Sequence[str], plugins: ProvidesConfigDirs) -> Dic
     federated = config.federated
     config.trainer.max_steps = int(federated.rounds) * int(federated.local_steps)
     return config
+
+
+def save_words(run_dir: Path, words: Sequence[str]) -> None:
+    atomic_write_text(run_dir / WORDS_FILE, json.dumps(list(words), indent=1) + "\n")
+
+
+def federation_to_run(
+    words: Sequence[str], plugins: ProvidesConfigDirs
+) -> tuple[DictConfig, list[str]]:
+    """The federation's config and words. ``resume=true`` on a run directory holding saved
+    words continues with them, plus the command's words a resume may change (where and how
+    long it runs); any other change is refused, as ``fmcore train resume=true`` refuses it."""
+    config = compose_federation(federation_words(words), plugins)
+    run_dir = Path(str(config.run.dir)) if config.run.dir else None
+    if not (config.resume and run_dir is not None and (run_dir / WORDS_FILE).is_file()):
+        return config, federation_words(words)
+    refuse_resume_changes(
+        words,
+        config_sources(plugins).groups(),
+        run_dir / RUN_CONFIG_FILE,
+        FEDERATION_RESUME_MAY_CHANGE,
+    )
+    saved = json.loads((run_dir / WORDS_FILE).read_text())
+    allowed = [
+        word for word in words if word.split("=", 1)[0].lstrip("+") in FEDERATION_RESUME_MAY_CHANGE
+    ]
+    resumed = [*saved, *allowed]
+    return compose_federation(resumed, plugins), resumed
 
 
 class ComposedConfigs:

@@ -12,7 +12,7 @@ from flwr.clientapp.typing import Mod
 from omegaconf import DictConfig
 
 from fmcore.errors import ConfigError, FmcoreError
-from fmcore.federated.federation_config import federated_section
+from fmcore.federated.federation_config import federated_section, save_words
 from fmcore.federated.store import RoundStore
 from fmcore.run_files import SITES_DIR, timestamped_run_dir
 
@@ -53,6 +53,9 @@ def simulate(
             " federation, or choose another run.dir"
         )
     config.run.dir = str(run_dir)
+    if done is None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_words(run_dir, words)
     settings = federated_section(config)
     failure: list[BaseException] = []
     server_app = make_server_app(config, run_dir, failure)

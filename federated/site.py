@@ -57,9 +57,10 @@ class RoundResult:
 
 
 def initial_groups(config: DictConfig, registry: Registry) -> dict[str, dict[str, torch.Tensor]]:
-    """The freshly initialised weights this site would start from, split into groups."""
+    """The weights this site would start the federation from (random, or ``init=``), split
+    into groups: its answer when the server first asks."""
     torch.manual_seed(config.run.seed)
-    parts = build_parts(config, registry)
+    parts = build_parts(config, registry, fresh_start=True)
     return split_by_group(parts.method, str(config.domain.name), parts.modality.name)
 
 

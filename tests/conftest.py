@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -125,3 +126,24 @@ def normalised_patches_by_hand(image: Tensor, patch: int) -> Tensor:
             pixels = image[:, top : top + patch, left : left + patch].permute(1, 2, 0).flatten()
             rows.append((pixels - pixels.mean()) / (pixels.var() + 1e-6).sqrt())
     return torch.stack(rows)
+
+
+def antialiased_bicubic_half(n: int) -> np.ndarray:
+    """(n/2, n) matrix of 2x downsampling by the antialiased (PIL-style) bicubic filter timm
+    resamples positional tables with: the cubic kernel with a = -0.5 stretched by the scale 2
+    (support 4 input pixels each side), taps cut at the border, weights renormalised to sum 1.
+    Output i is centred at input coordinate 2i + 1."""
+
+    def cubic(x: float) -> float:
+        a, x = -0.5, abs(x)
+        if x < 1:
+            return (a + 2) * x**3 - (a + 3) * x**2 + 1
+        return a * x**3 - 5 * a * x**2 + 8 * a * x - 4 * a if x < 2 else 0.0
+
+    matrix = np.zeros((n // 2, n))
+    for i in range(n // 2):
+        centre = 2 * i + 1
+        for j in range(n):
+            matrix[i, j] = cubic((j + 0.5 - centre) / 2)
+        matrix[i] /= matrix[i].sum()
+    return matrix

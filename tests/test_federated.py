@@ -305,7 +305,8 @@ def test_a_digits_site_and_a_ct_site_share_one_trunk(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_a_restarted_federation_resumes_after_the_last_complete_round(tmp_path: Path) -> None:
     """The server dies while writing round 2 (only a partial file is left); the restart with
-    resume=true redoes round 2 from round 1's weights and goes on to round 3."""
+    run.dir and resume=true alone continues the federation's own config: it redoes round 2 from
+    round 1's weights and goes on to round 3."""
     run = tmp_path / "federation"
     common = [*FEDERATION, "federated.sites=1", "federated.update_dtype=bf16", f"run.dir={run}"]
     fmcore("federate", *common, cwd=tmp_path, timeout=300)
@@ -315,9 +316,26 @@ def test_a_restarted_federation_resumes_after_the_last_complete_round(tmp_path: 
     refused = fmcore("federate", *common, cwd=tmp_path, check=False, timeout=120)
     assert refused.returncode == 2 and "resume=true" in refused.stderr
 
-    result = fmcore(
-        "federate", *common, "federated.rounds=3", "resume=true", cwd=tmp_path, timeout=300
+    changed = fmcore(
+        "federate",
+        f"run.dir={run}",
+        "resume=true",
+        "method.temperature=0.5",
+        cwd=tmp_path,
+        check=False,
+        timeout=120,
     )
+    assert changed.returncode == 2 and "cannot change method.temperature" in changed.stderr
+    # the federation's own words (saved in its directory), not the defaults, with more rounds
+    result = fmcore(
+        "federate",
+        f"run.dir={run}",
+        "federated.rounds=3",
+        "resume=true",
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert "federated.update_dtype=bf16" in (run / "federation_words.json").read_text()
     assert "round 1/" not in result.stdout and "round 2/3" in result.stdout
     log = rounds_log(run)
     assert [r["round"] for r in log] == [1, 2, 2, 3]

@@ -224,8 +224,9 @@ def run_federation(running: Cluster, server_dir: Path, states: dict[str, Path]) 
     for entry in rounds:
         assert set(entry["bytes_up"]) == set(SITES)
         assert entry["contributors"] == 2 and not entry["failures"]
-    for state in states.values():
-        assert any((state / "checkpoints").iterdir())
+    federation = (server_dir / "federation.id").read_text().strip()
+    for site, state in states.items():
+        assert any((state / federation / site / "checkpoints").iterdir())
 
 
 def test_the_written_app_is_one_flwr_accepts(tmp_path: Path) -> None:

@@ -9,10 +9,13 @@ import numpy as np
 import pytest
 import torch
 from conftest import SMALL_RUN
+from flwr.app import Context, RecordDict
+from safetensors.torch import save_file
 
 from fmcore.config import compose, config_sources
 from fmcore.errors import ConfigError
 from fmcore.factory import build_domain, build_parts
+from fmcore.federated.apps import deployed_site
 from fmcore.federated.federation_config import (
     FederatedSection,
     compose_federation,
@@ -20,12 +23,13 @@ from fmcore.federated.federation_config import (
 )
 from fmcore.federated.partition import site_share
 from fmcore.federated.scopes import SHARED_GROUP, split_by_group
-from fmcore.federated.site import proximal_term
+from fmcore.federated.site import initial_groups, proximal_term
 from fmcore.federated.store import RoundStore
 from fmcore.federated.strategies import EqualWeights, make_strategy
 from fmcore.federated.updates import update_problem
 from fmcore.federated.wire import record_bytes, to_numpy, to_record
 from fmcore.plugin_manager import registry
+from fmcore.timm_layout import to_timm_state_dict
 
 
 def digits_config(*words: str):
@@ -144,6 +148,30 @@ def test_the_round_store_keeps_complete_rounds_only(tmp_path: Path) -> None:
     np.testing.assert_array_equal(loaded["domain:x:y"]["t"], [2, 2])
 
 
+def test_a_federation_starts_from_init_and_its_rounds_never_read_the_file(tmp_path: Path) -> None:
+    cache = f"run.cache_dir={tmp_path}"
+    source = build_parts(digits_config(cache, "run.seed=5"), registry()).method.export_encoder()
+    weights = tmp_path / "start.safetensors"
+    save_file(to_timm_state_dict(source), str(weights))
+    groups = initial_groups(digits_config(cache, f"init={weights}"), registry())
+    shared = groups[SHARED_GROUP]
+    key = next(key for key in shared if key.endswith("trunk.blocks.1.attn.qkv.weight"))
+    assert shared[key].equal(source.trunk.blocks[1].attn.qkv.weight)
+    # a round resumes the site's run or takes the global weights: init= is not read again
+    build_parts(digits_config(cache, f"init={tmp_path / 'absent.pth'}"), registry())
+
+
+def test_two_federations_with_one_state_dir_keep_their_site_state_apart(tmp_path: Path) -> None:
+    node = {"site-name": "hospital-a", "data-root": "/data/a", "state-dir": str(tmp_path)}
+    context = Context(run_id=1, node_id=7, node_config=node, state=RecordDict(), run_config={})
+    config = digits_config()
+    first = deployed_site(context, "runs-a-1f2e3d4c", config)
+    second = deployed_site(context, "runs-b-99aa00bb", config)
+    assert first.state_dir == tmp_path / "runs-a-1f2e3d4c" / "hospital-a"
+    assert second.state_dir == tmp_path / "runs-b-99aa00bb" / "hospital-a"
+    assert first.overrides == ("data.root=/data/a",)
+
+
 def test_trunks_are_shared_and_everything_else_stays_within_the_domain(tmp_path: Path) -> None:
     config = digits_config(f"run.cache_dir={tmp_path}")
     method = build_parts(config, registry()).method
@@ -162,7 +190,7 @@ def test_federate_refuses_a_saved_config_and_names_what_to_do(
     from fmcore.cli import main
 
     assert main(["federate", "--config", "runs/x/config.yaml"]) == 2
-    assert "repeat the federation's words" in capsys.readouterr().err
+    assert "fmcore federate run.dir=<its directory> resume=true" in capsys.readouterr().err
 
 
 def test_local_entries_never_join_a_group(tmp_path: Path) -> None:

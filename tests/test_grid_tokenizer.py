@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import antialiased_bicubic_half
 
 from fmcore.errors import ConfigError
 from fmcore.modalities.base import TokenizerSettings
@@ -133,22 +134,6 @@ def test_token_order_matches_patchify_order(modality, sample, options, grid, pat
     assert_close(tokens.x, expected, atol=1e-5)
 
 
-def bicubic_half(n: int) -> np.ndarray:
-    """(n/2, n) matrix of PyTorch's bicubic (a=-0.75, align_corners=False) 2x downsampling.
-
-    Output i sits at input 2i + 0.5: taps 2i-1 .. 2i+2 (clamped to the edge) with the cubic
-    convolution weights at distances 1.5, 0.5, 0.5, 1.5.
-    """
-    a = -0.75
-    near = ((a + 2) * 0.5 - (a + 3)) * 0.5**2 + 1  # 0.59375
-    far = a * (1.5**3 - 5 * 1.5**2 + 8 * 1.5 - 4)  # -0.09375
-    matrix = np.zeros((n // 2, n))
-    for i in range(n // 2):
-        for tap, w in zip(range(2 * i - 1, 2 * i + 3), (far, near, near, far), strict=True):
-            matrix[i, min(max(tap, 0), n - 1)] += w
-    return matrix
-
-
 def test_image_positional_embedding_interpolated_for_smaller_view():
     tokenizer = build(Image2D(), (32, 32), 3, patch_size=8)
     tokens = tokenizer(torch.rand(2, 3, 16, 16, generator=gen(4)))
@@ -156,11 +141,17 @@ def test_image_positional_embedding_interpolated_for_smaller_view():
     assert tokens.x.shape == (2, 4, 16)
     assert tokens.pos.shape == (1, 4, 16)
     native = tokenizer.pos_embed.detach().reshape(4, 4, 16).double().numpy()
-    m = bicubic_half(4)
+    m = antialiased_bicubic_half(4)
     expected = np.einsum("ih,jw,hwd->ijd", m, m, native).reshape(1, 4, 16)
     np.testing.assert_allclose(tokens.pos.detach().numpy(), expected, atol=1e-6)
     # a non-native, non-half grid still gets the right shape
     assert tokenizer(torch.rand(1, 3, 24, 40)).pos.shape == (1, 15, 16)
+
+
+def test_input_not_a_multiple_of_the_patch_is_refused():
+    tokenizer = build(Image2D(), (32, 32), 3, patch_size=8)
+    with pytest.raises(ValueError, match=r"\(30, 32\) is not a multiple of the patch \(8, 8\)"):
+        tokenizer(torch.rand(1, 3, 30, 32))
 
 
 def test_volume_positional_embedding_interpolated_for_smaller_view():

@@ -41,7 +41,7 @@ FLOORS: list[tuple[str, ...]] = [
     # 5 plugins: built-in domains and methods, and the core modules that register on entry points
     ("domains", "plugins", "modalities.plugin", "backbones.plugin"),
     # 6 assembly: discovery and construction; export to other layouts
-    ("plugin_manager", "factory", "timm_layout"),
+    ("plugin_manager", "factory", "timm_layout", "pretrained"),
     # 7 the training engine; reading an encoder out of its checkpoints and federated rounds
     ("engine", "encoder_source"),
     # 8 evaluation

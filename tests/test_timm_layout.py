@@ -128,9 +128,18 @@ def test_exported_keys_match_timm_layout(registers, layerscale, no_embed_class):
     assert exported == timm_layout(registers, layerscale is not None, no_embed_class)
 
 
+@pytest.mark.parametrize(("registers", "no_embed_class"), [(0, False), (4, True)])
+def test_default_export_is_the_layout_timm_builds_such_models_with(registers, no_embed_class):
+    """timm builds its register models (vit_*_reg4_dinov2, vit_*_reg*_gap) with
+    no_embed_class=True and its plain ViTs (vit_small_patch16_224) with False."""
+    state = to_timm_state_dict(make_encoder(registers))
+    exported = [(key, tuple(value.shape)) for key, value in state.items()]
+    assert exported == timm_layout(registers, True, no_embed_class)
+
+
 def test_register_rows_of_pos_embed_are_zero():
     encoder = make_encoder(registers=4)
-    pos = to_timm_state_dict(encoder)["pos_embed"]
+    pos = to_timm_state_dict(encoder, no_embed_class=False)["pos_embed"]
     torch.testing.assert_close(pos[:, 0], encoder.trunk.cls_pos[:, 0].detach())
     assert pos[:, 1:5].abs().max() == 0
     torch.testing.assert_close(pos[:, 5:], encoder.tokenizer.pos_embed.detach())
@@ -254,7 +263,7 @@ def test_safetensors_export_and_import(tmp_path):
     with safe_open(str(path), framework="pt") as handle:
         assert handle.metadata() == {"format": "pt"}
     on_disk = load_file(str(path))
-    assert {k: tuple(v.shape) for k, v in on_disk.items()} == dict(timm_layout(2, True, False))
+    assert {k: tuple(v.shape) for k, v in on_disk.items()} == dict(timm_layout(2, True, True))
     assert import_timm(target, path) == []
     x = images()
     with torch.no_grad():

@@ -37,6 +37,28 @@ def test_size_configs_have_the_standard_block_parameter_count(size: str, width: 
     assert in_blocks == depth * (12 * width**2 + 13 * width)
 
 
+def test_vit_giant_is_dinov2_vit_g14() -> None:
+    """Parameters at 518 px without the classifier, counted by hand for timm's
+    vit_giant_patch14_dinov2 (listed as 1136.48M): patch projection 1536 x 3 x 14 x 14 + 1536,
+    class token 1536, pos_embed (1 + 37 x 37) x 1536, per block two LayerNorms 4 x 1536, qkv
+    3 x 1536^2 + 3 x 1536, proj 1536^2 + 1536, two LayerScales 2 x 1536, SwiGLU fc1 (2 x 4096)
+    x 1536 + 8192 and fc2 1536 x 4096 + 1536 (DINOv2's hidden width 4096), final norm 2 x 1536."""
+    config = compose(
+        ["encoder=vit_giant", "encoder.vit.layerscale=1e-5"],
+        ConfigSources((core_config_dir(),), registry().modality_of),
+    )
+    with torch.device("meta"):
+        trunk = build_vit(config.encoder)
+        tokenizer = GridTokenizer(1536, 3, (14, 14), (518, 518))
+    assert trunk.blocks[0].mlp.fc2.in_features == 4096
+    d, hidden = 1536, 4096
+    block = 4 * d + 3 * d * d + 3 * d + d * d + d + 2 * d + 2 * hidden * d + 2 * hidden
+    block += d * hidden + d
+    by_hand = d * 3 * 14 * 14 + d + d + (1 + 37 * 37) * d + 40 * block + 2 * d
+    counted = [*trunk.parameters(), *tokenizer.parameters()]  # cls_pos: pos_embed's class row
+    assert sum(p.numel() for p in counted) == by_hand == 1_136_479_232
+
+
 def test_registers_are_returned_apart_from_cls_and_patches() -> None:
     trunk = VisionTransformer(ViTConfig(embed_dim=32, depth=2, num_heads=4, num_registers=3))
     out = trunk(tokens(2, 10, 32))

@@ -20,6 +20,8 @@ from fmcore.backbones.trunk import DropPath, Trunk, TrunkOutput, TrunkSettings, 
 from fmcore.errors import ConfigError
 from fmcore.modalities.base import Tokens
 
+FFN_KINDS = ("mlp", "swiglu")
+
 
 @dataclass(frozen=True, kw_only=True)
 class ViTOptions:
@@ -29,11 +31,26 @@ class ViTOptions:
     mlp_ratio: float = 4.0
     qkv_bias: bool = True
     layerscale: float | None = None  # initial LayerScale gamma; None disables LayerScale
+    ffn: str = "mlp"  # "mlp" (GELU) or "swiglu" (DINOv2's ViT-g/14)
+
+    def __post_init__(self) -> None:
+        if self.ffn not in FFN_KINDS:
+            raise ConfigError(f"encoder.vit.ffn={self.ffn} is not one of {', '.join(FFN_KINDS)}")
+
+    def ffn_hidden(self, dim: int) -> int:
+        """Hidden width of the feed-forward layer: ``dim * mlp_ratio``; for SwiGLU two thirds of
+        it rounded up to a multiple of 8, as DINOv2 sizes it (4096 for ViT-g/14)."""
+        hidden = int(dim * self.mlp_ratio)
+        return hidden if self.ffn == "mlp" else (int(hidden * 2 / 3) + 7) // 8 * 8
 
 
 @dataclass(frozen=True, kw_only=True)
 class ViTConfig(ViTOptions, TrunkSettings):
     """Everything a ViT is built from: the shared trunk settings and the ViT's options."""
+
+    def __post_init__(self) -> None:
+        TrunkSettings.__post_init__(self)
+        ViTOptions.__post_init__(self)
 
 
 class LayerScale(nn.Module):
@@ -80,6 +97,20 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+class SwiGLU(nn.Module):
+    """SiLU-gated feed-forward with the gate and value in one packed ``fc1`` (first half gates),
+    under timm's ``SwiGLUPacked`` names; DINOv2 calls the same weights ``w12`` and ``w3``."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, 2 * hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, value = self.fc1(x).chunk(2, dim=-1)
+        return self.fc2(F.silu(gate) * value)
+
+
 class Block(nn.Module):
     def __init__(self, config: ViTOptions, dim: int, drop_path: float) -> None:
         super().__init__()
@@ -88,7 +119,8 @@ class Block(nn.Module):
         self.ls1 = _layerscale(dim, config.layerscale)
         self.drop_path1 = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * config.mlp_ratio))
+        ffn = Mlp if config.ffn == "mlp" else SwiGLU
+        self.mlp = ffn(dim, config.ffn_hidden(dim))
         self.ls2 = _layerscale(dim, config.layerscale)
         self.drop_path2 = DropPath(drop_path)
 
@@ -181,6 +213,12 @@ class VisionTransformer(Trunk):
     def forward_flops(self, num_tokens: int) -> int:
         n = num_tokens + self.num_prefix_tokens
         d = self.embed_dim
-        hidden = int(d * self.config.mlp_ratio)
-        per_block = 2 * n * d * 3 * d + 2 * 2 * n * n * d + 2 * n * d * d + 2 * 2 * n * d * hidden
+        hidden = self.config.ffn_hidden(d)
+        ffn_matrices = 2 if self.config.ffn == "mlp" else 3  # SwiGLU: gate, value and output
+        per_block = (
+            2 * n * d * 3 * d
+            + 2 * 2 * n * n * d
+            + 2 * n * d * d
+            + ffn_matrices * 2 * n * d * hidden
+        )
         return per_block * self.depth

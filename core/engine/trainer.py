@@ -244,7 +244,7 @@ def _train(
     # Subnormal floats (from blur kernel tails, tiny Adam moments) slow CPU math by 10-30x.
     torch.set_flush_denormal(True)
     torch.manual_seed(int(config.run.seed))  # identical initial weights on every rank
-    parts = build_parts(config, registry)
+    parts = build_parts(config, registry, fresh_start=checkpoint is None and local_round is None)
     refs = _training_refs(parts, config, world, local_round)
     method = parts.method.to(world.device)
     optimizer = make_optimizer(method, trainer, world.device)

@@ -55,6 +55,23 @@ def normalized_patches(x: Tensor, patch: Sequence[int], eps: float = 1e-6) -> Te
 POSITIONAL_EMBEDDINGS = ("learned", "sincos")
 
 
+def resample_grid_embedding(
+    pos: Tensor, old_grid: Sequence[int], new_grid: Sequence[int]
+) -> Tensor:
+    """(1, prod(old_grid), D) -> (1, prod(new_grid), D) in float32: bicubic with antialiasing in
+    2D, as timm's ``resample_abs_pos_embed`` (loading) and ``dynamic_img_size`` (run time) do;
+    trilinear in 3D. The one resampling of a positional table in fmcore."""
+    old_grid, new_grid = tuple(old_grid), tuple(new_grid)
+    if old_grid == new_grid:
+        return pos
+    grid = pos.float().reshape(1, *old_grid, -1).movedim(-1, 1)
+    if len(new_grid) == 2:
+        grid = F.interpolate(grid, size=new_grid, mode="bicubic", antialias=True)
+    else:
+        grid = F.interpolate(grid, size=new_grid, mode="trilinear", align_corners=False)
+    return grid.movedim(1, -1).reshape(1, math.prod(new_grid), -1).to(pos.dtype)
+
+
 def sincos_table(grid: Sequence[int], dim: int) -> Tensor:
     """Fixed sine-cosine positional embedding (prod(grid), dim) of a token grid in raster order,
     as MAE, MoCo v3 and I-JEPA use: each axis gets an equal even share of the channels, half
@@ -77,8 +94,9 @@ def sincos_table(grid: Sequence[int], dim: int) -> Tensor:
 class GridTokenizer(Tokenizer):
     """Non-overlapping patches of a 2D or 3D grid embedded by one strided convolution.
 
-    The positional embedding lives at the sample's native token grid and is interpolated
-    (bicubic in 2D, trilinear in 3D) for views with a different grid, as DINOv2 does for crops.
+    The positional embedding lives at the sample's native token grid and is resampled
+    (:func:`resample_grid_embedding`) for views with a different grid, as DINOv2 does for crops.
+    An input whose size is not a multiple of the patch is refused, not cropped.
     ``learned`` starts it at DINOv2's small random values (std 0.02), far below the patch
     embeddings, so a short run barely tells positions apart; ``sincos`` fixes it to MAE's
     sine-cosine table (not trained), whose unit amplitude gives every token its place from the
@@ -133,14 +151,15 @@ class GridTokenizer(Tokenizer):
 
     def positional_embedding(self, grid: tuple[int, ...]) -> Tensor:
         """(1, prod(grid), D) positional embedding for a token grid."""
-        if grid == self.native_grid:
-            return self.pos_embed
-        pos = self.pos_embed.reshape(1, *self.native_grid, -1).movedim(-1, 1)
-        mode = "bicubic" if len(grid) == 2 else "trilinear"
-        pos = F.interpolate(pos.float(), size=grid, mode=mode, align_corners=False)
-        return pos.to(self.pos_embed.dtype).movedim(1, -1).reshape(1, math.prod(grid), -1)
+        return resample_grid_embedding(self.pos_embed, self.native_grid, grid)
 
     def forward(self, x: Tensor) -> Tokens:
+        spatial = tuple(x.shape[2:])
+        if any(size % patch for size, patch in zip(spatial, self.patch, strict=True)):
+            raise ValueError(
+                f"input of size {spatial} is not a multiple of the patch {self.patch}: resize or"
+                " crop it to a multiple (the tokenizer does not drop the remainder)"
+            )
         embedded = self.proj(x)  # (B, D, *grid)
         grid = tuple(embedded.shape[2:])
         tokens = embedded.flatten(2).transpose(1, 2)  # (B, N, D)
