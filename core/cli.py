@@ -1,4 +1,5 @@
-"""The ``fmcore`` command: train, plugins, config (federate, eval and embed plug in beside them)."""
+"""The ``fmcore`` command: train, plugins, config (federate, eval, embed and export plug in beside
+them)."""
 
 from __future__ import annotations
 
@@ -94,6 +95,16 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from fmcore.export import export_encoder
+
+    plugins = registry()
+    _warn_problems(plugins)
+    exported = export_encoder(args.source, args.out, plugins, args.format, args.domain)
+    print(exported.describe())
+    return 0
+
+
 def cmd_federate(args: argparse.Namespace) -> int:
     from fmcore.federated.federation_config import federation_to_run
     from fmcore.federated.simulation import simulate
@@ -173,6 +184,29 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_export_arguments(export: argparse.ArgumentParser) -> None:
+    export.add_argument(
+        "source",
+        metavar="SOURCE",
+        help="a run directory, an encoder.safetensors, a training checkpoint (checkpoints/step_N"
+        " or its model.safetensors), or a federated round file or run directory (newest round)",
+    )
+    export.add_argument("--out", type=Path, required=True, metavar="FILE", help="the file written")
+    export.add_argument(
+        "--format",
+        default="safetensors",
+        help="safetensors: an fmcore encoder file (fmcore eval checkpoint=FILE reads it);"
+        " timm: timm's VisionTransformer state dict (2D ViT encoders only)",
+    )
+    export.add_argument(
+        "--domain",
+        default=None,
+        metavar="NAME",
+        help="from a round of a federation whose sites hold several domains: whose tokenizer"
+        " (default: the federation's first domain)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fmcore",
@@ -199,13 +233,23 @@ def build_parser() -> argparse.ArgumentParser:
     add("train", "train a method on a domain (central; torchrun for several GPUs)", cmd_train)
     add(
         "eval",
-        "frozen features: fmcore eval checkpoint=<run dir>|random eval=knn|linear|fewshot|mil",
+        "frozen features: fmcore eval checkpoint=<run dir|encoder|checkpoint|round file>|random"
+        " eval=knn|linear|fewshot|mil",
         cmd_eval,
     )
     add(
         "embed",
         "write frozen features per sample or slide: fmcore embed checkpoint=... embed.out=DIR",
         cmd_embed,
+    )
+    _add_export_arguments(
+        add(
+            "export",
+            "write the encoder of a run dir, checkpoint or federated round as one file:"
+            " fmcore export SOURCE --out FILE [--format safetensors|timm]",
+            cmd_export,
+            with_overrides=False,
+        )
     )
     add(
         "federate",

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file
+from torch import Tensor
 
 from fmcore.backbones.trunk import Trunk
 from fmcore.config import as_dict, unresolved_by_modality
@@ -19,7 +20,13 @@ from fmcore.method import Method
 from fmcore.modalities.base import Modality, TokenizerSettings
 from fmcore.plugin_manager import Registry
 from fmcore.pretrained import load_pretrained
-from fmcore.run_files import ENCODER_CONFIG_KEY, ENCODER_FILE, ENCODER_FORMAT, FORMAT_KEY
+from fmcore.run_files import (
+    ENCODER_CONFIG_KEY,
+    ENCODER_FILE,
+    ENCODER_FORMAT,
+    FORMAT_KEY,
+    encoder_metadata,
+)
 from fmcore.view_maker import ViewMaker
 
 
@@ -81,17 +88,40 @@ def check_encoder_format(metadata: dict[str, str], path: Path) -> None:
 def encoder_from_file(path: Path, registry: Registry, domain: Domain) -> Encoder:
     """The encoder saved at ``path`` (an ``encoder.safetensors``) for ``domain``'s data: the
     architecture its metadata describes, its weights loaded."""
-    metadata = read_metadata(path)
+    return encoder_from_state(load_file(str(path)), read_metadata(path), path, registry, domain)
+
+
+def encoder_from_state(
+    state: dict[str, Tensor],
+    metadata: dict[str, str],
+    path: Path,
+    registry: Registry,
+    domain: Domain,
+) -> Encoder:
+    """The encoder of an encoder file's ``metadata`` (read from ``path``) for ``domain``'s data,
+    with the weights ``state``."""
     check_encoder_format(metadata, path)
     encoder_config = OmegaConf.create({"encoder": OmegaConf.create(metadata[ENCODER_CONFIG_KEY])})
     encoder = build_encoder(encoder_config, registry, domain)
     try:
-        encoder.load_state_dict(load_file(str(path)))
+        encoder.load_state_dict(state)
     except RuntimeError as error:
         raise ConfigError(
             f"{path} does not fit the encoder its metadata describes: {error}"
         ) from error
     return encoder
+
+
+def run_encoder_metadata(config: DictConfig, modality: str, step: int) -> dict[str, str]:
+    """The encoder file metadata of a run's encoder after ``step`` steps, from its config."""
+    return encoder_metadata(
+        step=step,
+        modality=modality,
+        domain=str(config.domain.name),
+        encoder_yaml=OmegaConf.to_yaml(config.encoder),
+        data_yaml=OmegaConf.to_yaml(config.data),
+        features=str(config.method.get("features") or "cls"),
+    )
 
 
 @dataclass

@@ -11,10 +11,22 @@ and plugins read it. They all take the names from here::
         checkpoints/step_<N>/   complete checkpoints (fmcore.engine.checkpoint)
         eval.json               an evaluation's result (fmcore eval)
         report/                 fmcore report's figures
+
+A federated run directory (``fmcore federate``, or a deployed server's ``run.dir``) holds the same
+``config.yaml`` and the global weights after every round::
+
+    runs/federated-<domain>-<method>-<date>-<time>/
+        rounds/round_<NNNN>.safetensors   ROUND_FORMAT: entries ``<group>/<state-dict key>``
+        rounds.jsonl                      what each round cost and who took part
+        sites/<name>/                     each simulated site's own training run directory
+
+``fmcore.encoder_source`` reads an encoder out of any of them.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from datetime import datetime
 from pathlib import Path
 
@@ -30,6 +42,13 @@ ENCODER_FILE = "encoder.safetensors"
 CHECKPOINTS_DIR = "checkpoints"
 EVAL_FILE = "eval.json"
 REPORT_DIR = "report"
+ROUNDS_DIR = "rounds"
+ROUND_FILE = re.compile(r"^round_(\d{4,})\.safetensors$")
+ROUND_FORMAT = "fmcore.federated/1"
+ROUND_KEY = "round"  # a round file's metadata: its round number (beside FORMAT_KEY)
+SITES_DIR = "sites"
+# A round file's groups: the trunk shared by every site, and one per domain and modality.
+SHARED_GROUP = "shared"
 
 ENCODER_FORMAT = "fmcore.encoder/2"  # 2: a trunk's own keys under encoder.<trunk>
 # Keys of the encoder file's metadata (all strings; the encoder and data configs as YAML).
@@ -40,6 +59,26 @@ DOMAIN_KEY = "domain"
 ENCODER_CONFIG_KEY = "encoder"
 DATA_CONFIG_KEY = "data"
 FEATURES_KEY = "features"  # the features evaluation scores by default (cls, mean, cls+mean)
+
+
+def round_file_name(server_round: int) -> str:
+    return f"round_{server_round:04d}.safetensors"
+
+
+def round_files(directory: Path) -> dict[int, Path]:
+    """The complete round files of a federated run's ``rounds/`` folder, by round number."""
+    if not directory.is_dir():
+        return {}
+    return {
+        int(match.group(1)): directory / name
+        for name in os.listdir(directory)
+        if (match := ROUND_FILE.match(name))
+    }
+
+
+def domain_group(domain: str, modality: str) -> str:
+    """The round-file group of the entries sites of one domain and modality average together."""
+    return f"domain:{domain}:{modality}"
 
 
 def timestamped_run_dir(*name_parts: str, stamp: str | None = None) -> Path:

@@ -10,12 +10,7 @@ from __future__ import annotations
 import torch
 
 from fmcore.method import Method, Scope
-
-SHARED_GROUP = "shared"
-
-
-def domain_group(domain: str, modality: str) -> str:
-    return f"domain:{domain}:{modality}"
+from fmcore.run_files import SHARED_GROUP, domain_group
 
 
 def site_groups(domain: str, modality: str) -> tuple[str, str]:

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from fmcore.errors import ConfigError, FmcoreError
 from fmcore.federated.federation_config import federated_section, save_words
 from fmcore.federated.store import RoundStore
-from fmcore.run_files import timestamped_run_dir
+from fmcore.run_files import SITES_DIR, timestamped_run_dir
 
 
 @dataclass
@@ -59,7 +59,7 @@ def simulate(
     settings = federated_section(config)
     failure: list[BaseException] = []
     server_app = make_server_app(config, run_dir, failure)
-    client_app = make_client_app(list(words), run_dir / "sites", client_mods)
+    client_app = make_client_app(list(words), run_dir / SITES_DIR, client_mods)
     resources = settings.simulation
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     logging.getLogger("flwr").setLevel(logging.WARNING)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +16,16 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-ROUND_FILE = re.compile(r"^round_(\d{4,})\.safetensors$")
+from fmcore.run_files import (
+    FORMAT_KEY,
+    ROUND_FORMAT,
+    ROUND_KEY,
+    ROUNDS_DIR,
+    round_file_name,
+    round_files,
+)
+
 ROUNDS_LOG = "rounds.jsonl"
-FORMAT = "fmcore.federated/1"
 GlobalState = dict[str, dict[str, np.ndarray]]  # group -> entry -> weights
 
 
@@ -29,10 +35,10 @@ class RoundStore:
 
     @property
     def directory(self) -> Path:
-        return self.run_dir / "rounds"
+        return self.run_dir / ROUNDS_DIR
 
     def path(self, server_round: int) -> Path:
-        return self.directory / f"round_{server_round:04d}.safetensors"
+        return self.directory / round_file_name(server_round)
 
     def optimizer_path(self, server_round: int) -> Path:
         return self.directory / f"server_optimizer_{server_round:04d}.safetensors"
@@ -59,7 +65,8 @@ class RoundStore:
     def _write(self, final: Path, flat: Mapping[str, np.ndarray], server_round: int) -> None:
         partial = final.with_name(f".partial-{final.name}")
         arrays = {key: contiguous(value) for key, value in flat.items()}
-        save_file(arrays, str(partial), metadata={"format": FORMAT, "round": str(server_round)})
+        metadata = {FORMAT_KEY: ROUND_FORMAT, ROUND_KEY: str(server_round)}
+        save_file(arrays, str(partial), metadata=metadata)
         os.replace(partial, final)
 
     def optimizer(self, server_round: int) -> dict[str, np.ndarray]:
@@ -69,16 +76,11 @@ class RoundStore:
 
     def latest(self) -> tuple[int, GlobalState] | None:
         """The newest complete round and its weights, or None before the first round."""
-        if not self.directory.is_dir():
+        files = round_files(self.directory)
+        if not files:
             return None
-        rounds = sorted(
-            int(match.group(1))
-            for name in os.listdir(self.directory)
-            if (match := ROUND_FILE.match(name))
-        )
-        if not rounds:
-            return None
-        return rounds[-1], load_round(self.path(rounds[-1]))
+        last = max(files)
+        return last, load_round(files[last])
 
     def log(self, record: dict[str, Any]) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)

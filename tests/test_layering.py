@@ -42,12 +42,12 @@ FLOORS: list[tuple[str, ...]] = [
     ("domains", "plugins", "modalities.plugin", "backbones.plugin"),
     # 6 assembly: discovery and construction; export to other layouts
     ("plugin_manager", "factory", "timm_layout", "pretrained"),
-    # 7 the training engine
-    ("engine",),
+    # 7 the training engine; reading an encoder out of its checkpoints and federated rounds
+    ("engine", "encoder_source"),
     # 8 evaluation
     ("eval",),
     # 9 applications of the engine and evaluation
-    ("report", "federated"),
+    ("report", "federated", "export"),
     # 10 the command line
     ("cli", "__main__"),
 ]

@@ -39,7 +39,7 @@ from fmcore.engine.progress import MetricsLog, Progress
 from fmcore.engine.recorder import EvaluationFactory, StepRecorder
 from fmcore.engine.step import OptimizerStep
 from fmcore.errors import ConfigError, NoUsableSamples
-from fmcore.factory import Parts, build_parts
+from fmcore.factory import Parts, build_parts, run_encoder_metadata
 from fmcore.io import atomic_write_text
 from fmcore.method import Method
 from fmcore.plugin_manager import Registry
@@ -50,7 +50,6 @@ from fmcore.run_files import (
     METRICS_FILE,
     RUN_CONFIG_FILE,
     SUMMARY_FILE,
-    encoder_metadata,
     timestamped_run_dir,
     write_encoder,
 )
@@ -102,17 +101,6 @@ def _compile_trunks(method: Method) -> None:
     for module in method.modules():
         if isinstance(module, Trunk):
             module.compile()
-
-
-def _encoder_metadata(config: DictConfig, parts: Parts, step: int) -> dict[str, str]:
-    return encoder_metadata(
-        step=step,
-        modality=parts.modality.name,
-        domain=str(config.domain.name),
-        encoder_yaml=OmegaConf.to_yaml(config.encoder),
-        data_yaml=OmegaConf.to_yaml(config.data),
-        features=str(config.method.get("features") or "cls"),
-    )
 
 
 def train(
@@ -375,7 +363,7 @@ def _finish(run: _Run, summary: dict[str, Any]) -> None:
     run_dir, domain = run.run_dir, run.parts.domain
     if run.world.is_main:
         encoder = run.method.export_encoder()
-        metadata = _encoder_metadata(run.config, run.parts, int(summary["steps"]))
+        metadata = run_encoder_metadata(run.config, run.parts.modality.name, int(summary["steps"]))
         write_encoder(encoder.state_dict(), run_dir / ENCODER_FILE, metadata)
         atomic_write_text(run_dir / SUMMARY_FILE, _json(summary))
         if summary["skipped_samples"] or domain.bad_inputs:

@@ -1,8 +1,10 @@
-"""The encoder to evaluate: a trained ``encoder.safetensors`` (or run directory), or a random one.
+"""The encoder to evaluate: a trained one (``fmcore.encoder_source``: a run directory, an
+``encoder.safetensors``, a training checkpoint or a federated round), or a random one.
 
 An exported encoder carries its encoder and data config as YAML in the safetensors metadata
 (``fmcore.run_files.encoder_metadata``), so ``checkpoint=<file>`` rebuilds exactly the trained
-architecture without the run's ``config.yaml``. ``checkpoint=random`` builds the configured
+architecture without the run's ``config.yaml``; a checkpoint or a round gets the same metadata
+from its run's config. ``checkpoint=random`` builds the configured
 ``encoder=`` size with the run seed: the baseline a pretraining run must beat;
 ``checkpoint=pixels`` scores the normalised input itself, the other baseline. Build the random
 one with the method's ``method=`` option too, so its encoder keys (LayerScale, ...) give the init
@@ -21,11 +23,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from fmcore.config import as_dict, parse_overrides
 from fmcore.domain import Domain
 from fmcore.encoder import Encoder, feature_kind
+from fmcore.encoder_source import EncoderSource, read_encoder_source
 from fmcore.errors import ConfigError, MissingPath
 from fmcore.eval.features import PIXELS, RawPixels
-from fmcore.factory import build_domain, build_encoder, check_encoder_format, encoder_from_file
-from fmcore.factory import encoder_file as factory_encoder_file
-from fmcore.io import read_metadata
+from fmcore.factory import build_domain, build_encoder, check_encoder_format, encoder_from_state
 from fmcore.plugin_manager import Registry
 from fmcore.run_files import (
     DATA_CONFIG_KEY,
@@ -67,13 +68,13 @@ class LoadedEncoder:
         return feature_kind(self.metadata.get(FEATURES_KEY), f"{FEATURES_KEY} in the encoder file")
 
 
-def encoder_file(checkpoint: str | Path) -> Path:
-    """``encoder.safetensors`` itself, or the one inside a run directory."""
+def encoder_source(checkpoint: str, registry: Registry, domain: str) -> EncoderSource:
+    """The trained encoder ``checkpoint=`` names (``domain``: the evaluated one)."""
     try:
-        return factory_encoder_file(checkpoint, "checkpoint")
+        return read_encoder_source(checkpoint, registry, domain, f"checkpoint={checkpoint}")
     except MissingPath as error:
         raise MissingPath(
-            f"{error}, checkpoint={RANDOM} for a randomly initialised encoder or"
+            f"{error}; or checkpoint={RANDOM} for a randomly initialised encoder,"
             f" checkpoint={PIXELS} for the raw input"
         ) from None
 
@@ -104,21 +105,18 @@ def load_encoder(
     checkpoint = str(config.checkpoint) if config.get("checkpoint") is not None else None
     if not checkpoint:
         raise ConfigError(
-            f"set checkpoint=<run dir or {ENCODER_FILE}>, checkpoint={RANDOM} or"
-            f" checkpoint={PIXELS}"
+            f"set checkpoint=<run dir, {ENCODER_FILE}, checkpoint or round file>,"
+            f" checkpoint={RANDOM} or checkpoint={PIXELS}"
         )
     if checkpoint == PIXELS:
         return LoadedEncoder(RawPixels(), build_domain(config, registry), config, PIXELS, {})
-    metadata: dict[str, str] = {}
-    path: Path | None = None
-    if checkpoint != RANDOM:
-        path = encoder_file(checkpoint)
-        metadata = read_metadata(path)
-        config = checkpoint_config(config, metadata, path, words)
-    domain = build_domain(config, registry)
-    if path is None:
-        torch.manual_seed(int(config.run.seed))  # checkpoint=random: the same encoder every time
+    if checkpoint == RANDOM:
+        domain = build_domain(config, registry)
+        torch.manual_seed(int(config.run.seed))  # the same encoder every time
         encoder = build_encoder(config, registry, domain)
-    else:
-        encoder = encoder_from_file(path, registry, domain)
-    return LoadedEncoder(encoder.eval(), domain, config, str(path or RANDOM), metadata)
+        return LoadedEncoder(encoder.eval(), domain, config, RANDOM, {})
+    source = encoder_source(checkpoint, registry, str(config.domain.name))
+    config = checkpoint_config(config, source.metadata, source.path, words)
+    domain = build_domain(config, registry)
+    encoder = encoder_from_state(source.state, source.metadata, source.path, registry, domain)
+    return LoadedEncoder(encoder.eval(), domain, config, str(source.path), source.metadata)
