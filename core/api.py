@@ -7,6 +7,11 @@ and a plugin that imports them (or reaches into another plugin) is refused by fm
 import-graph test for the built-in plugins. docs/plugins.md explains each contract.
 """
 
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 from fmcore.backbones.attention import AttentionMask
 from fmcore.backbones.trunk import (
     DropPath,
@@ -20,7 +25,7 @@ from fmcore.backbones.vit import Block, ViTConfig, ViTOptions
 from fmcore.collapse import FEATURE_STD, feature_spread
 from fmcore.collapse import PREFIX as COLLAPSE_PREFIX
 from fmcore.config import as_dict
-from fmcore.distributed import all_reduce_, world_size
+from fmcore.distributed import all_reduce_, process_rank, world_size
 from fmcore.domain import Domain, Sample
 from fmcore.encoder import FEATURE_KINDS, Encoder, EncoderOutput, feature_kind, pool
 from fmcore.errors import BadSample, ConfigError, FmcoreError, NoUsableSamples
@@ -38,9 +43,23 @@ from fmcore.modalities.base import (
     ViewStep,
 )
 from fmcore.modalities.masking import block_mask, masked_count, random_token_mask, split_indices
+from fmcore.run_files import ENCODER_FILE
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+def report_figures(run_dir: Path) -> dict[str, Figure]:
+    """``fmcore report``'s figures of a run directory, ``{file name: matplotlib figure}``, for
+    loggers to keep at the end of training. matplotlib loads on the first call, not with the API."""
+    from fmcore.report import run_figures
+
+    return run_figures(run_dir)
+
 
 __all__ = [  # grouped by contract in the imports above
     "COLLAPSE_PREFIX",
+    "ENCODER_FILE",
     "FEATURE_KINDS",
     "FEATURE_STD",
     "AttentionMask",
@@ -84,7 +103,9 @@ __all__ = [  # grouped by contract in the imports above
     "load_labels",
     "masked_count",
     "pool",
+    "process_rank",
     "random_token_mask",
+    "report_figures",
     "split_indices",
     "takes_weight_decay",
     "trunk_options",

@@ -1,7 +1,8 @@
 """Config composition with omegaconf: ``train.yaml`` + chosen group files + dotted overrides.
 
-Command-line words are either a group choice (``domain=pathology``), an override of an existing
-key (``trainer.max_steps=10``), or a new key (``+data.slide_mpp=0.25``). Group files are merged in
+Command-line words are either a group choice (``domain=pathology``; several options of a group
+as a list, ``logger=[tensorboard,mlflow]``), an override of an existing key
+(``trainer.max_steps=10``), or a new key (``+data.slide_mpp=0.25``). Group files are merged in
 the order encoder, domain, method, then plugin groups, so a domain may adjust its encoder's
 tokenizer (patch size) and a method may adjust anything. Unknown keys and choices fail with the
 valid ones listed.
@@ -184,7 +185,7 @@ def refuse_resume_changes(
     changed += [
         f"{group}={option}"
         for group, option in overrides.choices.items()
-        if saved.get("defaults", {}).get(group) != option
+        if chosen_options(saved.get("defaults", {}).get(group)) != chosen_options(option)
     ]
     if changed:
         raise ConfigError(
@@ -293,13 +294,27 @@ def _compose_groups(sources: ConfigSources, choices: dict[str, str]) -> DictConf
         raise UnknownChoice("config group", sorted(unknown_groups)[0], sources.groups())
     defaults.update(choices)
     merged = base
+    chosen: dict[str, str | list[str]] = {}
     for group in sources.groups():
-        option = defaults.get(group)
-        if option in (None, "null"):
-            continue
-        merged = OmegaConf.merge(merged, _load_option(sources, group, str(option), ()))
-    merged.defaults = {g: defaults.get(g) for g in sources.groups() if defaults.get(g) is not None}
+        options = chosen_options(defaults.get(group))
+        for option in options:
+            merged = OmegaConf.merge(merged, _load_option(sources, group, option, ()))
+        if options:
+            chosen[group] = options if len(options) > 1 else options[0]
+    merged.defaults = chosen
     return merged
+
+
+def chosen_options(choice: Any) -> list[str]:
+    """The options a group choice names: none (``null``), one (``logger=mlflow``) or several,
+    as a YAML list (``logger=[tensorboard,mlflow]``), whose files merge in the listed order."""
+    if isinstance(choice, str) and choice.startswith("["):
+        choice = _parse_value(choice)
+    if choice is None or choice == "null":
+        return []
+    if isinstance(choice, list | ListConfig):
+        return [str(option) for option in choice]
+    return [str(choice)]
 
 
 def _load_option(

@@ -1,4 +1,5 @@
-"""Typed schemas of the config sections the core reads: ``run`` and ``trainer``.
+"""Typed schemas of the config sections the core reads (``run``, ``trainer``, ``eval``, ``embed``)
+and of the built-in loggers' settings (``logger.tensorboard``, ``logger.mlflow``).
 
 Defaults stay in ``configs/train.yaml`` (one place); a schema gives each key its type, so a
 composed config has ints where ints belong (``trainer.max_steps=1e3`` or ``=ten`` fails when the
@@ -216,7 +217,34 @@ class EmbedSection:
         at_least("embed.shard_size", self.shard_size, 1)
 
 
+@dataclass
+class TensorBoardSection:
+    """``logger.tensorboard``: the TensorBoard logger (configs/logger/tensorboard.yaml)."""
+
+    dir: str = MISSING
+    figures: bool = MISSING
+
+    def __post_init__(self) -> None:
+        not_empty("logger.tensorboard.dir", self.dir)
+
+
+@dataclass
+class MlflowSection:
+    """``logger.mlflow``: the MLflow logger (configs/logger/mlflow.yaml)."""
+
+    tracking_uri: str | None = MISSING
+    experiment: str = MISSING
+    run_name: str | None = MISSING
+    figures: bool = MISSING
+    encoder: bool = MISSING
+
+    def __post_init__(self) -> None:
+        not_empty("logger.mlflow.experiment", self.experiment)
+
+
 SCHEMAS = {"run": RunSection, "trainer": TrainerSection, "embed": EmbedSection}
+# The built-in loggers' settings; a third-party logger's section under logger stays free-form.
+LOGGER_SCHEMAS = {"logger.tensorboard": TensorBoardSection, "logger.mlflow": MlflowSection}
 EVAL_SCHEMAS = {
     "knn": KnnSection,
     "linear": LinearSection,
@@ -231,17 +259,17 @@ def core_schemas(config: DictConfig) -> dict[str, type]:
     """The schemas of the sections the core reads; ``eval``'s is the chosen protocol's."""
     evaluation = config.get("eval")
     name = evaluation.get("name") if isinstance(evaluation, DictConfig) else None
-    return {**SCHEMAS, "eval": EVAL_SCHEMAS.get(str(name), EvalSection)}
+    return {**SCHEMAS, "eval": EVAL_SCHEMAS.get(str(name), EvalSection), **LOGGER_SCHEMAS}
 
 
 def type_sections(config: DictConfig, schemas: Mapping[str, type] | None = None) -> None:
-    """Give the sections named in ``schemas`` (the core's by default) their types, in place, and
-    run the schemas' checks. Keys a user added with ``+`` (``+run.note=...``) stay beside the
-    typed ones, untyped."""
+    """Give the sections named in ``schemas`` (the core's by default; a dotted name for a nested
+    section, ``logger.mlflow``) their types, in place, and run the schemas' checks. Keys a user
+    added with ``+`` (``+run.note=...``) stay beside the typed ones, untyped."""
     for name, schema in (core_schemas(config) if schemas is None else schemas).items():
-        if name not in config:
+        section_config = OmegaConf.select(config, name)
+        if section_config is None:
             continue
-        section_config = config[name]
         known = [key for key in section_config if key in schema.__dataclass_fields__]
         try:
             typed = OmegaConf.merge(
@@ -253,7 +281,8 @@ def type_sections(config: DictConfig, schemas: Mapping[str, type] | None = None)
             for key in section_config:
                 if key not in schema.__dataclass_fields__:
                     typed[key] = section_config[key]
-        config[name] = typed
+        parent, _, leaf = name.rpartition(".")
+        (OmegaConf.select(config, parent) if parent else config)[leaf] = typed
         section(config, name, schema)  # runs the schema's checks now, not at the first step
 
 
@@ -271,7 +300,9 @@ def structured(values: DictConfig, schema: type[Section], name: str) -> Section:
 def section(config: DictConfig, name: str, schema: type[Section]) -> Section:
     """Section ``name`` of a composed config as its dataclass (added keys left out); nested
     dataclass fields become their dataclasses too."""
-    values = OmegaConf.to_container(config[name], resolve=True, throw_on_missing=True)
+    values = OmegaConf.to_container(
+        OmegaConf.select(config, name), resolve=True, throw_on_missing=True
+    )
     return _build(schema, values)  # type: ignore[arg-type]
 
 
@@ -305,6 +336,11 @@ def at_least(key: str, value: float, minimum: float) -> None:
     if value < minimum:
         word = "0 or more" if minimum == 0 else f"at least {minimum}"
         raise ConfigError(f"{key} must be {word}, not {value}")
+
+
+def not_empty(key: str, value: str) -> None:
+    if not value:
+        raise ConfigError(f"{key} must not be empty")
 
 
 def one_of(key: str, value: object, choices: tuple) -> None:

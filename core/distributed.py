@@ -53,6 +53,11 @@ def world_size() -> int:
     return dist.get_world_size() if collectives_active() else 1
 
 
+def process_rank() -> int:
+    """This process's rank in the current process group (0 outside torchrun)."""
+    return dist.get_rank() if collectives_active() else 0
+
+
 def all_reduce_(tensor: torch.Tensor, op: dist.ReduceOp = dist.ReduceOp.SUM) -> torch.Tensor:
     """In-place all-reduce across processes; the tensor itself when running alone."""
     if collectives_active():

@@ -100,7 +100,8 @@ def fmcore_train_start(config: Any, run_dir: Path, world_size: int) -> None:
 
 @hookspec
 def fmcore_step_end(step: int, metrics: dict[str, float], run_dir: Path) -> None:
-    """Called on rank 0 after each optimizer step with that step's logged metrics."""
+    """Called on rank 0 after each optimizer step with that step's metrics: the keys and values
+    metrics.jsonl logs (``step`` included), and after a periodic evaluation its ``eval/*`` too."""
 
 
 @hookspec
@@ -122,9 +123,14 @@ def fmcore_train_end(summary: dict[str, Any], run_dir: Path) -> None:
 
 @hookspec
 def fmcore_federated_round_end(
-    server_round: int, metrics: dict[str, float], checkpoint: Path
+    server_round: int, metrics: dict[str, float], checkpoint: Path, run_dir: Path, config: Any
 ) -> None:
-    """Called on the federated server after a round is aggregated and its checkpoint is written."""
+    """Called on the federated server after a round is aggregated and its checkpoint is written.
+
+    ``metrics`` are the round's aggregated metrics (``rounds.jsonl``'s), ``run_dir`` the
+    federation's directory and ``config`` its resolved config. Each site's local training calls
+    the training hooks above with the site's own config and run directory.
+    """
 
 
 __all__ = ["PROJECT", "hookimpl", "hookspec"]

@@ -161,11 +161,16 @@ def figures(records: list[dict[str, Any]], eval_result: dict[str, Any] | None) -
     return made
 
 
+def run_figures(run_dir: Path) -> dict[str, Figure]:
+    """``{file name: figure}`` of a run directory's ``metrics.jsonl`` and ``eval.json``."""
+    run_dir = Path(run_dir)
+    return figures(read_metrics(run_dir), _read_json(run_dir / EVAL_FILE))
+
+
 def write_report(run_dir: Path) -> Report:
     """Write ``run_dir/report/``: one PNG per figure and ``index.md`` listing them."""
     run_dir = Path(run_dir)
-    records = read_metrics(run_dir)
-    eval_result = _read_json(run_dir / EVAL_FILE)
+    drawn = run_figures(run_dir)
     final = run_dir / REPORT_DIR
     building = run_dir / f".{REPORT_DIR}.partial-{os.getpid()}"
     shutil.rmtree(building, ignore_errors=True)
@@ -173,7 +178,7 @@ def write_report(run_dir: Path) -> Report:
     titles: dict[str, str] = {}
     pictures = plugin_pictures(run_dir)
     try:
-        for name, figure in figures(records, eval_result).items():
+        for name, figure in drawn.items():
             figure.savefig(building / name, dpi=100)
             titles[name] = figure.get_suptitle()
         (building / INDEX_FILE).write_text(
@@ -218,7 +223,10 @@ def _run_summary(config_path: Path) -> str:
         return ""
     config = yaml.safe_load(config_path.read_text()) or {}
     chosen = config.get("defaults") or {}
-    parts = [f"{group} {option}" for group, option in chosen.items()]
+    parts = [
+        f"{group} {option if isinstance(option, str) else '+'.join(option)}"
+        for group, option in chosen.items()
+    ]
     steps = (config.get("trainer") or {}).get("max_steps")
     return ", ".join(parts + ([f"{steps} steps"] if steps is not None else []))
 

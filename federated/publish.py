@@ -6,23 +6,29 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig
+
 from fmcore.errors import FmcoreError
-from fmcore.federated.federation_config import FederatedSection
+from fmcore.federated.federation_config import FederatedSection, federated_section
 from fmcore.federated.store import ROUNDS_LOG, RoundStore
 from fmcore.plugin_manager import Registry
 
 
 def publish_round(
-    store: RoundStore, registry: Registry, rounds: int, record: dict[str, Any]
+    store: RoundStore, registry: Registry, config: DictConfig, record: dict[str, Any]
 ) -> None:
     """A completed round (its file already saved): a rounds.jsonl line, the round-end hook and
-    one line on stdout. ``record`` holds round, contributors, wall_seconds, metrics, checkpoint."""
+    one line on stdout. ``record`` holds round, contributors, wall_seconds, metrics, checkpoint;
+    ``config`` is the federation's."""
+    rounds = federated_section(config).rounds
     store.log(record)
     metrics = record["metrics"]
     registry.hook.fmcore_federated_round_end(
         server_round=record["round"],
         metrics={k: float(v) for k, v in metrics.items() if isinstance(v, int | float)},
         checkpoint=Path(record["checkpoint"]),
+        run_dir=store.run_dir,
+        config=config,
     )
     how = "securely " if record.get("secure_aggregation") else ""
     print(

@@ -295,4 +295,4 @@ class SecureFederation:
     def finish_round(self, server_round: int, state: GlobalState, record: dict[str, Any]) -> None:
         checkpoint = self.store.save(server_round, state)
         record = {"round": server_round, **record, "checkpoint": str(checkpoint)}
-        publish_round(self.store, self.registry, self.settings.rounds, record)
+        publish_round(self.store, self.registry, self.config, record)

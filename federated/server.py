@@ -24,7 +24,7 @@ from flwr.serverapp.strategy import Strategy
 from omegaconf import DictConfig
 
 from fmcore.errors import ConfigError
-from fmcore.federated.federation_config import FederatedSection, federated_section
+from fmcore.federated.federation_config import federated_section
 from fmcore.federated.publish import FailedRounds, publish_round
 from fmcore.federated.scoped_strategy import ScopedAggregation, StateRecords
 from fmcore.federated.scopes import SHARED_GROUP
@@ -94,7 +94,7 @@ class Federation:
             ValidatedUpdates(scoped, sites, self.min_sites, self.timeout, records),
             self.store,
             self.registry,
-            self.settings,
+            self.config,
             first_round=last + 1,
             records=records,
             strategies=scoped.strategies,
@@ -124,19 +124,19 @@ class RecordedRounds(StrategyWrapper):
         inner: ValidatedUpdates,
         store: RoundStore,
         registry: Registry,
-        settings: FederatedSection,
+        config: DictConfig,
         first_round: int,
         records: StateRecords,
         strategies: Mapping[str, Strategy],
     ) -> None:
         super().__init__(inner)
+        self.config = config
         self.records = records
         self.strategies = strategies  # the groups' own, whose optimizer state is saved
         self.updates = inner
         self.store = store
         self.registry = registry
-        self.rounds = settings.rounds
-        self.failures = FailedRounds(store, settings)
+        self.failures = FailedRounds(store, federated_section(config))
         self.offset = first_round - 1
         self.last_round = first_round - 1
         self.started = time.perf_counter()
@@ -212,6 +212,6 @@ class RecordedRounds(StrategyWrapper):
         if server_round == 0 or self.record.get("checkpoint") is None:
             return None
         self.record["wall_seconds"] = time.perf_counter() - self.started
-        publish_round(self.store, self.registry, self.rounds, self.record)
+        publish_round(self.store, self.registry, self.config, self.record)
         self.last_round = int(self.record["round"])
         return None

@@ -49,8 +49,8 @@ def plugin_dir(tmp_path: Path) -> Path:
         "    patch_size: 99\n",
         "encoder/vit_p8.yaml": "encoder:\n  name: vit_p8\n  embed_dim: 32\n  depth: 1\n"
         "  vit:\n    num_heads: 1\n  tokenizer:\n    patch_size: 8\n",
-        "logger/wandb.yaml": "logger:\n  kind: wandb\n  project: demo\n",
-        "logger/stdout.yaml": "logger:\n  kind: stdout\n",
+        "notify/slack.yaml": "notify:\n  kind: slack\n  channel: demo\n",
+        "notify/email.yaml": "notify:\n  kind: email\n",
     }
     for name, text in files.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
@@ -246,15 +246,16 @@ def test_plugin_dir_adds_a_new_group(plugin_dir: Path) -> None:
         "eval",
         "federated",
         "logger",
+        "notify",
     ]
-    assert set(sources.options("logger")) == {"stdout", "wandb"}
+    assert set(sources.options("notify")) == {"email", "slack"}
     # A group nobody chose contributes nothing.
-    assert "logger" not in compose([], sources)
-    config = compose(["logger=wandb", "logger.project=mine"], sources)
-    assert as_dict(config.logger) == {"kind": "wandb", "project": "mine"}
-    assert config.defaults.logger == "wandb"
-    with pytest.raises(UnknownChoice, match="stdout, wandb"):
-        compose(["logger=syslog"], sources)
+    assert "notify" not in compose([], sources)
+    config = compose(["notify=slack", "notify.channel=mine"], sources)
+    assert as_dict(config.notify) == {"kind": "slack", "channel": "mine"}
+    assert config.defaults.notify == "slack"
+    with pytest.raises(UnknownChoice, match="email, slack"):
+        compose(["notify=syslog"], sources)
 
 
 def test_plugin_file_cannot_replace_a_core_file(plugin_dir: Path) -> None:

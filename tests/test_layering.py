@@ -30,8 +30,8 @@ FLOORS: list[tuple[str, ...]] = [
         "collapse",
         "distribution",
     ),
-    # 1 configuration and labels
-    ("config", "config_sections", "labels", "splits"),
+    # 1 configuration, labels, and the report drawn from a run directory's files
+    ("config", "config_sections", "labels", "splits", "report"),
     # 2 tensor layouts: tokenizers, views, masks
     ("modalities", "view_maker"),
     # 3 trunks
@@ -47,7 +47,7 @@ FLOORS: list[tuple[str, ...]] = [
     # 8 evaluation
     ("eval",),
     # 9 applications of the engine and evaluation
-    ("report", "federated", "export"),
+    ("federated", "export"),
     # 10 the command line
     ("cli", "__main__"),
 ]

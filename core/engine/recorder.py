@@ -24,7 +24,9 @@ class StepEvaluation(Protocol):
 
     def due(self, step: int, max_steps: int) -> bool: ...
 
-    def run(self, encoder: Encoder, step: int, log: MetricsLog) -> None: ...
+    def run(self, encoder: Encoder, step: int, log: MetricsLog) -> dict[str, float]:
+        """Evaluate, log one metrics.jsonl line and return its metrics (none: {})."""
+        ...
 
 
 # (config, domain, device, message) -> the run's evaluation, or None when it is off
@@ -54,6 +56,9 @@ class StepRecorder:
         if done % self.log_every == 0 or done == self.stop:
             self.metrics_log.write(metrics)
             self.collapse.check(done, self.method.collapse_warnings(metrics, done / max_steps))
-        self.registry.hook.fmcore_step_end(step=done, metrics=metrics, run_dir=self.run_dir)
+        evaluated: dict[str, float] = {}
         if self.evaluation is not None and self.evaluation.due(done, max_steps):
-            self.evaluation.run(self.method.export_encoder(), done, self.metrics_log)
+            evaluated = self.evaluation.run(self.method.export_encoder(), done, self.metrics_log)
+        self.registry.hook.fmcore_step_end(
+            step=done, metrics={**metrics, **evaluated}, run_dir=self.run_dir
+        )

@@ -90,9 +90,9 @@ class PeriodicEvaluation:
         """Whether to evaluate after ``step`` steps are done."""
         return not self.stopped and (step % self.every_steps == 0 or step == max_steps)
 
-    def run(self, encoder: Encoder, step: int, log: MetricsLog) -> None:
-        """Evaluate and log one line. A failure (an unreadable sample) ends periodic evaluation
-        for this run with one message; training goes on."""
+    def run(self, encoder: Encoder, step: int, log: MetricsLog) -> dict[str, float]:
+        """Evaluate, log one line and return its metrics. A failure (an unreadable sample) ends
+        periodic evaluation for this run with one message (and returns {}); training goes on."""
         try:
             metrics = self.evaluate(encoder)
         except FmcoreError as error:
@@ -100,12 +100,14 @@ class PeriodicEvaluation:
             print(
                 f"periodic evaluation stopped at step {step}: {error}", file=sys.stderr, flush=True
             )
-            return
-        log.write({"step": step, **{METRIC_PREFIX + name: v for name, v in metrics.items()}})
+            return {}
+        logged = {METRIC_PREFIX + name: value for name, value in metrics.items()}
+        log.write({"step": step, **logged})
         self.message(
             f"step {step}: kNN accuracy {metrics['accuracy']:.4f}"
             f" on {self.protocol.features.test_split} of {self.domain.name}"
         )
+        return logged
 
     def evaluate(self, encoder: Encoder) -> dict[str, float]:
         """kNN metrics of ``encoder``'s frozen features, training state left as it was."""
