@@ -34,6 +34,8 @@ from fmcore.errors import ConfigError, UnknownChoice
 BASE_FILE = "train.yaml"
 GROUP_ORDER = ("encoder", "domain", "method")
 BY_MODALITY = "by_modality"
+# Keys an option file of a group must set (after its ``extends``): fmcore picks the plugin by them.
+REQUIRED_KEYS: dict[str, tuple[str, ...]] = {"domain": ("domain.name",), "method": ("method.name",)}
 
 
 def core_config_dir() -> Path:
@@ -291,9 +293,28 @@ def _compose_groups(sources: ConfigSources, choices: dict[str, str]) -> DictConf
         option = defaults.get(group)
         if option in (None, "null"):
             continue
-        merged = OmegaConf.merge(merged, _load_option(sources, group, str(option), ()))
+        node = load_option(sources, group, str(option))
+        missing = missing_required_keys(group, node)
+        if missing:
+            raise ConfigError(
+                f"{sources.options(group)[str(option)]} ({group}={option}) does not set the"
+                f" required key {missing[0]}"
+            )
+        merged = OmegaConf.merge(merged, node)
     merged.defaults = {g: defaults.get(g) for g in sources.groups() if defaults.get(g) is not None}
     return merged
+
+
+def missing_required_keys(group: str, node: DictConfig) -> list[str]:
+    """The ``REQUIRED_KEYS`` of ``group`` that the option file ``node`` leaves unset or empty."""
+    return [
+        key for key in REQUIRED_KEYS.get(group, ()) if OmegaConf.select(node, key) in (None, "")
+    ]
+
+
+def load_option(sources: ConfigSources, group: str, option: str) -> DictConfig:
+    """Option ``option`` of ``group`` as its file and the files it ``extends`` merge it."""
+    return _load_option(sources, group, option, ())
 
 
 def _load_option(
