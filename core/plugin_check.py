@@ -35,7 +35,7 @@ from fmcore.engine.data import DomainDataset, collate
 from fmcore.engine.trainer import train
 from fmcore.errors import ConfigError, FmcoreError
 from fmcore.eval.run import evaluate
-from fmcore.factory import build_domain, build_parts
+from fmcore.factory import Parts, build_domain, build_parts
 from fmcore.method import Scope, StepContext
 from fmcore.plugin_manager import PluginInfo, Registry
 
@@ -218,9 +218,10 @@ class _Checks:
 
     def _knn(self, words: Sequence[str]) -> str:
         run = self.work / "run"
-        config = self._compose(*words, *KNN_WORDS, f"checkpoint={run}")
+        words = [*words, *KNN_WORDS, f"checkpoint={run}"]
+        config = self._compose(*words)
         config.run.dir = str(self.work / "eval")
-        result = evaluate(config, self.registry)
+        result = evaluate(config, self.registry, words)  # data.* words apply over the run's
         accuracy = result["metrics"]["accuracy"]
         accuracy = accuracy["value"] if isinstance(accuracy, dict) else accuracy
         return f"kNN accuracy {float(accuracy):.3f} on {result['splits']}"
@@ -236,10 +237,10 @@ def _described(error: BaseException) -> str:
 
 class DomainChecks(_Checks):
     prefix = "domain"
+    config: DictConfig | None = None  # set by the compose check
+    domain: Domain | None = None  # set by the sample data check
 
     def run(self) -> Iterator[CheckResult]:
-        self.config: DictConfig | None = None
-        self.domain: Domain | None = None
         yield self._run("compose", self._compose_domain)
         yield self._run("sample data", self._sample_data)
         yield self._run("index and load", self._index_and_load)
@@ -268,11 +269,18 @@ class DomainChecks(_Checks):
         return f"{len(files)} files in {root}"
 
     def _index_and_load(self) -> str:
+        assert self.config is not None
         domain = self.domain or build_domain(self.config, self.registry)
         self.domain = domain
         counts = []
         for split in domain.splits:
-            refs = domain.index(split)
+            try:
+                refs = domain.index(split)
+            except ConfigError as error:  # a split this data cannot provide (val without labels)
+                if split == "train":
+                    raise
+                counts.append(f"{split} unavailable ({error})")
+                continue
             if not refs:
                 raise ConfigError(f"index('{split}') found no samples in the embedded sample")
             counts.append(f"{split} {len(refs)}")
@@ -288,7 +296,11 @@ class DomainChecks(_Checks):
         refs = domain.index("train")
         groups = []
         for by in domain.partition_keys:
-            keys = {domain.partition_key(ref, by) for ref in refs}  # hashable, or TypeError
+            try:
+                keys = {domain.partition_key(ref, by) for ref in refs}  # hashable, or TypeError
+            except ConfigError as error:  # a grouping this data cannot provide (no patients)
+                groups.append(f"{by} unavailable ({error})")
+                continue
             groups.append(f"{by}: {len(keys)} groups")
         return ", ".join(groups)
 
@@ -296,13 +308,20 @@ class DomainChecks(_Checks):
         return self._train(self._compose(*self._words()))
 
     def _eval_domain(self) -> str:
-        domain = self.domain
+        domain, words = self.domain, self._words()
         assert domain is not None
         if "val" not in domain.splits:
             raise _Skipped(f"no 'val' split in splits {domain.splits}: kNN scores train vs val")
-        if all(domain.load(ref).label < 0 for ref in domain.index("val")[:8]):
+        if "labelled" in domain.sample_kinds and not domain.data.get("root"):
+            words.append("data.sample=labelled")  # the embedded sample that has labels
+            domain = build_domain(self._compose(*words), self.registry)
+        try:
+            val = domain.index("val")
+        except ConfigError as error:
+            raise _Skipped(f"the embedded sample has no val split: {error}") from error
+        if all(domain.load(val[i]).label < 0 for i in range(min(8, len(val)))):
             raise _Skipped("the embedded sample's val split is unlabelled")
-        return self._knn(self._words())
+        return self._knn(words)
 
 
 def _check_sample(sample: Sample, domain: Domain) -> None:
@@ -325,6 +344,7 @@ def _check_sample(sample: Sample, domain: Domain) -> None:
 
 class MethodChecks(_Checks):
     prefix = "method"
+    parts: Parts  # set by the compose check, which every other check needs
 
     def run(self) -> Iterator[CheckResult]:
         yield self._run("compose", self._compose_method)
@@ -337,16 +357,15 @@ class MethodChecks(_Checks):
         return [f"domain={CHECK_DOMAIN}", f"method={self.name}"]
 
     def _compose_method(self) -> str:
-        self.config = self._compose(*self._words())
-        self.parts = build_parts(self.config, self.registry)
+        self.parts = build_parts(self._compose(*self._words()), self.registry)
         parameters = sum(p.numel() for p in self.parts.method.parameters())
         return f"{parameters:,} parameters with domain={CHECK_DOMAIN}"
 
     def _gradients(self) -> str:
         parts = self.parts
         method = parts.method.train()
-        refs = parts.domain.index("train")[:8]
-        batch, _ = collate([DomainDataset(parts.domain, refs)[i] for i in range(len(refs))])
+        samples = DomainDataset(parts.domain, parts.domain.index("train"))
+        batch, _ = collate([samples[i] for i in range(min(8, len(samples)))])
         assert batch is not None
         generator = torch.Generator().manual_seed(0)
         ctx = StepContext(0, 2, 1e-4, 0.0, 0.99, parts.views, generator)

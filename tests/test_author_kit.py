@@ -9,6 +9,7 @@ import subprocess
 import sys
 import sysconfig
 from collections.abc import Iterator
+from contextlib import closing
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
@@ -204,24 +205,33 @@ def test_check_names_the_installed_plugins_when_none_matches(
     assert "simclr (fmcore-ssl)" in error
 
 
-def test_a_new_method_gives_every_parameter_a_gradient_and_scopes_its_state(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The method skeleton's first checks, on a registry that loads it from its source folder
-    (its training and evaluation are the same engine paths the domain check above runs)."""
-    assert main(["new", "method", "vic_reg", "--dir", str(tmp_path)]) == 0
-    monkeypatch.syspath_prepend(str(tmp_path / "fmcore-vic-reg" / "src"))
+def _first_method_checks(root: Path, work: Path) -> list[str]:
+    """``fmcore check vic_reg`` up to its federated scopes (train and eval follow, the same
+    engine paths the domain check above runs), on a registry that loads the skeleton at
+    ``root`` from its source folder."""
+    sys.path.insert(0, str(root / "src"))
     entry = EntryPoint("vic_reg", "fmcore_vic_reg.plugin", "fmcore")
-    plugins = load_registry([*entry_points(group="fmcore"), entry])
     try:
         results = []
-        for result in run_checks(plugins, "vic_reg", tmp_path / "work"):
-            results.append(str(result))
-            if result.name == "method vic_reg: federated scopes":
-                break  # train and eval follow
+        plugins = load_registry([*entry_points(group="fmcore"), entry])
+        with closing(run_checks(plugins, "vic_reg", work)) as checks:
+            for result in checks:
+                results.append(str(result))
+                if result.name == "method vic_reg: federated scopes":
+                    return results
+        raise AssertionError(results)
     finally:
+        sys.path.remove(str(root / "src"))
         for module in [m for m in sys.modules if m.split(".")[0] == "fmcore_vic_reg"]:
             del sys.modules[module]
+
+
+def test_a_new_method_gives_every_parameter_a_gradient_and_scopes_its_state(
+    tmp_path: Path,
+) -> None:
+    assert main(["new", "method", "vic_reg", "--dir", str(tmp_path)]) == 0
+    root = tmp_path / "fmcore-vic-reg"
+    results = _first_method_checks(root, tmp_path / "work")
     assert [line.split(":")[0] for line in results] == [
         "pass  load",
         "pass  config method/vic_reg.yaml",
@@ -232,3 +242,14 @@ def test_a_new_method_gives_every_parameter_a_gradient_and_scopes_its_state(
     gradient = "pass  method vic_reg: every trainable parameter gets a gradient (DDP): loss "
     assert results[3].startswith(gradient)
     assert results[4].endswith(" domain, 0 local")
+
+    # Without freezing the mask token it never uses, the method would stall DDP.
+    method = root / "src" / "fmcore_vic_reg" / "method.py"
+    freeze = "        encoder.mask_token.requires_grad_(False)\n"
+    assert freeze in method.read_text()
+    method.write_text(method.read_text().replace(freeze, ""))
+    results = _first_method_checks(root, tmp_path / "work-unfrozen")
+    assert results[3].startswith(
+        "FAIL  method vic_reg: every trainable parameter gets a gradient (DDP): 1 trainable"
+        " parameter(s) got no gradient, which stalls DDP: encoder.mask_token (freeze"
+    ), results
