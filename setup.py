@@ -31,6 +31,9 @@ packages, package_dir = mapped_packages()
 setup(
     packages=packages,
     package_dir=package_dir,
-    package_data={"fmcore.configs": ["*.yaml", "**/*.yaml"]},
+    package_data={
+        "fmcore.configs": ["*.yaml", "**/*.yaml"],
+        "fmcore.scaffold": ["templates/*/*.tmpl"],  # fmcore new's plugin skeletons
+    },
     include_package_data=True,
 )

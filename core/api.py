@@ -4,7 +4,7 @@ The names here are fmcore's promise to plugin authors: they keep their meaning a
 releases, and a change to one is announced. Every other module is internal: the engine, the
 evaluation protocols, the federated runtime and the plugin manager can change without notice,
 and a plugin that imports them (or reaches into another plugin) is refused by fmcore's own
-import-graph test for the built-in plugins. docs/plugins.md explains each contract.
+import-graph test for the built-in plugins. docs/extending.md explains each contract.
 """
 
 from __future__ import annotations

@@ -176,6 +176,32 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 1 if args.strict and plugins.problems else 0
 
 
+def cmd_new(args: argparse.Namespace) -> int:
+    from fmcore.scaffold import check_name, write_skeleton
+
+    plugins = registry()
+    taken = plugins.domains if args.kind == "domain" else plugins.methods
+    skeleton = check_name(args.kind, args.name, taken)
+    root = write_skeleton(skeleton, args.dir)
+    values = skeleton.values()
+    print(f"wrote {root}; next:")
+    print(f"  pip install -e {root}")
+    print(f"  fmcore check {args.name}")
+    print(f"  {values['train_command']}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from fmcore.plugin_check import FAIL, run_checks
+
+    failed = 0
+    for result in run_checks(registry(), args.plugin):
+        print(result, flush=True)
+        failed += result.status == FAIL
+    print(f"{failed} check(s) failed" if failed else f"all checks of {args.plugin} passed")
+    return 1 if failed else 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from fmcore.report import INDEX_FILE, write_report
 
@@ -281,6 +307,25 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_plugins,
         with_overrides=False,
     ).add_argument("--strict", action="store_true", help="exit 1 when a plugin is broken")
+    new = add(
+        "new",
+        "write a pip-installable plugin package to start from: fmcore new domain|method NAME",
+        cmd_new,
+        with_overrides=False,
+    )
+    new.add_argument("kind", choices=("domain", "method"), help="what the plugin provides")
+    new.add_argument("name", help="its name (domain=NAME / method=NAME); package fmcore_NAME")
+    new.add_argument(
+        "--dir", type=Path, default=Path(), help="where to write fmcore-NAME/ (default: here)"
+    )
+    add(
+        "check",
+        "run the plugin contract checks on an installed plugin: fmcore check fmcore-ecg | ecg",
+        cmd_check,
+        with_overrides=False,
+    ).add_argument(
+        "plugin", metavar="PACKAGE_OR_NAME", help="a distribution, entry point, domain or method"
+    )
     report = add(
         "report",
         "plot a training run's metrics: PNG figures and index.md in <run dir>/report",

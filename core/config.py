@@ -35,6 +35,8 @@ from fmcore.errors import ConfigError, UnknownChoice
 BASE_FILE = "train.yaml"
 GROUP_ORDER = ("encoder", "domain", "method")
 BY_MODALITY = "by_modality"
+# Keys an option file of a group must set (after its ``extends``): fmcore picks the plugin by them.
+REQUIRED_KEYS: dict[str, tuple[str, ...]] = {"domain": ("domain.name",), "method": ("method.name",)}
 
 
 def core_config_dir() -> Path:
@@ -298,7 +300,14 @@ def _compose_groups(sources: ConfigSources, choices: dict[str, str]) -> DictConf
     for group in sources.groups():
         options = chosen_options(defaults.get(group))
         for option in options:
-            merged = OmegaConf.merge(merged, _load_option(sources, group, option, ()))
+            node = load_option(sources, group, option)
+            missing = missing_required_keys(group, node)
+            if missing:
+                raise ConfigError(
+                    f"{sources.options(group)[option]} ({group}={option}) does not set the"
+                    f" required key {missing[0]}"
+                )
+            merged = OmegaConf.merge(merged, node)
         if options:
             chosen[group] = options if len(options) > 1 else options[0]
     merged.defaults = chosen
@@ -315,6 +324,18 @@ def chosen_options(choice: Any) -> list[str]:
     if isinstance(choice, list | ListConfig):
         return [str(option) for option in choice]
     return [str(choice)]
+
+
+def missing_required_keys(group: str, node: DictConfig) -> list[str]:
+    """The ``REQUIRED_KEYS`` of ``group`` that the option file ``node`` leaves unset or empty."""
+    return [
+        key for key in REQUIRED_KEYS.get(group, ()) if OmegaConf.select(node, key) in (None, "")
+    ]
+
+
+def load_option(sources: ConfigSources, group: str, option: str) -> DictConfig:
+    """Option ``option`` of ``group`` as its file and the files it ``extends`` merge it."""
+    return _load_option(sources, group, option, ())
 
 
 def _load_option(

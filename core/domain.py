@@ -7,9 +7,13 @@ is bad input by raising :class:`BadSample`. Views, tokens, losses and training a
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import importlib.util
+import inspect
 import os
 import shutil
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +25,7 @@ from torch import Tensor
 
 from fmcore.distribution import extra_install_command
 from fmcore.errors import BadSample, ConfigError, MissingExtra, MissingPath
+from fmcore.io import atomic_write_text
 from fmcore.labels import SAMPLE_LABELS, LabelTable, load_labels
 from fmcore.modalities.base import ViewStep
 
@@ -124,12 +129,21 @@ class Domain(ABC):
     @property
     def sample_size(self) -> tuple[int, ...]:
         """Size of a decoded sample (``data.size``): (H, W), (D, H, W), (T, H, W) or (N,)."""
-        return tuple(int(s) for s in self.data.size)
+        return tuple(int(s) for s in self._required_data_key("size"))
 
     @property
     def channels(self) -> int:
         """Channels of a decoded sample (3 + features for points)."""
-        return int(self.data.channels)
+        return int(self._required_data_key("channels"))
+
+    def _required_data_key(self, key: str) -> Any:
+        value = self.data.get(key)
+        if value is None:
+            raise ConfigError(
+                f"domain={self.name} needs data.{key}, which is unset: give it in the domain's"
+                f" config file (domain/{self.name}.yaml)"
+            )
+        return value
 
     @property
     def sample_kind(self) -> str:
@@ -151,7 +165,8 @@ class Domain(ABC):
         return self.name if kind == "plain" else f"{self.name}-{kind}"
 
     def resolve_root(self) -> Path:
-        """``data.root``, or the embedded sample data written once into the cache directory."""
+        """``data.root``, or the embedded sample data in the cache directory, written on first
+        use and again whenever the writer's source changes (:func:`sample_writer_key`)."""
         if self.data.get("root"):
             root = Path(str(self.data.root)).expanduser()
             if not root.exists():
@@ -161,19 +176,35 @@ class Domain(ABC):
                 )
             return root
         directory = self.cache_dir / "sample-data" / self.sample_name
-        if not directory.exists():
-            # Written beside, then renamed: a crash or a concurrent writer never leaves half of it.
-            partial = directory.with_name(f"{directory.name}.partial-{os.getpid()}")
-            shutil.rmtree(partial, ignore_errors=True)
-            partial.mkdir(parents=True)
-            self.write_sample_data(partial)
-            try:
-                partial.rename(directory)
-            except OSError:
-                shutil.rmtree(partial, ignore_errors=True)
-                if not directory.exists():
-                    raise
+        stamp = directory.with_name(directory.name + WRITER_STAMP_SUFFIX)
+        key = sample_writer_key(type(self))
+        if not directory.exists() or _read_stamp(stamp) != key:
+            self._write_sample(directory, stamp, key)
         return directory
+
+    def _write_sample(self, directory: Path, stamp: Path, key: str) -> None:
+        """Write the embedded sample beside ``directory`` and rename it into place (a crash or a
+        concurrent writer never leaves half of it), replacing one an older writer made."""
+        partial = directory.with_name(f"{directory.name}.partial-{os.getpid()}")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        self.write_sample_data(partial)
+        if directory.exists():
+            if _read_stamp(stamp) == key:  # a concurrent process wrote this writer's sample
+                shutil.rmtree(partial, ignore_errors=True)
+                return
+            stale = directory.with_name(f"{directory.name}.stale-{os.getpid()}")
+            with contextlib.suppress(OSError):
+                directory.rename(stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            partial.rename(directory)
+        except OSError:
+            shutil.rmtree(partial, ignore_errors=True)
+            if not directory.exists():
+                raise
+            return
+        atomic_write_text(stamp, key)
 
     def label_table(self) -> LabelTable | None:
         """The labels and splits ``data.labels`` names (a CSV or a folder per class); unset, the
@@ -256,6 +287,26 @@ class Domain(ABC):
         mean_t = views.new_tensor(list(mean)).view(shape)
         std_t = views.new_tensor(list(std)).view(shape)
         return (views - mean_t) / std_t
+
+
+WRITER_STAMP_SUFFIX = ".writer"  # beside a sample's folder: the sample_writer_key that wrote it
+
+
+def sample_writer_key(domain_class: type[Domain]) -> str:
+    """What an embedded sample was written by: a hash of the source files of the package that
+    defines ``domain_class.write_sample_data`` (its module and the helpers beside it), so a
+    changed writer rewrites the cached sample, also in an editable install whose version stays."""
+    module = sys.modules[domain_class.write_sample_data.__module__]
+    folder = Path(inspect.getfile(module)).parent
+    digest = hashlib.sha256()
+    for source in sorted(folder.glob("*.py")):
+        digest.update(source.name.encode())
+        digest.update(source.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _read_stamp(stamp: Path) -> str | None:
+    return stamp.read_text().strip() if stamp.is_file() else None
 
 
 __all__ = ["Act", "BadSample", "ClosedLoop", "Domain", "Sample"]

@@ -29,6 +29,7 @@ FLOORS: list[tuple[str, ...]] = [
         "distributed",
         "collapse",
         "distribution",
+        "scaffold",
     ),
     # 1 configuration, labels, and the report drawn from a run directory's files
     ("config", "config_sections", "labels", "splits", "report"),
@@ -47,7 +48,7 @@ FLOORS: list[tuple[str, ...]] = [
     # 8 evaluation
     ("eval",),
     # 9 applications of the engine and evaluation
-    ("federated", "export"),
+    ("federated", "export", "plugin_check"),
     # 10 the command line
     ("cli", "__main__"),
 ]

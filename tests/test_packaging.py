@@ -41,11 +41,14 @@ print(json.dumps({"file": fmcore.__file__, "modules": names, "configs": yaml}))
 """
 
 
+PACKAGED_SUFFIXES = (".py", ".yaml", ".tmpl")  # .tmpl: fmcore new's skeleton templates
+
+
 def expected_files() -> set[str]:
     found = set()
     for folder, package in FOLDERS.items():
         for path in (ROOT / folder).rglob("*"):
-            if path.suffix in (".py", ".yaml") and "__pycache__" not in path.parts:
+            if path.suffix in PACKAGED_SUFFIXES and "__pycache__" not in path.parts:
                 found.add(f"{package}/{path.relative_to(ROOT / folder).as_posix()}")
     return found
 
@@ -69,7 +72,7 @@ def test_wheel_maps_every_folder_into_fmcore_like_the_editable_install(tmp_path:
         entry_point_text = archive.read(entry_points).decode()
         archive.extractall(tmp_path / "site")
     packaged = {
-        n for n in names if not n.startswith("fmcore_ssl-") and n.endswith((".py", ".yaml"))
+        n for n in names if not n.startswith("fmcore_ssl-") and n.endswith(PACKAGED_SUFFIXES)
     }
     assert packaged == expected_files()
     assert "[fmcore]" in entry_point_text and "fmcore.domains.digits.plugin" in entry_point_text
