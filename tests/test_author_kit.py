@@ -253,3 +253,25 @@ def test_a_new_method_gives_every_parameter_a_gradient_and_scopes_its_state(
         "FAIL  method vic_reg: every trainable parameter gets a gradient (DDP): 1 trainable"
         " parameter(s) got no gradient, which stalls DDP: encoder.mask_token (freeze"
     ), results
+
+
+@pytest.mark.parametrize(
+    ("words", "message"),
+    [
+        (["new", "domain", "ECG"], "'ECG' cannot name a domain: use lower-case letters"),
+        (["new", "method", "simclr"], "a method named 'simclr' is already installed"),
+    ],
+)
+def test_new_refuses_a_name_it_cannot_use(
+    words: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*words, "--dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {message}")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_new_never_writes_over_a_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "fmcore-ekg").mkdir()
+    assert main(["new", "domain", "ekg", "--dir", str(tmp_path)]) == 2
+    assert f"{tmp_path / 'fmcore-ekg'} already exists" in capsys.readouterr().err
+    assert list((tmp_path / "fmcore-ekg").iterdir()) == []
