@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from fmcore import __version__
@@ -233,6 +233,55 @@ def _add_export_arguments(export: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_federated_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
+    add(
+        "federate",
+        "simulate a federation on this machine with Flower: fmcore federate federated.sites=4",
+        cmd_federate,
+    )
+    federate_app = add(
+        "federate-app",
+        "write the Flower app directory flwr run deploys: fmcore federate-app DIR domain=...",
+        cmd_federate_app,
+        with_overrides=False,
+    )
+    federate_app.epilog = OVERRIDE_HELP
+    federate_app.add_argument("app_dir", type=Path, metavar="DIR", help="the app directory")
+    federate_app.add_argument(
+        "overrides", nargs="*", metavar="override", help="see 'overrides' below"
+    )
+    node = add(
+        "node",
+        "a hospital's SuperNode from NODE.toml: checked before it joins, restarted with back-off",
+        cmd_node,
+        with_overrides=False,
+    )
+    node.add_argument("node_file", type=Path, metavar="NODE.toml", help="the node's settings")
+    node.add_argument("--check", action="store_true", help="run the checks only, then exit")
+
+
+def _add_plugin_author_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
+    new = add(
+        "new",
+        "write a pip-installable plugin package to start from: fmcore new domain|method NAME",
+        cmd_new,
+        with_overrides=False,
+    )
+    new.add_argument("kind", choices=("domain", "method"), help="what the plugin provides")
+    new.add_argument("name", help="its name (domain=NAME / method=NAME); package fmcore_NAME")
+    new.add_argument(
+        "--dir", type=Path, default=Path(), help="where to write fmcore-NAME/ (default: here)"
+    )
+    add(
+        "check",
+        "run the plugin contract checks on an installed plugin: fmcore check fmcore-ecg | ecg",
+        cmd_check,
+        with_overrides=False,
+    ).add_argument(
+        "plugin", metavar="PACKAGE_OR_NAME", help="a distribution, entry point, domain or method"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fmcore",
@@ -277,55 +326,14 @@ def build_parser() -> argparse.ArgumentParser:
             with_overrides=False,
         )
     )
-    add(
-        "federate",
-        "simulate a federation on this machine with Flower: fmcore federate federated.sites=4",
-        cmd_federate,
-    )
-    federate_app = add(
-        "federate-app",
-        "write the Flower app directory flwr run deploys: fmcore federate-app DIR domain=...",
-        cmd_federate_app,
-        with_overrides=False,
-    )
-    federate_app.epilog = OVERRIDE_HELP
-    federate_app.add_argument("app_dir", type=Path, metavar="DIR", help="the app directory")
-    federate_app.add_argument(
-        "overrides", nargs="*", metavar="override", help="see 'overrides' below"
-    )
-    node = add(
-        "node",
-        "a hospital's SuperNode from NODE.toml: checked before it joins, restarted with back-off",
-        cmd_node,
-        with_overrides=False,
-    )
-    node.add_argument("node_file", type=Path, metavar="NODE.toml", help="the node's settings")
-    node.add_argument("--check", action="store_true", help="run the checks only, then exit")
+    _add_federated_commands(add)
     add(
         "plugins",
         "list installed plugins, what each provides, and broken ones",
         cmd_plugins,
         with_overrides=False,
     ).add_argument("--strict", action="store_true", help="exit 1 when a plugin is broken")
-    new = add(
-        "new",
-        "write a pip-installable plugin package to start from: fmcore new domain|method NAME",
-        cmd_new,
-        with_overrides=False,
-    )
-    new.add_argument("kind", choices=("domain", "method"), help="what the plugin provides")
-    new.add_argument("name", help="its name (domain=NAME / method=NAME); package fmcore_NAME")
-    new.add_argument(
-        "--dir", type=Path, default=Path(), help="where to write fmcore-NAME/ (default: here)"
-    )
-    add(
-        "check",
-        "run the plugin contract checks on an installed plugin: fmcore check fmcore-ecg | ecg",
-        cmd_check,
-        with_overrides=False,
-    ).add_argument(
-        "plugin", metavar="PACKAGE_OR_NAME", help="a distribution, entry point, domain or method"
-    )
+    _add_plugin_author_commands(add)
     report = add(
         "report",
         "plot a training run's metrics: PNG figures and index.md in <run dir>/report",

@@ -8,6 +8,7 @@ is bad input by raising :class:`BadSample`. Views, tokens, losses and training a
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import importlib.util
 import inspect
@@ -15,7 +16,7 @@ import os
 import shutil
 import sys
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -178,32 +179,28 @@ class Domain(ABC):
         directory = self.cache_dir / "sample-data" / self.sample_name
         stamp = directory.with_name(directory.name + WRITER_STAMP_SUFFIX)
         key = sample_writer_key(type(self))
-        if not directory.exists() or _read_stamp(stamp) != key:
-            self._write_sample(directory, stamp, key)
+        if directory.exists() and _read_stamp(stamp) == key:
+            return directory
+        # One writer at a time (simulated federated sites and concurrent runs share the cache):
+        # checking, replacing and stamping under the lock, no process removes a folder another
+        # has just written and is about to read.
+        with _exclusive_lock(directory.with_name(directory.name + ".lock")):
+            if not directory.exists() or _read_stamp(stamp) != key:
+                self._write_sample(directory, stamp, key)
         return directory
 
     def _write_sample(self, directory: Path, stamp: Path, key: str) -> None:
-        """Write the embedded sample beside ``directory`` and rename it into place (a crash or a
-        concurrent writer never leaves half of it), replacing one an older writer made."""
+        """Write the embedded sample beside ``directory`` and rename it into place (a crash never
+        leaves half of it), replacing one an older writer made; the caller holds the lock."""
         partial = directory.with_name(f"{directory.name}.partial-{os.getpid()}")
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         self.write_sample_data(partial)
         if directory.exists():
-            if _read_stamp(stamp) == key:  # a concurrent process wrote this writer's sample
-                shutil.rmtree(partial, ignore_errors=True)
-                return
             stale = directory.with_name(f"{directory.name}.stale-{os.getpid()}")
-            with contextlib.suppress(OSError):
-                directory.rename(stale)
+            directory.rename(stale)
             shutil.rmtree(stale, ignore_errors=True)
-        try:
-            partial.rename(directory)
-        except OSError:
-            shutil.rmtree(partial, ignore_errors=True)
-            if not directory.exists():
-                raise
-            return
+        partial.rename(directory)
         atomic_write_text(stamp, key)
 
     def label_table(self) -> LabelTable | None:
@@ -303,6 +300,18 @@ def sample_writer_key(domain_class: type[Domain]) -> str:
         digest.update(source.name.encode())
         digest.update(source.read_bytes())
     return digest.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _exclusive_lock(path: Path) -> Iterator[None]:
+    """An advisory lock on ``path`` (created if need be), held for the ``with`` block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _read_stamp(stamp: Path) -> str | None:

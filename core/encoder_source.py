@@ -31,7 +31,6 @@ from fmcore.errors import ConfigError, MissingPath
 from fmcore.factory import (
     build_domain,
     build_parts,
-    check_encoder_format,
     encoder_from_state,
     run_encoder_metadata,
 )
@@ -50,8 +49,10 @@ from fmcore.run_files import (
     ROUND_KEY,
     ROUNDS_DIR,
     RUN_CONFIG_FILE,
+    SERVER_OPTIMIZER_FORMAT,
     SHARED_GROUP,
     SITES_DIR,
+    check_encoder_format,
     domain_group,
     round_files,
     write_encoder,
@@ -108,6 +109,11 @@ def read_encoder_source(
         return EncoderSource(path, _tensors(path), metadata)
     if kind == ROUND_FORMAT:
         return _from_round(path, metadata, registry, domain)
+    if kind == SERVER_OPTIMIZER_FORMAT:
+        raise ConfigError(
+            f"{path} holds the federation server's optimizer state, not weights: give the"
+            " round file beside it (round_<NNNN>.safetensors)"
+        )
     if family == ROUND_FORMAT.partition("/")[0]:
         raise ConfigError(
             f"{path} is a federated round file of format {kind} and this fmcore reads"

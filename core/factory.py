@@ -23,8 +23,7 @@ from fmcore.pretrained import load_pretrained
 from fmcore.run_files import (
     ENCODER_CONFIG_KEY,
     ENCODER_FILE,
-    ENCODER_FORMAT,
-    FORMAT_KEY,
+    check_encoder_format,
     encoder_metadata,
 )
 from fmcore.view_maker import ViewMaker
@@ -71,18 +70,6 @@ def encoder_file(value: str | Path, key: str) -> Path:
             f"{key}={value}: no {ENCODER_FILE} there; give a run directory or an encoder file"
         )
     return path
-
-
-def check_encoder_format(metadata: dict[str, str], path: Path) -> None:
-    """Refuse a file that is not an fmcore encoder of the format this fmcore reads."""
-    if ENCODER_CONFIG_KEY not in metadata:
-        raise ConfigError(f"{path}: the metadata has no encoder config: not an fmcore encoder")
-    if metadata.get(FORMAT_KEY) != ENCODER_FORMAT:
-        raise ConfigError(
-            f"{path} is an encoder file of format {metadata.get(FORMAT_KEY)} and this fmcore"
-            f" reads {ENCODER_FORMAT} (a trunk's own keys moved under encoder.<trunk>): train it"
-            " again, or load its weights by hand into an encoder built from today's config"
-        )
 
 
 def encoder_from_file(path: Path, registry: Registry, domain: Domain) -> Encoder:

@@ -36,7 +36,7 @@ from fmcore.encoder import Encoder
 from fmcore.errors import ConfigError
 from fmcore.io import read_metadata
 from fmcore.modalities.grid import GridTokenizer, resample_grid_embedding
-from fmcore.run_files import ENCODER_CONFIG_KEY
+from fmcore.run_files import ENCODER_CONFIG_KEY, check_encoder_format
 from fmcore.timm_layout import load_timm_state_dict
 
 logger = logging.getLogger(__name__)
@@ -75,13 +75,21 @@ def load_pretrained(encoder: Encoder, path: Path) -> LoadedWeights:
     every offending key; the encoder is then left as it was."""
     if not path.is_file():
         raise ConfigError(f"init={path}: no such file")
-    if path.suffix == ".safetensors" and ENCODER_CONFIG_KEY in read_metadata(path):
+    if path.suffix == ".safetensors" and ENCODER_CONFIG_KEY in _metadata(path):
+        check_encoder_format(read_metadata(path), path)
         loaded = LoadedWeights(path, "fmcore")
         loaded.resampled_from = _load_fmcore_state(encoder, load_file(str(path)), path)
     else:
         loaded = _load_foreign(encoder, _read_tensors(path), path)
     logger.info("init: %s", loaded.describe())
     return loaded
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    try:
+        return read_metadata(path)
+    except (SafetensorError, OSError) as error:
+        raise ConfigError(f"init={path}: not a readable safetensors file ({error})") from error
 
 
 def _read_tensors(path: Path) -> dict[str, Tensor]:

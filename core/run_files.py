@@ -32,6 +32,7 @@ from pathlib import Path
 
 from torch import Tensor
 
+from fmcore.errors import ConfigError
 from fmcore.io import atomic_save_tensors
 
 RUNS_DIR = "runs"  # where a run without run.dir goes, below the working directory
@@ -46,6 +47,9 @@ ROUNDS_DIR = "rounds"
 ROUND_FILE = re.compile(r"^round_(\d{4,})\.safetensors$")
 ROUND_FORMAT = "fmcore.federated/1"
 ROUND_KEY = "round"  # a round file's metadata: its round number (beside FORMAT_KEY)
+# The server optimizer's state beside a round (rounds/server_optimizer_<NNNN>.safetensors):
+# entries ``<group>/<attribute>/<key>``, not weights.
+SERVER_OPTIMIZER_FORMAT = "fmcore.server-optimizer/1"
 SITES_DIR = "sites"
 # A round file's groups: the trunk shared by every site, and one per domain and modality.
 SHARED_GROUP = "shared"
@@ -105,3 +109,15 @@ def encoder_metadata(
 def write_encoder(state: dict[str, Tensor], path: Path, metadata: dict[str, str]) -> None:
     """Write the encoder users keep as one safetensors file (``encoder_metadata``), atomically."""
     atomic_save_tensors(state, path, metadata)
+
+
+def check_encoder_format(metadata: dict[str, str], path: Path) -> None:
+    """Refuse a file that is not an fmcore encoder of the format this fmcore reads."""
+    if ENCODER_CONFIG_KEY not in metadata:
+        raise ConfigError(f"{path}: the metadata has no encoder config: not an fmcore encoder")
+    if metadata.get(FORMAT_KEY) != ENCODER_FORMAT:
+        raise ConfigError(
+            f"{path} is an encoder file of format {metadata.get(FORMAT_KEY)} and this fmcore"
+            f" reads {ENCODER_FORMAT} (a trunk's own keys moved under encoder.<trunk>): train it"
+            " again, or load its weights by hand into an encoder built from today's config"
+        )

@@ -20,13 +20,15 @@ from __future__ import annotations
 import logging
 import math
 from os import PathLike
+from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
 from fmcore.backbones.vit import VisionTransformer
 from fmcore.encoder import Encoder
+from fmcore.io import atomic_save_tensors
 from fmcore.modalities.grid import GridTokenizer, resample_grid_embedding
 
 logger = logging.getLogger(__name__)
@@ -257,7 +259,8 @@ def export_timm(
 ) -> None:
     """Write the encoder as a timm-layout .safetensors file (``no_embed_class`` as in
     :func:`to_timm_state_dict`)."""
-    save_file(to_timm_state_dict(encoder, no_embed_class), str(path), metadata={"format": "pt"})
+    state = to_timm_state_dict(encoder, no_embed_class)
+    atomic_save_tensors(state, Path(path), metadata={"format": "pt"})
 
 
 def import_timm(

@@ -9,6 +9,8 @@ its node config (``site-name``, ``data-root``, optionally ``domain`` and ``state
 from __future__ import annotations
 
 import functools
+import logging
+import re
 import shlex
 import sys
 import traceback
@@ -32,7 +34,6 @@ from fmcore.federated.federation_config import (
     federated_section,
     federation_words,
 )
-from fmcore.federated.node import SITE_OVERRIDES
 from fmcore.federated.secure_client import secure_aggregation_mod
 from fmcore.federated.secure_server import (
     SecureFederation,
@@ -47,6 +48,7 @@ from fmcore.federated.site import (
     site_config,
     train_round,
 )
+from fmcore.federated.sites import FRESH_KEY
 from fmcore.federated.wire import (
     CONFIG_RECORD,
     METRICS_RECORD,
@@ -55,6 +57,8 @@ from fmcore.federated.wire import (
     to_state,
 )
 from fmcore.plugin_manager import registry
+
+log = logging.getLogger("fmcore.federated")
 
 
 def _run_words(context: Context) -> list[str]:
@@ -81,6 +85,17 @@ def simulated_site(
     return Site(name, tuple(overrides), site_root / name, partition)
 
 
+#: Node-config keys a site reads beside ``site-name``/``domain``/``state-dir``, and the config
+#: key each sets at that site (``fmcore node`` writes them from its NODE.toml).
+SITE_OVERRIDES = {
+    "data-root": "data.root",
+    "device": "trainer.device",
+    "batch-size": "trainer.batch_size",
+    "num-workers": "trainer.num_workers",
+}
+FEDERATION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
 def deployed_site(context: Context, federation: str, config: DictConfig) -> Site:
     """The site a SuperNode's node config describes."""
     node = context.node_config
@@ -94,8 +109,17 @@ def deployed_site(context: Context, federation: str, config: DictConfig) -> Site
     overrides += [f"{key}={node[name]}" for name, key in SITE_OVERRIDES.items() if name in node]
     # Keyed by the federation, also under a configured state-dir: a new federation never
     # resumes (nor prunes) an older one's checkpoints, and a restarted one finds its own.
+    if not FEDERATION_NAME.match(federation):  # it names a folder the site writes and prunes
+        raise ConfigError(f"the server sent an unusable federation name {federation!r}")
     state = node.get("state-dir")
     root = Path(str(state)) if state else cache_dir(config) / "federated"
+    if (root / "checkpoints").is_dir():
+        log.warning(
+            "state-dir %s holds an engine run of the layout before one folder per federation;"
+            " this federation keeps its state in %s and does not resume that run",
+            root,
+            root / federation / name,
+        )
     return Site(name, tuple(overrides), root / federation / name)
 
 
@@ -148,9 +172,9 @@ def make_client_app(
     def describe(message: Message, context: Context) -> Message:
         run_words, site = identify(message, context)
         config = site_config(run_words, site, compose)
-        content = RecordDict(
-            {group: to_record(state) for group, state in initial_groups(config, registry()).items()}
-        )
+        fresh = bool(message.content[CONFIG_RECORD].get(FRESH_KEY, True))
+        groups = initial_groups(config, registry(), fresh)
+        content = RecordDict({group: to_record(state) for group, state in groups.items()})
         content[SITE_RECORD] = ConfigRecord({"name": site.name})
         if config.federated.audit:
             append_audit(site.state_dir, "query", content)

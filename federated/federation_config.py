@@ -147,6 +147,11 @@ def federation_to_run(
     run_dir = Path(str(config.run.dir)) if config.run.dir else None
     if not (config.resume and run_dir is not None and (run_dir / WORDS_FILE).is_file()):
         return config, federation_words(words)
+    if not (run_dir / RUN_CONFIG_FILE).is_file():
+        raise ConfigError(
+            f"resume=true but {run_dir} holds no federation that reached its first round (no"
+            f" {RUN_CONFIG_FILE}); start it again without resume=true"
+        )
     refuse_resume_changes(
         words,
         config_sources(plugins).groups(),

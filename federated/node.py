@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -21,22 +22,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
+from typing import get_args, get_type_hints
 
 from fmcore.config import compose, config_sources
 from fmcore.errors import ConfigError, FmcoreError
 from fmcore.factory import build_domain
 from fmcore.plugin_manager import Registry
 
-#: Node-config keys the ClientApp reads (federated/apps.py ``deployed_site``) and the config key
-#: each sets at this site; the rest of the config comes from the federation's app.
-SITE_OVERRIDES = {
-    "data-root": "data.root",
-    "device": "trainer.device",
-    "batch-size": "trainer.batch_size",
-    "num-workers": "trainer.num_workers",
-}
-
-
+#: The exit code of a command refusing its arguments: restarting cannot help.
+USAGE_ERROR = 2
 #: A SuperNode that ran this long (seconds) before stopping was healthy: waits start over.
 HEALTHY_RUN = 600.0
 
@@ -108,6 +102,12 @@ def read_node_settings(path: Path) -> NodeSettings:
     unknown = sorted(set(raw) - set(known))
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    hints = get_type_hints(NodeSettings)
+    for key, value in raw.items():
+        wanted = _toml_types(hints[known[key].name])
+        if isinstance(value, bool) != (bool in wanted) or not isinstance(value, wanted):
+            names = " or ".join(kind.__name__ for kind in wanted)
+            raise ConfigError(f"{path}: {key} = {value!r} is not a {names}")
     required = [key for key in ("site-name", "domain", "superlink") if key not in raw]
     if required:
         raise ConfigError(f"{path}: {', '.join(required)} must be set")
@@ -117,6 +117,12 @@ def read_node_settings(path: Path) -> NodeSettings:
             " for a test without TLS"
         )
     return NodeSettings(**{known[key].name: value for key, value in raw.items()}, source=path)
+
+
+def _toml_types(hint: object) -> tuple[type, ...]:
+    """The TOML value types a field accepts: its own, and int for a float."""
+    kinds = [kind for kind in get_args(hint) or (hint,) if kind is not type(None)]
+    return tuple(kinds + ([int] if float in kinds else []))
 
 
 def check_node(settings: NodeSettings, registry: Registry) -> int:
@@ -143,6 +149,14 @@ def check_node(settings: NodeSettings, registry: Registry) -> int:
         )
     if settings.state_dir:
         _check_writable(Path(settings.state_dir), f"{where}: state-dir")
+    for key, value in (
+        ("root-certificates", settings.root_certificates),
+        ("auth-supernode-private-key", settings.auth_supernode_private_key),
+        ("auth-supernode-public-key", settings.auth_supernode_public_key),
+        ("trusted-entities", settings.trusted_entities),
+    ):
+        if value is not None and not Path(value).is_file():
+            raise ConfigError(f"{where}: {key} {value} is not a file")
     return samples
 
 
@@ -163,15 +177,16 @@ def keep_running(
     max_restarts: int | None,
     log=print,
 ) -> int:
-    """Run ``command`` until it exits 0; after a failure wait and start it again, the wait
+    """Run ``command`` until it exits 0 (or 2, a usage error, or is stopped by a signal);
+    after another failure wait and start it again, the wait
     doubling from ``restart_delay`` up to ``max_delay`` (back to the start after a run of
     ``HEALTHY_RUN`` seconds or more). Returns the last exit code."""
     delay, restarts = restart_delay, 0
     while True:
         started = time.monotonic()
-        code = subprocess.call(list(command))
-        if code == 0:
-            return 0
+        code = _run_forwarding_signals(command)
+        if code in (0, USAGE_ERROR) or code < 0:  # done, refused its flags, or stopped by a signal
+            return code
         if max_restarts is not None and restarts >= max_restarts:
             log(f"{_now()} SuperNode exited with {code}; no restart left (max-restarts)")
             return code
@@ -180,6 +195,22 @@ def keep_running(
         log(f"{_now()} SuperNode exited with {code}; restarting in {delay:g} s")
         time.sleep(delay)
         delay, restarts = min(delay * 2, max_delay), restarts + 1
+
+
+def _run_forwarding_signals(command: Sequence[str]) -> int:
+    """Run ``command``; a SIGTERM or SIGINT to this process is passed on to it (docker stop,
+    systemd), so no SuperNode outlives ``fmcore node``. Returns its exit code."""
+    child = subprocess.Popen(list(command))
+
+    def forward(signum: int, _frame: object) -> None:
+        child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _now() -> str:

@@ -28,7 +28,11 @@ from fmcore.federated.federation_config import federated_section
 from fmcore.federated.publish import FailedRounds, publish_round
 from fmcore.federated.scoped_strategy import ScopedAggregation, StateRecords
 from fmcore.federated.scopes import SHARED_GROUP
-from fmcore.federated.server_optimizer import optimizer_state, restore_optimizer_state
+from fmcore.federated.server_optimizer import (
+    keeps_state,
+    optimizer_state,
+    restore_optimizer_state,
+)
 from fmcore.federated.sites import open_federation
 from fmcore.federated.store import RoundStore
 from fmcore.federated.strategies import StrategyWrapper, make_strategy
@@ -89,7 +93,15 @@ class Federation:
             records,
         )
         if last:
-            restore_optimizer_state(scoped.strategies, self.store.optimizer(last))
+            saved = self.store.optimizer(last)
+            if not saved and any(map(keeps_state, scoped.strategies.values())):
+                log.warning(
+                    "round %d has no saved server optimizer state (written from this fmcore on):"
+                    " %s's moments start from zero",
+                    last,
+                    self.settings.strategy,
+                )
+            restore_optimizer_state(scoped.strategies, saved)
         rounds = RecordedRounds(
             ValidatedUpdates(scoped, sites, self.min_sites, self.timeout, records),
             self.store,

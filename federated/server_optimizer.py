@@ -29,6 +29,12 @@ def innermost(strategy: Strategy) -> Strategy:
         strategy = inner
 
 
+def keeps_state(strategy: Strategy) -> bool:
+    """Whether the strategy is one of Flower's server optimizers (FedOpt, FedAvgM)."""
+    inner = innermost(strategy)
+    return any(hasattr(inner, attribute) for attribute in OPTIMIZER_ATTRIBUTES)
+
+
 def optimizer_state(strategies: Mapping[str, Strategy]) -> dict[str, np.ndarray]:
     """Every group's optimizer arrays as ``<group>/<attribute>/<key or index>``; empty for
     strategies without state (FedAvg) and before the first aggregation."""

@@ -56,11 +56,14 @@ class RoundResult:
     steps: int
 
 
-def initial_groups(config: DictConfig, registry: Registry) -> dict[str, dict[str, torch.Tensor]]:
-    """The weights this site would start the federation from (random, or ``init=``), split
-    into groups: its answer when the server first asks."""
+def initial_groups(
+    config: DictConfig, registry: Registry, fresh: bool = True
+) -> dict[str, dict[str, torch.Tensor]]:
+    """The weights this site would start the federation from (random, or ``init=`` when
+    ``fresh``), split into groups: its answer when the server opens the federation. A resumed
+    federation has its round's weights, so its sites do not read ``init=`` again."""
     torch.manual_seed(config.run.seed)
-    parts = build_parts(config, registry, fresh_start=True)
+    parts = build_parts(config, registry, fresh_start=fresh)
     return split_by_group(parts.method, str(config.domain.name), parts.modality.name)
 
 

@@ -23,6 +23,8 @@ from fmcore.run_files import RUN_CONFIG_FILE
 
 log = logging.getLogger("fmcore.federated")
 FEDERATION_ID_FILE = "federation.id"
+#: The opening query's flag: the federation starts now, so sites load ``init=`` for their answer.
+FRESH_KEY = "fresh"
 
 
 @dataclass(frozen=True)
@@ -50,10 +52,11 @@ def await_sites(grid: Grid, expected: int, minimum: int, timeout: float) -> list
 
 
 def describe_sites(
-    grid: Grid, nodes: list[int], federation: str, timeout: float
+    grid: Grid, nodes: list[int], federation: str, timeout: float, fresh: bool
 ) -> tuple[dict[int, SiteInfo], GlobalState]:
-    """Ask every site who it is; the first site (by name) of a group gives its initial weights."""
-    query = RecordDict({CONFIG_RECORD: ConfigRecord({"federation": federation})})
+    """Ask every site who it is; the first site (by name) of a group gives its initial weights
+    (``init=`` loaded only when ``fresh``: a resumed federation has its own)."""
+    query = RecordDict({CONFIG_RECORD: ConfigRecord({"federation": federation, FRESH_KEY: fresh})})
     messages = [Message(query, dst_node_id=node, message_type=MessageType.QUERY) for node in nodes]
     sites: dict[int, SiteInfo] = {}
     initial: GlobalState = {}
@@ -100,13 +103,15 @@ def open_federation(
     atomic_write_text(run_dir / RUN_CONFIG_FILE, to_yaml(config))
     nodes = await_sites(grid, settings.sites, min_sites, settings.connect_timeout)
     federation = federation_id(run_dir)
-    sites, initial = describe_sites(grid, nodes, federation, settings.round_timeout)
+    resumed = store.latest()
+    sites, initial = describe_sites(
+        grid, nodes, federation, settings.round_timeout, fresh=resumed is None
+    )
     if len(sites) < min_sites:
         raise FmcoreError(
             f"only {len(sites)} site(s) answered, fewer than {min_sites} ({why});"
             " see the site errors above"
         )
-    resumed = store.latest()
     last, state = resumed if resumed is not None else (0, {})
     for group, entries in initial.items():
         state.setdefault(group, entries)

@@ -21,6 +21,7 @@ from fmcore.run_files import (
     ROUND_FORMAT,
     ROUND_KEY,
     ROUNDS_DIR,
+    SERVER_OPTIMIZER_FORMAT,
     round_file_name,
     round_files,
 )
@@ -54,18 +55,21 @@ class RoundStore:
         optimizer file is kept: it is as large as the model, twice for Adam's two moments."""
         self.directory.mkdir(parents=True, exist_ok=True)
         if optimizer:
-            self._write(self.optimizer_path(server_round), optimizer, server_round)
+            path = self.optimizer_path(server_round)
+            self._write(path, optimizer, server_round, SERVER_OPTIMIZER_FORMAT)
         final = self.path(server_round)
-        self._write(final, flat_state(state), server_round)
+        self._write(final, flat_state(state), server_round, ROUND_FORMAT)
         for old in self.directory.glob("server_optimizer_*.safetensors"):
             if old != self.optimizer_path(server_round):
                 old.unlink()
         return final
 
-    def _write(self, final: Path, flat: Mapping[str, np.ndarray], server_round: int) -> None:
+    def _write(
+        self, final: Path, flat: Mapping[str, np.ndarray], server_round: int, kind: str
+    ) -> None:
         partial = final.with_name(f".partial-{final.name}")
         arrays = {key: contiguous(value) for key, value in flat.items()}
-        metadata = {FORMAT_KEY: ROUND_FORMAT, ROUND_KEY: str(server_round)}
+        metadata = {FORMAT_KEY: kind, ROUND_KEY: str(server_round)}
         save_file(arrays, str(partial), metadata=metadata)
         os.replace(partial, final)
 

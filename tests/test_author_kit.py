@@ -103,6 +103,7 @@ def test_a_changed_sample_writer_rewrites_the_cached_sample(tmp_path: Path) -> N
         assert stamp.read_text() != written
         assert sorted(p.name for p in (cache / "sample-data").iterdir()) == [
             "counting",
+            "counting.lock",  # writers take turns: no process removes a folder another reads
             f"counting{WRITER_STAMP_SUFFIX}",
         ]
     finally:

@@ -41,6 +41,9 @@ def test_checks_pass_on_usable_data_and_count_its_samples(tmp_path, capsys) -> N
         ({"insecure": True, "sample-data": True, "state-dir": "FILE/state"}, "state-dir"),
         ({"insecure": True, "batch_size": 4}, "unknown key(s) batch_size"),
         ({}, "set root-certificates"),
+        ({"insecure": "false"}, "insecure = 'false' is not a bool"),
+        ({"insecure": True, "sample-data": True, "batch-size": "32"}, "batch-size = '32'"),
+        ({"root-certificates": "/no/ca.crt", "sample-data": True}, "root-certificates"),
     ],
 )
 def test_a_bad_setting_exits_before_joining_and_is_named(tmp_path, capsys, settings, named):
@@ -97,3 +100,7 @@ def test_a_stopped_supernode_restarts_with_growing_waits(tmp_path) -> None:
     always_failing = [sys.executable, "-c", "import sys; sys.exit(7)"]
     assert keep_running(always_failing, 0.01, 0.02, 1, said.append) == 7
     assert said[-1].endswith("SuperNode exited with 7; no restart left (max-restarts)")
+    refused_flags = [sys.executable, "-c", "import sys; sys.exit(2)"]  # a usage error
+    count = len(said)
+    assert keep_running(refused_flags, 0.01, 0.02, None, said.append) == 2
+    assert len(said) == count  # not restarted

@@ -22,6 +22,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from safetensors.torch import save_file
 
 from fmcore.config import compose, config_sources
+from fmcore.encoder_source import read_encoder_source
 from fmcore.errors import ConfigError
 from fmcore.factory import build_domain, build_parts
 from fmcore.federated.apps import deployed_site
@@ -241,6 +242,8 @@ def test_a_restored_server_optimizer_continues_exactly(
     assert sorted(p.name for p in store.directory.glob("server_optimizer_*")) == [
         "server_optimizer_0003.safetensors"
     ]
+    with pytest.raises(ConfigError, match="server's optimizer state, not weights"):
+        read_encoder_source(store.optimizer_path(3), registry())
 
 
 def test_trunks_are_shared_and_everything_else_stays_within_the_domain(tmp_path: Path) -> None:

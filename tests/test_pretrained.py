@@ -171,7 +171,10 @@ def test_fmcore_encoder_file_at_another_grid_loads_resampled(tmp_path):
 
     assert (loaded.layout, loaded.resampled_from) == ("fmcore", (8, 8))
     assert target.trunk.reg_token.equal(source.trunk.reg_token)
-    assert target.tokenizer.pos_embed.shape == (1, 16, D)
+    native = source.tokenizer.pos_embed.detach().reshape(8, 8, D).double().numpy()
+    m = antialiased_bicubic_half(8)
+    expected = np.einsum("ih,jw,hwd->ijd", m, m, native).reshape(1, 16, D)
+    np.testing.assert_allclose(target.tokenizer.pos_embed.detach().numpy(), expected, atol=1e-5)
 
 
 def test_weights_that_do_not_fit_name_the_file_and_the_config_key(tmp_path):
@@ -186,6 +189,17 @@ def test_weights_that_do_not_fit_name_the_file_and_the_config_key(tmp_path):
     torch.save(dinov2_backbone(0, True), wrong_ffn)
     with pytest.raises(ConfigError, match=r"(?s)swiglu\.pth.*encoder\.vit\.ffn=swiglu"):
         load_pretrained(encoder(0, "mlp"), wrong_ffn)
+
+    truncated = tmp_path / "cut.safetensors"
+    truncated.write_bytes(b"\x08\x00")
+    with pytest.raises(ConfigError, match=r"init=.*cut\.safetensors: not a readable"):
+        load_pretrained(encoder(0, "mlp"), truncated)
+
+    old_format = tmp_path / "encoder_v1.safetensors"
+    metadata = {ENCODER_CONFIG_KEY: "{}", FORMAT_KEY: "fmcore.encoder/1"}
+    save_file({"x": torch.zeros(1)}, str(old_format), metadata)
+    with pytest.raises(ConfigError, match=r"encoder_v1\.safetensors is an encoder file of format"):
+        load_pretrained(encoder(0, "mlp"), old_format)
 
     garbage = tmp_path / "notes.pth"
     garbage.write_text("not weights")

@@ -26,7 +26,7 @@ from fmcore.encoder import Encoder, feature_kind
 from fmcore.encoder_source import EncoderSource, read_encoder_source
 from fmcore.errors import ConfigError, MissingPath
 from fmcore.eval.features import PIXELS, RawPixels
-from fmcore.factory import build_domain, build_encoder, check_encoder_format, encoder_from_state
+from fmcore.factory import build_domain, build_encoder, encoder_from_state
 from fmcore.plugin_manager import Registry
 from fmcore.run_files import (
     DATA_CONFIG_KEY,
@@ -34,6 +34,7 @@ from fmcore.run_files import (
     ENCODER_CONFIG_KEY,
     ENCODER_FILE,
     FEATURES_KEY,
+    check_encoder_format,
 )
 
 RANDOM = "random"

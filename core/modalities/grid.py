@@ -95,7 +95,9 @@ class GridTokenizer(Tokenizer):
     """Non-overlapping patches of a 2D or 3D grid embedded by one strided convolution.
 
     The positional embedding lives at the sample's native token grid and is resampled
-    (:func:`resample_grid_embedding`) for views with a different grid, as DINOv2 does for crops.
+    (:func:`resample_grid_embedding`, timm's antialiased bicubic in 2D) for views with a
+    different grid, such as DINOv2's local crops. (Until December 2026 it was plain
+    bicubic: a run resumed across that change sees slightly different tables for such views.)
     An input whose size is not a multiple of the patch is refused, not cropped.
     ``learned`` starts it at DINOv2's small random values (std 0.02), far below the patch
     embeddings, so a short run barely tells positions apart; ``sincos`` fixes it to MAE's

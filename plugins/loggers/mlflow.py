@@ -97,7 +97,7 @@ class Run:
         self.client.set_terminated(self.run_id, "FINISHED")
 
 
-_runs = OpenLoggers(LOGGER, Run)
+_runs = OpenLoggers(LOGGER, Run, ("mlflow.tracking", "mlflow.entities"))
 
 
 @hookimpl

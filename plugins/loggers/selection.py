@@ -13,10 +13,9 @@ from fmcore.api import ConfigError, as_dict, process_rank
 
 
 def chosen_settings(config: Any, logger: str) -> dict[str, Any] | None:
-    """``logger.<logger>``'s settings when the run chose that logger and this process writes
-    (rank 0 under torchrun); None otherwise."""
+    """``logger.<logger>``'s settings when the run chose that logger; None otherwise."""
     section = config.get("logger")
-    if section is None or section.get(logger) is None or process_rank() != 0:
+    if section is None or section.get(logger) is None:
         return None
     return as_dict(section[logger])
 
@@ -59,14 +58,22 @@ class OpenLoggers:
     may train in one process: a federated simulation's sites, a test), opened only where the
     run chose the logger."""
 
-    def __init__(self, logger: str, open_logger: OpenLogger) -> None:
+    def __init__(self, logger: str, open_logger: OpenLogger, libraries: tuple[str, ...]) -> None:
         self.logger = logger
         self.open_logger = open_logger
+        self.libraries = libraries  # imported on every rank before rank 0 opens the logger
         self.by_run: dict[Path, RunLogger] = {}
 
     def train_start(self, config: Any, run_dir: Path) -> None:
+        """Open the chosen logger on rank 0. Its libraries are imported on every rank first:
+        a missing extra stops every process, not rank 0 alone while the others wait for it in
+        their first collective."""
         settings = chosen_settings(config, self.logger)
-        if settings is not None:
+        if settings is None:
+            return
+        for library in self.libraries:
+            require(library, self.logger)
+        if process_rank() == 0:
             self.by_run[run_dir] = self.open_logger(config, run_dir, settings)
 
     def step_end(self, step: int, metrics: dict[str, float], run_dir: Path) -> None:
@@ -83,7 +90,7 @@ class OpenLoggers:
     ) -> None:
         """A federation's round: opened at its first, closed after ``federated.rounds``."""
         settings = chosen_settings(config, self.logger)
-        if settings is None:
+        if settings is None or process_rank() != 0:
             return
         opened = self.by_run.get(run_dir) or self.open_logger(config, run_dir, settings)
         opened.log(server_round, metrics)

@@ -41,7 +41,7 @@ class Writer:
         self.events.close()
 
 
-_writers = OpenLoggers(LOGGER, Writer)
+_writers = OpenLoggers(LOGGER, Writer, ("torch.utils.tensorboard",))
 
 
 @hookimpl
