@@ -34,7 +34,11 @@ from fmcore.federated.federation_config import (
 from fmcore.federated.partition import site_share
 from fmcore.federated.scoped_strategy import NodeSubset
 from fmcore.federated.scopes import SHARED_GROUP, split_by_group
-from fmcore.federated.server_optimizer import optimizer_state, restore_optimizer_state
+from fmcore.federated.server_optimizer import (
+    innermost,
+    optimizer_state,
+    restore_optimizer_state,
+)
 from fmcore.federated.site import initial_groups, proximal_term
 from fmcore.federated.store import RoundStore
 from fmcore.federated.strategies import EqualWeights, make_strategy
@@ -244,6 +248,21 @@ def test_a_restored_server_optimizer_continues_exactly(
     ]
     with pytest.raises(ConfigError, match="server's optimizer state, not weights"):
         read_encoder_source(store.optimizer_path(3), registry())
+
+
+def test_the_optimizer_state_is_found_under_the_dp_and_equal_weight_wrappers() -> None:
+    settings = federated_settings(
+        "federated=fedadam", "federated.dp.clipping=fixed", "+federated.dp.args.clipping_norm=1.0"
+    )
+    wrapped = make_strategy(settings, sites=2, min_sites=2, fraction=1.0)
+    inner = innermost(wrapped)
+    assert type(wrapped).__name__ == "EqualWeights" and type(inner).__name__ == "FedAdam"
+    inner.m_t, inner.v_t = {"w": np.ones(2)}, {"w": np.full(2, 4.0)}
+    saved = optimizer_state({SHARED_GROUP: wrapped})
+    assert set(saved) == {"shared/m_t/w", "shared/v_t/w"}
+    fresh = make_strategy(settings, sites=2, min_sites=2, fraction=1.0)
+    restore_optimizer_state({SHARED_GROUP: fresh}, saved)
+    np.testing.assert_array_equal(innermost(fresh).v_t["w"], np.full(2, 4.0))
 
 
 def test_trunks_are_shared_and_everything_else_stays_within_the_domain(tmp_path: Path) -> None:
