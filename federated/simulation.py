@@ -53,13 +53,13 @@ def simulate(
             " federation, or choose another run.dir"
         )
     config.run.dir = str(run_dir)
+    settings = federated_section(config)
+    failure: list[BaseException] = []
+    server_app = make_server_app(config, run_dir, failure)  # refuses a bad config first
+    client_app = make_client_app(list(words), run_dir / SITES_DIR, client_mods)
     if done is None:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_words(run_dir, words)
-    settings = federated_section(config)
-    failure: list[BaseException] = []
-    server_app = make_server_app(config, run_dir, failure)
-    client_app = make_client_app(list(words), run_dir / SITES_DIR, client_mods)
     resources = settings.simulation
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     logging.getLogger("flwr").setLevel(logging.WARNING)
