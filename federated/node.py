@@ -74,9 +74,12 @@ class NodeSettings:
         return " ".join(f"{key}={json.dumps(v)}" for key, v in values.items() if v is not None)
 
     def supernode_command(self) -> list[str]:
-        executable = shutil.which("flower-supernode") or str(
-            Path(sys.executable).with_name("flower-supernode")
-        )
+        beside = Path(sys.executable).with_name("flower-supernode")  # this environment's Flower
+        executable = str(beside) if beside.is_file() else shutil.which("flower-supernode")
+        if executable is None:
+            raise ConfigError(
+                "flower-supernode is not installed: pip install 'fmcore-ssl[federated]'"
+            )
         command = [executable, "--superlink", self.superlink]
         command += ["--insecure"] if self.insecure else []
         for flag, value in (

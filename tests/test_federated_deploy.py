@@ -185,12 +185,26 @@ def write_connection(running: Cluster, address: str, security: dict[str, str | b
 
 
 def start_sites(
-    running: Cluster, address: str, transport: Sequence[str], keys: Mapping[str, Path] | None = None
+    running: Cluster,
+    address: str,
+    transport: Sequence[str],
+    keys: Mapping[str, Path] | None = None,
+    node_files: Sequence[str] = (),
 ) -> dict[str, Path]:
-    """One SuperNode per site, each with its own runtime port and state directory."""
+    """One SuperNode per site, each with its own runtime port and state directory; the sites in
+    ``node_files`` start through ``fmcore node <site>.toml`` (checked, kept running)."""
     states = {}
     for site in SITES:
         states[site] = running.root / "sites" / site
+        if site in node_files:
+            settings = running.root / f"{site}.toml"
+            settings.write_text(
+                f'site-name = "{site}"\ndomain = "digits"\nsample-data = true\n'
+                f'superlink = "{address}"\ninsecure = true\nport = {free_port()}\n'
+                f'state-dir = "{states[site]}"\nrestart-delay = 1.0\n'
+            )
+            running.start(site, [sys.executable, "-m", "fmcore", "node", str(settings)])
+            continue
         authentication = ["--auth-supernode-private-key", str(keys[site])] if keys else []
         running.start(
             site,
@@ -266,7 +280,7 @@ def test_superlink_and_two_supernodes_run_two_rounds(tmp_path: Path) -> None:
                 "--disable-runtime-dependency-installation",
             ],
         )
-        states = start_sites(running, address, ["--insecure"])
+        states = start_sites(running, address, ["--insecure"], node_files=[SITES[0]])
         write_connection(running, address, {"insecure": True})
         running.await_port("superlink", port)
         run_federation(running, tmp_path / "server", states)
