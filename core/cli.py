@@ -132,11 +132,15 @@ def cmd_federate_app(args: argparse.Namespace) -> int:
 
 
 def cmd_node(args: argparse.Namespace) -> int:
-    from fmcore.federated.node import check_node, keep_running, read_node_settings
+    from fmcore.federated.node import check_node, keep_running, node_health, read_node_settings
 
+    settings = read_node_settings(args.node_file)
+    if args.health:
+        status = node_health(settings)
+        print(f"SuperNode {settings.site_name} at {settings.health_server_address}: {status}")
+        return 0 if status == "SERVING" else 1
     plugins = registry()
     _warn_problems(plugins)
-    settings = read_node_settings(args.node_file)
     samples = check_node(settings, plugins)
     print(
         f"node checks passed: site {settings.site_name}, domain {settings.domain},"
@@ -258,6 +262,11 @@ def _add_federated_commands(add: Callable[..., argparse.ArgumentParser]) -> None
     )
     node.add_argument("node_file", type=Path, metavar="NODE.toml", help="the node's settings")
     node.add_argument("--check", action="store_true", help="run the checks only, then exit")
+    node.add_argument(
+        "--health",
+        action="store_true",
+        help="ask the running SuperNode's health endpoint; exit 0 while it serves",
+    )
 
 
 def _add_plugin_author_commands(add: Callable[..., argparse.ArgumentParser]) -> None:

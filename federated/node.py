@@ -163,6 +163,25 @@ def check_node(settings: NodeSettings, registry: Registry) -> int:
     return samples
 
 
+def node_health(settings: NodeSettings, timeout: float = 5.0) -> str:
+    """The SuperNode's answer on its gRPC health endpoint (``health-server-address``):
+    ``SERVING`` while it runs, or why there is none (for a container or service health check)."""
+    if settings.health_server_address is None:
+        raise ConfigError(
+            f"{settings.source}: set health-server-address to check the SuperNode's health"
+        )
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(settings.health_server_address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+        except grpc.RpcError as error:
+            return f"unreachable ({error.code().name})"
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
 def _check_writable(directory: Path, what: str) -> None:
     probe = directory / ".fmcore-write-check"
     try:

@@ -202,6 +202,7 @@ def start_sites(
                 f'site-name = "{site}"\ndomain = "digits"\nsample-data = true\n'
                 f'superlink = "{address}"\ninsecure = true\nport = {free_port()}\n'
                 f'state-dir = "{states[site]}"\nrestart-delay = 1.0\n'
+                f'health-server-address = "127.0.0.1:{free_port()}"\n'
             )
             running.start(site, [sys.executable, "-m", "fmcore", "node", str(settings)])
             continue
@@ -284,6 +285,8 @@ def test_superlink_and_two_supernodes_run_two_rounds(tmp_path: Path) -> None:
         write_connection(running, address, {"insecure": True})
         running.await_port("superlink", port)
         run_federation(running, tmp_path / "server", states)
+        health = fmcore("node", str(tmp_path / f"{SITES[0]}.toml"), "--health", cwd=tmp_path)
+        assert health.stdout.strip().endswith(": SERVING")
 
 
 def certificate_authority(directory: Path) -> tuple[Path, Path, Path]:

@@ -3,6 +3,11 @@ Flower hands the ClientApp, and the SuperNode restarted with back-off."""
 
 from __future__ import annotations
 
+import configparser
+import json
+import re
+import shlex
+import socket
 import sys
 from pathlib import Path
 
@@ -104,3 +109,35 @@ def test_a_stopped_supernode_restarts_with_growing_waits(tmp_path) -> None:
     count = len(said)
     assert keep_running(refused_flags, 0.01, 0.02, None, said.append) == 2
     assert len(said) == count  # not restarted
+
+
+def test_health_needs_an_address_and_reports_a_silent_endpoint(tmp_path, capsys) -> None:
+    path = node_file(tmp_path, **TRIAL, insecure=True)
+    assert main(["node", str(path), "--health"]) == 2
+    assert "set health-server-address" in capsys.readouterr().err
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    path = node_file(
+        tmp_path, **TRIAL, insecure=True, **{"health-server-address": f"127.0.0.1:{closed}"}
+    )
+    assert main(["node", str(path), "--health"]) == 1
+    assert "unreachable (UNAVAILABLE)" in capsys.readouterr().out
+
+
+def test_the_service_unit_and_the_container_run_node_commands_that_work(tmp_path) -> None:
+    """deploy/node's systemd unit and Dockerfile (not built here) start and probe the node with
+    command lines fmcore accepts: run against a node file, the checks pass."""
+    deploy = Path(__file__).resolve().parents[1] / "deploy" / "node"
+    unit = configparser.ConfigParser(interpolation=None)
+    unit.read(deploy / "fmcore-node.service")
+    exec_start = shlex.split(unit["Service"]["ExecStart"])
+    dockerfile = (deploy / "Dockerfile").read_text()
+    entrypoint = json.loads(re.search(r"^ENTRYPOINT (\[.*\])$", dockerfile, re.M).group(1))
+    health = json.loads(re.search(r"^\s+CMD (\[.*\])$", dockerfile, re.M).group(1))
+    assert Path(exec_start[0]).name == entrypoint[0] == health[0] == "fmcore"
+    assert health[1:] == [*entrypoint[1:], "--health"]
+    settings = node_file(tmp_path, **TRIAL, insecure=True, **{"sample-data": True})
+    for command in (exec_start[1:], entrypoint[1:]):
+        words = [str(settings) if word == "/etc/fmcore/node.toml" else word for word in command]
+        assert main([*words, "--check"]) == 0
