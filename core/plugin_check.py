@@ -83,8 +83,9 @@ def _normalised(name: str) -> str:
 
 
 def find_target(registry: Registry, name: str) -> Target:
-    """The plugins ``name`` designates: by distribution, entry point, or a provided domain or
-    method; a :class:`ConfigError` listing the installed plugins when none matches."""
+    """The plugins ``name`` designates: by distribution or entry point (all they provide), or
+    by a provided domain or method (that one only); a :class:`ConfigError` listing the
+    installed plugins when none matches."""
     wanted = _normalised(name)
 
     def matches(plugin: str, distribution: str, provided: Sequence[str] = ()) -> bool:
@@ -113,6 +114,10 @@ def find_target(registry: Registry, name: str) -> Target:
         target.config_dirs += [Path(d) for d in info.provides.get("config_dirs", [])]
         if info.distribution == DISTRIBUTION and core_config_dir() not in target.config_dirs:
             target.config_dirs.append(core_config_dir())  # the built-ins' files are fmcore's
+    if not any(matches(info.name, info.distribution) for info in plugins):
+        # named by a domain or method it provides: check that one, not its siblings
+        target.domains = [domain for domain in target.domains if domain == name]
+        target.methods = [method for method in target.methods if method == name]
     return target
 
 

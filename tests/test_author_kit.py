@@ -20,7 +20,7 @@ from fmcore.cli import main
 from fmcore.config import ConfigSources, compose, config_sources
 from fmcore.domain import WRITER_STAMP_SUFFIX, Domain
 from fmcore.errors import ConfigError
-from fmcore.plugin_check import run_checks
+from fmcore.plugin_check import find_target, run_checks
 from fmcore.plugin_manager import load_registry, registry
 
 
@@ -276,3 +276,9 @@ def test_new_never_writes_over_a_folder(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["new", "domain", "ekg", "--dir", str(tmp_path)]) == 2
     assert f"{tmp_path / 'fmcore-ekg'} already exists" in capsys.readouterr().err
     assert list((tmp_path / "fmcore-ekg").iterdir()) == []
+
+
+def test_check_by_a_method_name_checks_that_method_and_by_plugin_all_it_provides() -> None:
+    plugins = registry()
+    assert find_target(plugins, "aim").methods == ["aim"]
+    assert sorted(find_target(plugins, "autoregressive").methods) == ["aim", "arm", "digpt"]
