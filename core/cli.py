@@ -127,7 +127,7 @@ def cmd_federate_app(args: argparse.Namespace) -> int:
     from fmcore.federated.deploy import write_app
 
     path = write_app(args.app_dir, args.overrides)
-    print(f"wrote {path}; start it with: flwr run {args.app_dir} <superlink connection> --stream")
+    print(f"wrote {path}; start it with: fmcore federate-run {args.app_dir} <superlink connection>")
     return 0
 
 
@@ -151,6 +151,14 @@ def cmd_node(args: argparse.Namespace) -> int:
     command = settings.supernode_command()
     print(f"starting {' '.join(command)}", flush=True)
     return keep_running(command, settings.restart_delay, settings.max_delay, settings.max_restarts)
+
+
+def cmd_federate_run(args: argparse.Namespace) -> int:
+    from fmcore.federated.run_app import COMPLETED, run_federation_app
+
+    run_id, status = run_federation_app(args.app_dir, args.connection)
+    print(f"run {run_id}: {status}")
+    return 0 if status == COMPLETED else 1
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
@@ -253,6 +261,16 @@ def _add_federated_commands(add: Callable[..., argparse.ArgumentParser]) -> None
     federate_app.add_argument("app_dir", type=Path, metavar="DIR", help="the app directory")
     federate_app.add_argument(
         "overrides", nargs="*", metavar="override", help="see 'overrides' below"
+    )
+    federate_run = add(
+        "federate-run",
+        "flwr run an app, stream its log, exit 0 only if the federation completed",
+        cmd_federate_run,
+        with_overrides=False,
+    )
+    federate_run.add_argument("app_dir", type=Path, metavar="DIR", help="the app directory")
+    federate_run.add_argument(
+        "connection", nargs="?", default=None, help="the flwr SuperLink connection's name"
     )
     node = add(
         "node",

@@ -12,10 +12,8 @@ writable. A failed check exits non-zero naming the setting and the file.
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
-import sys
 import time
 import tomllib
 from collections.abc import Sequence
@@ -27,6 +25,7 @@ from typing import get_args, get_type_hints
 from fmcore.config import compose, config_sources
 from fmcore.errors import ConfigError, FmcoreError
 from fmcore.factory import build_domain
+from fmcore.federated.flower_commands import flower_executable
 from fmcore.plugin_manager import Registry
 
 #: The exit code of a command refusing its arguments: restarting cannot help.
@@ -74,12 +73,7 @@ class NodeSettings:
         return " ".join(f"{key}={json.dumps(v)}" for key, v in values.items() if v is not None)
 
     def supernode_command(self) -> list[str]:
-        beside = Path(sys.executable).with_name("flower-supernode")  # this environment's Flower
-        executable = str(beside) if beside.is_file() else shutil.which("flower-supernode")
-        if executable is None:
-            raise ConfigError(
-                "flower-supernode is not installed: pip install 'fmcore-ssl[federated]'"
-            )
+        executable = flower_executable("flower-supernode")
         command = [executable, "--superlink", self.superlink]
         command += ["--insecure"] if self.insecure else []
         for flag, value in (

@@ -125,6 +125,20 @@ class Cluster:
         self.log(f"flwr-{args[0]}").write_text(result.stdout + result.stderr)
         return result
 
+    def federate_run(self, app: Path) -> subprocess.CompletedProcess:
+        """``fmcore federate-run`` of ``app`` against this cluster's SuperLink connection."""
+        command = [sys.executable, "-m", "fmcore", "federate-run", str(app), CONNECTION]
+        result = subprocess.run(
+            command,
+            cwd=self.root,
+            env=self.env("cli"),
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT,
+        )
+        self.log("federate-run").write_text(result.stdout + result.stderr)
+        return result
+
     def await_port(self, name: str, port: int) -> None:
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
@@ -228,8 +242,9 @@ def run_federation(running: Cluster, server_dir: Path, states: dict[str, Path]) 
     """Write the app with fmcore, ``flwr run`` it, check the server's and the sites' outputs."""
     app = running.root / "app"
     fmcore("federate-app", str(app), *FEDERATION, f"run.dir={server_dir}", cwd=running.root)
-    result = running.cli("run", str(app), CONNECTION, "--stream", timeout=RUN_TIMEOUT)
+    result = running.federate_run(app)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip().endswith(": finished:completed")
     for server_round in (1, 2):
         assert (server_dir / "rounds" / f"round_{server_round:04d}.safetensors").is_file(), (
             result.stdout + result.stderr
@@ -287,6 +302,18 @@ def test_superlink_and_two_supernodes_run_two_rounds(tmp_path: Path) -> None:
         run_federation(running, tmp_path / "server", states)
         health = fmcore("node", str(tmp_path / f"{SITES[0]}.toml"), "--health", cwd=tmp_path)
         assert health.stdout.strip().endswith(": SERVING")
+        # a federation that fails (a third site never connects) makes federate-run exit 1
+        failing = tmp_path / "failing-app"
+        waits_for_three = [
+            "federated.sites=3",
+            "federated.min_sites=3",
+            "federated.connect_timeout=2",
+        ]
+        words = [*FEDERATION, *waits_for_three, f"run.dir={tmp_path / 'failing'}"]
+        fmcore("federate-app", str(failing), *words, cwd=tmp_path)
+        failed = running.federate_run(failing)
+        assert failed.returncode == 1, failed.stdout + failed.stderr
+        assert failed.stdout.strip().endswith(": finished:failed")
 
 
 def certificate_authority(directory: Path) -> tuple[Path, Path, Path]:
