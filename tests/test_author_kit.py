@@ -14,7 +14,9 @@ from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
 import pytest
+from conftest import TINY_ENCODER, fmcore
 from omegaconf import OmegaConf
+from safetensors import safe_open
 
 from fmcore.cli import main
 from fmcore.config import ConfigSources, compose, config_sources
@@ -282,3 +284,27 @@ def test_check_by_a_method_name_checks_that_method_and_by_plugin_all_it_provides
     plugins = registry()
     assert find_target(plugins, "aim").methods == ["aim"]
     assert sorted(find_target(plugins, "autoregressive").methods) == ["aim", "arm", "digpt"]
+
+
+@pytest.mark.slow
+def test_a_new_method_with_batchnorm_federates_two_rounds(tmp_path: Path) -> None:
+    """Issue 22's trap: a model with a BatchNorm failed every federated round (its 0-d
+    num_batches_tracked came back as shape (1,)). The method skeleton's projector has one; its
+    plugin, pip-installed, federates two rounds and the round file keeps the 0-d counter."""
+    assert main(["new", "method", "bn_probe", "--dir", str(tmp_path)]) == 0
+    _pip("install", "--no-deps", "--no-build-isolation", "-e", str(tmp_path / "fmcore-bn-probe"))
+    try:
+        run = tmp_path / "federation"
+        words = ["domain=digits", "method=bn_probe", *TINY_ENCODER, "method.hidden_dim=32"]
+        words += ["method.projection_dim=32", "trainer.batch_size=16", "trainer.num_workers=0"]
+        words += ["trainer.progress=none", "federated.sites=2", "federated.rounds=2"]
+        words += ["federated.local_steps=1", f"run.dir={run}", f"run.cache_dir={tmp_path}"]
+        result = fmcore("federate", *words, cwd=tmp_path, timeout=400)
+        assert "finished 2 rounds" in result.stdout
+        with safe_open(str(run / "rounds" / "round_0002.safetensors"), "np") as handle:
+            names = handle.keys()
+            counters = [key for key in names if key.endswith("num_batches_tracked")]
+            assert counters and all(handle.get_tensor(key).shape == () for key in counters)
+            assert all(int(handle.get_tensor(key)) == 2 for key in counters)  # a step a round
+    finally:
+        _pip("uninstall", "-y", "fmcore-bn-probe")
