@@ -37,7 +37,7 @@ from fmcore.errors import ConfigError
 from fmcore.io import read_metadata
 from fmcore.modalities.grid import GridTokenizer, resample_grid_embedding
 from fmcore.run_files import ENCODER_CONFIG_KEY, check_encoder_format
-from fmcore.timm_layout import load_timm_state_dict
+from fmcore.timm_layout import key_problems_text, load_timm_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +75,9 @@ def load_pretrained(encoder: Encoder, path: Path) -> LoadedWeights:
     every offending key; the encoder is then left as it was."""
     if not path.is_file():
         raise ConfigError(f"init={path}: no such file")
-    if path.suffix == ".safetensors" and ENCODER_CONFIG_KEY in _metadata(path):
-        check_encoder_format(read_metadata(path), path)
+    metadata = _metadata(path) if path.suffix == ".safetensors" else {}
+    if ENCODER_CONFIG_KEY in metadata:
+        check_encoder_format(metadata, path)
         loaded = LoadedWeights(path, "fmcore")
         loaded.resampled_from = _load_fmcore_state(encoder, load_file(str(path)), path)
     else:
@@ -231,15 +232,7 @@ def _load_fmcore_state(
     if missing or unexpected or mismatched:
         raise ConfigError(
             f"init={path} (an fmcore encoder) does not fit the configured encoder:"
-            + "".join(
-                f"\n  {title}: {', '.join(keys)}"
-                for title, keys in (
-                    ("missing keys", missing),
-                    ("unexpected keys", unexpected),
-                    ("shape mismatches", mismatched),
-                )
-                if keys
-            )
+            + key_problems_text(missing, unexpected, mismatched)
         )
     encoder.load_state_dict(state)
     return resampled_from

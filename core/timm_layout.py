@@ -216,15 +216,21 @@ def _pos_layout(
 def _layout_error(missing: list[str], unexpected: list[str], mismatched: list[str]) -> ValueError:
     return ValueError(
         "checkpoint does not match timm's layout for this encoder:"
-        + "".join(
-            f"\n  {title}: {separator.join(keys)}"
-            for title, keys, separator in (
-                ("missing keys", missing, ", "),
-                ("unexpected keys", unexpected, ", "),
-                ("shape mismatches", mismatched, "\n    "),
-            )
-            if keys
+        + key_problems_text(missing, unexpected, mismatched)
+    )
+
+
+def key_problems_text(missing: list[str], unexpected: list[str], mismatched: list[str]) -> str:
+    """The indented lines naming a state dict's missing and unexpected keys and its shape
+    mismatches (one a line), for an error about weights that do not fit an encoder."""
+    return "".join(
+        f"\n  {title}: {separator.join(keys)}"
+        for title, keys, separator in (
+            ("missing keys", missing, ", "),
+            ("unexpected keys", unexpected, ", "),
+            ("shape mismatches", mismatched, "\n    "),
         )
+        if keys
     )
 
 
