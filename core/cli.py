@@ -132,7 +132,7 @@ def cmd_federate_app(args: argparse.Namespace) -> int:
 
 
 def cmd_node(args: argparse.Namespace) -> int:
-    from fmcore.federated.node import check_node, keep_running, node_health, read_node_settings
+    from fmcore.federated.node import check_node, node_health, read_node_settings, run_supernode
 
     settings = read_node_settings(args.node_file)
     if args.health:
@@ -146,11 +146,24 @@ def cmd_node(args: argparse.Namespace) -> int:
         f"node checks passed: site {settings.site_name}, domain {settings.domain},"
         f" {samples:,} training samples"
     )
-    if args.check:
-        return 0
-    command = settings.supernode_command()
-    print(f"starting {' '.join(command)}", flush=True)
-    return keep_running(command, settings.restart_delay, settings.max_delay, settings.max_restarts)
+    return 0 if args.check else run_supernode(settings)
+
+
+def cmd_link(args: argparse.Namespace) -> int:
+    from fmcore.federated.link import run_link
+
+    flags = args.superlink_flags[1:] if args.superlink_flags[:1] == ["--"] else args.superlink_flags
+    run_link(args.control_address, args.fleet_address, flags, args.trusted_app_keys)
+    return 0
+
+
+def cmd_federate_sign(args: argparse.Namespace) -> int:
+    from fmcore.federated.app_signing import sign_app
+
+    key_id = args.key_id or args.key.stem
+    path = sign_app(args.app_dir, args.key, key_id)
+    print(f"wrote {path}: signed by {key_id}; nodes that trust {key_id}'s key run this app")
+    return 0
 
 
 def cmd_federate_run(args: argparse.Namespace) -> int:
@@ -262,6 +275,17 @@ def _add_federated_commands(add: Callable[..., argparse.ArgumentParser]) -> None
     federate_app.add_argument(
         "overrides", nargs="*", metavar="override", help="see 'overrides' below"
     )
+    federate_sign = add(
+        "federate-sign",
+        "sign an app with an Ed25519 key: nodes with trusted-app-keys run only signed apps",
+        cmd_federate_sign,
+        with_overrides=False,
+    )
+    federate_sign.add_argument("app_dir", type=Path, metavar="DIR", help="the app directory")
+    federate_sign.add_argument(
+        "--key", type=Path, required=True, help="the OpenSSH Ed25519 private key (ssh-keygen)"
+    )
+    federate_sign.add_argument("--key-id", help="its id in trusted keys (default: --key's stem)")
     federate_run = add(
         "federate-run",
         "flwr run an app, stream its log, exit 0 only if the federation completed",
@@ -271,6 +295,33 @@ def _add_federated_commands(add: Callable[..., argparse.ArgumentParser]) -> None
     federate_run.add_argument("app_dir", type=Path, metavar="DIR", help="the app directory")
     federate_run.add_argument(
         "connection", nargs="?", default=None, help="the flwr SuperLink connection's name"
+    )
+    link = add(
+        "link",
+        "the coordinator's SuperLink: the hospitals' port serves the Fleet API only, and with"
+        " --trusted-app-keys only signed apps run",
+        cmd_link,
+        with_overrides=False,
+    )
+    link.add_argument(
+        "--fleet-address", default="0.0.0.0:9092", help="where hospitals' SuperNodes connect"
+    )
+    link.add_argument(
+        "--control-address",
+        default="127.0.0.1:9093",
+        help="the Control API (flwr run, flwr supernode register) and the ServerApps' runtime",
+    )
+    trust = link.add_mutually_exclusive_group(required=True)
+    trust.add_argument(
+        "--trusted-app-keys", type=Path, help="YAML of the keys whose signed apps may run"
+    )
+    trust.add_argument(
+        "--allow-unsigned-apps", action="store_true", help="a trial: run any app submitted"
+    )
+    link.add_argument(
+        "superlink_flags",
+        nargs=argparse.REMAINDER,
+        help="after --: flower-superlink's own flags (TLS, --enable-supernode-auth, --database)",
     )
     node = add(
         "node",

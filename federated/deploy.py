@@ -18,6 +18,7 @@ import tomli_w
 from fmcore import __version__
 from fmcore.distribution import DISTRIBUTION, extra_requirements
 from fmcore.errors import ConfigError
+from fmcore.federated.app_signing import SIGNATURE_FILE
 from fmcore.federated.federation_config import compose_federation, federation_words
 from fmcore.io import atomic_write_text
 from fmcore.plugin_manager import registry
@@ -66,5 +67,8 @@ def write_app(directory: Path, words: Sequence[str]) -> Path:
             " (flwr run packs every .py/.toml/.md/.yaml file of the app directory)"
         )
     directory.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(target, app_pyproject(words))
+    text = app_pyproject(words)
+    if not target.exists() or target.read_text(encoding="utf-8") != text:
+        (directory / SIGNATURE_FILE).unlink(missing_ok=True)  # it signed the old words
+    atomic_write_text(target, text)
     return target

@@ -12,11 +12,14 @@ writable. A failed check exits non-zero naming the setting and the file.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
+import sys
+import tempfile
 import time
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
@@ -25,6 +28,8 @@ from typing import get_args, get_type_hints
 from fmcore.config import compose, config_sources
 from fmcore.errors import ConfigError, FmcoreError
 from fmcore.factory import build_domain
+from fmcore.federated.app_gate import write_gate
+from fmcore.federated.app_signing import read_trusted_keys
 from fmcore.federated.flower_commands import flower_executable
 from fmcore.plugin_manager import Registry
 
@@ -51,7 +56,8 @@ class NodeSettings:
     insecure: bool = False
     auth_supernode_private_key: str | None = None
     auth_supernode_public_key: str | None = None
-    trusted_entities: str | None = None
+    trusted_app_keys: str | None = None  # YAML of the keys whose signed apps this node runs
+    allow_unsigned_apps: bool = False  # a trial only: the node runs any app submitted
     health_server_address: str | None = None
     port: int | None = None  # the SuperNode's runtime API for its ClientApp (Flower's 9094)
     restart_delay: float = 5.0  # seconds before the first restart; doubles up to max_delay
@@ -80,13 +86,20 @@ class NodeSettings:
             ("--root-certificates", self.root_certificates),
             ("--auth-supernode-private-key", self.auth_supernode_private_key),
             ("--auth-supernode-public-key", self.auth_supernode_public_key),
-            ("--trusted-entities", self.trusted_entities),
             ("--health-server-address", self.health_server_address),
             ("--port", self.port),
         ):
             if value is not None:
                 command += [flag, str(value)]
         return [*command, "--node-config", self.node_config()]
+
+    def supernode_environment(self, scratch: Path) -> dict[str, str]:
+        """The SuperNode's environment: this environment's Flower first on ``PATH``, and before
+        it, with trusted app keys, the gate that checks every app's signature (in ``scratch``)."""
+        path = [str(Path(sys.executable).parent), os.environ.get("PATH", "")]
+        if self.trusted_app_keys is not None:
+            path.insert(0, str(write_gate(scratch / "bin", Path(self.trusted_app_keys))))
+        return {**os.environ, "PATH": os.pathsep.join(path)}
 
 
 def read_node_settings(path: Path) -> NodeSettings:
@@ -112,6 +125,11 @@ def read_node_settings(path: Path) -> NodeSettings:
         raise ConfigError(
             f"{path}: set root-certificates (the federation's CA certificate), or insecure = true"
             " for a test without TLS"
+        )
+    if ("trusted-app-keys" in raw) == bool(raw.get("allow-unsigned-apps")):
+        raise ConfigError(
+            f"{path}: set trusted-app-keys (the keys whose signed apps this node runs), or"
+            " allow-unsigned-apps = true for a trial that runs any app submitted; not both"
         )
     return NodeSettings(**{known[key].name: value for key, value in raw.items()}, source=path)
 
@@ -150,11 +168,33 @@ def check_node(settings: NodeSettings, registry: Registry) -> int:
         ("root-certificates", settings.root_certificates),
         ("auth-supernode-private-key", settings.auth_supernode_private_key),
         ("auth-supernode-public-key", settings.auth_supernode_public_key),
-        ("trusted-entities", settings.trusted_entities),
+        ("trusted-app-keys", settings.trusted_app_keys),
     ):
         if value is not None and not Path(value).is_file():
             raise ConfigError(f"{where}: {key} {value} is not a file")
+    if settings.trusted_app_keys is not None:
+        try:
+            read_trusted_keys(Path(settings.trusted_app_keys))
+        except ConfigError as error:
+            raise ConfigError(f"{where}: trusted-app-keys: {error}") from error
     return samples
+
+
+def run_supernode(settings: NodeSettings) -> int:
+    """Start the node's SuperNode (behind the signature gate when it has trusted app keys) and
+    keep it running; returns its last exit code."""
+    command = settings.supernode_command()
+    if settings.allow_unsigned_apps:
+        print("warning: allow-unsigned-apps = true: this node runs any app submitted", flush=True)
+    print(f"starting {' '.join(command)}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="fmcore-node-") as scratch:
+        return keep_running(
+            command,
+            settings.restart_delay,
+            settings.max_delay,
+            settings.max_restarts,
+            env=settings.supernode_environment(Path(scratch)),
+        )
 
 
 def node_health(settings: NodeSettings, timeout: float = 5.0) -> str:
@@ -192,6 +232,7 @@ def keep_running(
     max_delay: float,
     max_restarts: int | None,
     log=print,
+    env: Mapping[str, str] | None = None,
 ) -> int:
     """Run ``command`` until it exits 0 (or 2, a usage error, or is stopped by a signal);
     after another failure wait and start it again, the wait
@@ -200,7 +241,7 @@ def keep_running(
     delay, restarts = restart_delay, 0
     while True:
         started = time.monotonic()
-        code = _run_forwarding_signals(command)
+        code = _run_forwarding_signals(command, env)
         if code in (0, USAGE_ERROR) or code < 0:  # done, refused its flags, or stopped by a signal
             return code
         if max_restarts is not None and restarts >= max_restarts:
@@ -213,10 +254,10 @@ def keep_running(
         delay, restarts = min(delay * 2, max_delay), restarts + 1
 
 
-def _run_forwarding_signals(command: Sequence[str]) -> int:
+def _run_forwarding_signals(command: Sequence[str], env: Mapping[str, str] | None) -> int:
     """Run ``command``; a SIGTERM or SIGINT to this process is passed on to it (docker stop,
     systemd), so no SuperNode outlives ``fmcore node``. Returns its exit code."""
-    child = subprocess.Popen(list(command))
+    child = subprocess.Popen(list(command), env=env)
 
     def forward(signum: int, _frame: object) -> None:
         child.send_signal(signum)

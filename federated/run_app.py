@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from fmcore.errors import FmcoreError
+from fmcore.federated.app_signing import stale_signature
 from fmcore.federated.flower_commands import flower_executable
 
 COMPLETED = "finished:completed"
@@ -46,6 +47,9 @@ def run_status(run_id: str, connection: list[str]) -> str:
 def run_federation_app(app_dir: Path, connection: str | None) -> tuple[str, str]:
     """Submit ``app_dir``, stream its log until the run ends; returns (run id, final status)."""
     where = [connection] if connection else []
+    problem = stale_signature(app_dir)
+    if problem is not None:
+        print(f"warning: {problem} (fmcore federate-sign {app_dir} --key KEY)", flush=True)
     run_id = str(_flwr_json("run", str(app_dir), *where)["run-id"])
     print(f"submitted run {run_id}; streaming its log", flush=True)
     subprocess.run([flower_executable("flwr"), "log", run_id, *where, "--stream"])

@@ -68,6 +68,27 @@ def fmcore(
     return result
 
 
+def ed25519_key(directory: Path, name: str) -> tuple[Path, str]:
+    """An Ed25519 key pair as ``ssh-keygen -t ed25519 -N ""`` writes it (the key a consortium
+    signs federation apps with): (private key file, public key line)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    private = directory / name
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    return private, public.decode()
+
+
 @pytest.fixture
 def one_thread() -> Iterator[None]:
     """Tiny models run faster on one thread, and far faster when other jobs share the cores."""

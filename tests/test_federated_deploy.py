@@ -14,6 +14,7 @@ import os
 import shlex
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -22,8 +23,9 @@ from contextlib import contextmanager, suppress
 from importlib import metadata
 from pathlib import Path
 
+import httpx
 import pytest
-from conftest import SMALL_RUN, fmcore
+from conftest import SMALL_RUN, ed25519_key, fmcore
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -31,6 +33,7 @@ from cryptography.x509.oid import NameOID
 from flwr.cli.config_utils import load_and_validate
 
 from fmcore.errors import ConfigError
+from fmcore.federated.app_signing import SIGNATURE_FILE
 from fmcore.federated.deploy import write_app
 
 BIN = Path(sys.executable).parent  # flower-superlink, flower-supernode, flwr, flower-superexec
@@ -202,31 +205,35 @@ def start_sites(
     running: Cluster,
     address: str,
     transport: Sequence[str],
-    keys: Mapping[str, Path] | None = None,
-    node_files: Sequence[str] = (),
+    node_files: Mapping[str, Mapping[str, object]] = {},
 ) -> dict[str, Path]:
     """One SuperNode per site, each with its own runtime port and state directory; the sites in
-    ``node_files`` start through ``fmcore node <site>.toml`` (checked, kept running)."""
+    ``node_files`` start through ``fmcore node <site>.toml`` with those settings (checked, kept
+    running, and with trusted-app-keys behind the signature gate), the others bare."""
     states = {}
     for site in SITES:
         states[site] = running.root / "sites" / site
         if site in node_files:
             settings = running.root / f"{site}.toml"
-            settings.write_text(
-                f'site-name = "{site}"\ndomain = "digits"\nsample-data = true\n'
-                f'superlink = "{address}"\ninsecure = true\nport = {free_port()}\n'
-                f'state-dir = "{states[site]}"\nrestart-delay = 1.0\n'
-                f'health-server-address = "127.0.0.1:{free_port()}"\n'
-            )
+            own = {
+                "site-name": site,
+                "domain": "digits",
+                "sample-data": True,
+                "superlink": address,
+                "port": free_port(),
+                "state-dir": str(states[site]),
+                "restart-delay": 1.0,
+                "health-server-address": f"127.0.0.1:{free_port()}",
+                **node_files[site],
+            }
+            settings.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in own.items()))
             running.start(site, [sys.executable, "-m", "fmcore", "node", str(settings)])
             continue
-        authentication = ["--auth-supernode-private-key", str(keys[site])] if keys else []
         running.start(
             site,
             [
                 str(BIN / "flower-supernode"),
                 *transport,
-                *authentication,
                 "--superlink",
                 address,
                 "--port",
@@ -238,10 +245,15 @@ def start_sites(
     return states
 
 
-def run_federation(running: Cluster, server_dir: Path, states: dict[str, Path]) -> None:
-    """Write the app with fmcore, ``flwr run`` it, check the server's and the sites' outputs."""
+def run_federation(
+    running: Cluster, server_dir: Path, states: dict[str, Path], signing_key: Path | None = None
+) -> None:
+    """Write the app with fmcore (signed with ``signing_key``), ``flwr run`` it, check the
+    server's and the sites' outputs."""
     app = running.root / "app"
     fmcore("federate-app", str(app), *FEDERATION, f"run.dir={server_dir}", cwd=running.root)
+    if signing_key is not None:
+        fmcore("federate-sign", str(app), "--key", str(signing_key), cwd=running.root)
     result = running.federate_run(app)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip().endswith(": finished:completed")
@@ -296,7 +308,8 @@ def test_superlink_and_two_supernodes_run_two_rounds(tmp_path: Path) -> None:
                 "--disable-runtime-dependency-installation",
             ],
         )
-        states = start_sites(running, address, ["--insecure"], node_files=[SITES[0]])
+        trial = {"insecure": True, "allow-unsigned-apps": True}
+        states = start_sites(running, address, ["--insecure"], {SITES[0]: trial})
         write_connection(running, address, {"insecure": True})
         running.await_port("superlink", port)
         run_federation(running, tmp_path / "server", states)
@@ -374,53 +387,126 @@ def node_key(directory: Path, site: str) -> tuple[Path, Path]:
     return private, public
 
 
+def write_foreign_app(directory: Path, marker: Path, replies: Path) -> Path:
+    """An app that is not fmcore's: its ClientApp would write ``marker`` when imported or
+    called at a node; its ServerApp queries two nodes and writes their error reasons."""
+    package = directory / "foreign"
+    package.mkdir(parents=True)
+    (directory / "pyproject.toml").write_text(
+        '[project]\nname = "foreign"\nversion = "1.0.0"\ndescription = "not fmcore"\n'
+        'license = "Apache-2.0"\ndependencies = ["flwr>=1.41"]\n\n'
+        '[tool.flwr.app]\npublisher = "stranger"\n\n[tool.flwr.app.components]\n'
+        'serverapp = "foreign.server:app"\nclientapp = "foreign.client:app"\n\n'
+        "[tool.flwr.app.config]\n"
+    )
+    (package / "__init__.py").write_text("")
+    (package / "client.py").write_text(
+        "from pathlib import Path\n"
+        "from flwr.app import Message, RecordDict\n"
+        "from flwr.clientapp import ClientApp\n"
+        f"Path({str(marker)!r}).write_text('imported at a node')\n"
+        "app = ClientApp()\n\n"
+        "@app.query()\n"
+        "def query(message, context):\n"
+        f"    Path({str(marker)!r}).write_text(str(context.node_config))\n"
+        "    return Message(RecordDict(), reply_to=message)\n"
+    )
+    (package / "server.py").write_text(
+        "import time\n"
+        "from pathlib import Path\n"
+        "from flwr.app import Message, MessageType, RecordDict\n"
+        "from flwr.serverapp import ServerApp\n"
+        "app = ServerApp()\n\n"
+        "@app.main()\n"
+        "def main(grid, context):\n"
+        "    while len(nodes := list(grid.get_node_ids())) < 2:\n"
+        "        time.sleep(0.5)\n"
+        "    ask = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY)\n"
+        "           for n in nodes]\n"
+        "    replies = grid.send_and_receive(ask, timeout=120)\n"
+        "    reasons = [r.error.reason if r.has_error() else 'ran' for r in replies]\n"
+        f"    Path({str(replies)!r}).write_text('\\n'.join(reasons))\n"
+    )
+    return directory
+
+
 @pytest.mark.slow
-def test_tls_and_supernode_authentication(tmp_path: Path) -> None:
+def test_tls_node_authentication_and_signed_apps_only(tmp_path: Path) -> None:
+    """A coordinator started with ``fmcore link`` (TLS, node authentication, the Control API on
+    its own port) and hospitals started with ``fmcore node`` (a registered node key, the
+    consortium's app key trusted) run the signed fmcore app for two rounds. An app signed by a
+    key the hospitals do not trust runs its ServerApp at the coordinator but none of its code at
+    a node; an unsigned app does not run at all; an unregistered node is turned away."""
     ca, cert, key = certificate_authority(tmp_path)
-    port = free_port()
-    address = f"127.0.0.1:{port}"
+    consortium, consortium_public = ed25519_key(tmp_path, "consortium")
+    stranger, stranger_public = ed25519_key(tmp_path, "stranger")
+    trusted = tmp_path / "trusted-app-keys.yaml"
+    trusted.write_text(f'consortium: "{consortium_public}"\n')
+    coordinator_trusts = tmp_path / "coordinator-app-keys.yaml"
+    coordinator_trusts.write_text(trusted.read_text() + f'stranger: "{stranger_public}"\n')
+    control_port, fleet_port = free_port(), free_port()
+    fleet = f"127.0.0.1:{fleet_port}"
     with cluster(tmp_path) as running:
         running.start(
             "superlink",
             [
-                str(BIN / "flower-superlink"),
-                "--ssl-ca-certfile",
-                str(ca),
-                "--ssl-certfile",
-                str(cert),
-                "--ssl-keyfile",
-                str(key),
-                "--enable-supernode-auth",
-                "--port",
-                str(port),
+                *(sys.executable, "-m", "fmcore", "link", "--fleet-address", fleet),
+                *("--control-address", f"127.0.0.1:{control_port}"),
+                *("--trusted-app-keys", str(coordinator_trusts), "--"),
+                *("--ssl-ca-certfile", str(ca), "--ssl-certfile", str(cert)),
+                *("--ssl-keyfile", str(key), "--enable-supernode-auth"),
                 "--disable-runtime-dependency-installation",
             ],
         )
-        write_connection(running, address, {"root-certificates": str(ca)})
-        running.await_port("superlink", port)
-        keys = {}
+        write_connection(running, f"127.0.0.1:{control_port}", {"root-certificates": str(ca)})
+        running.await_port("superlink", control_port)
+        tls = ssl.create_default_context(cafile=str(ca))
+        on_fleet_port = httpx.post(f"https://{fleet}/v1/control/list-runs", verify=tls, json={})
+        assert on_fleet_port.status_code == 403
+        assert on_fleet_port.text == "this port serves the Fleet API only"
+        assert httpx.get(f"https://{fleet}/health", verify=tls).status_code == 200
+        hospitals = {}
         for site in SITES:
-            keys[site], public = node_key(tmp_path, site)
+            private, public = node_key(tmp_path, site)
             registered = running.cli("supernode", "register", str(public), CONNECTION)
             assert registered.returncode == 0, registered.stdout + registered.stderr
-        states = start_sites(running, address, ["--root-certificates", str(ca)], keys)
+            hospitals[site] = {
+                "root-certificates": str(ca),
+                "auth-supernode-private-key": str(private),
+                "trusted-app-keys": str(trusted),
+            }
+        states = start_sites(running, fleet, [], hospitals)
         unregistered, _ = node_key(tmp_path, "intruder")
         running.start(
             "intruder",
             [
                 str(BIN / "flower-supernode"),
-                "--root-certificates",
-                str(ca),
-                "--auth-supernode-private-key",
-                str(unregistered),
-                "--superlink",
-                address,
-                "--port",
-                str(free_port()),
-                "--node-config",
-                'site-name="intruder"',
+                *("--root-certificates", str(ca)),
+                *("--auth-supernode-private-key", str(unregistered)),
+                *("--superlink", fleet, "--port", str(free_port())),
+                *("--node-config", 'site-name="intruder"'),
             ],
         )
-        run_federation(running, tmp_path / "server", states)
+        run_federation(running, tmp_path / "server", states, signing_key=consortium)
         assert running.processes["intruder"].wait(timeout=START_TIMEOUT) != 0
         assert "Failed to activate SuperNode" in running.log("intruder").read_text()
+
+        marker, replies = tmp_path / "foreign-ran-here", tmp_path / "foreign-replies"
+        foreign = write_foreign_app(tmp_path / "foreign-app", marker, replies)
+        fmcore("federate-sign", str(foreign), "--key", str(stranger), cwd=tmp_path)
+        running.federate_run(foreign)
+        refusal = (
+            "<class 'fmcore.federated.app_signing.AppRefused'>:<'the app is signed by"
+            " 'stranger', which this node does not trust (trusted: consortium)'>"
+        )
+        assert replies.read_text().splitlines() == [refusal, refusal]
+        assert not marker.exists()
+        for site in SITES:
+            assert "AppRefused: the app is signed by 'stranger'" in running.log(site).read_text()
+
+        replies.unlink()
+        (foreign / SIGNATURE_FILE).unlink()
+        unsigned = running.federate_run(foreign)
+        assert unsigned.returncode == 1 and unsigned.stdout.strip().endswith(": finished:failed")
+        assert not replies.exists() and not marker.exists()
+        assert "AppRefused: the app is not signed" in unsigned.stdout  # the ServerApp's log

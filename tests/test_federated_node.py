@@ -22,7 +22,12 @@ from fmcore.federated.node import keep_running, read_node_settings
 from fmcore.plugin_manager import registry
 
 DIGITS_TRAIN = 1797 - len(range(0, 1797, 5))  # scikit-learn's digits, every 5th held out
-TRIAL = {"site-name": "hospital-a", "domain": "digits", "superlink": "127.0.0.1:9092"}
+TRIAL = {
+    "site-name": "hospital-a",
+    "domain": "digits",
+    "superlink": "127.0.0.1:9092",
+    "allow-unsigned-apps": True,
+}
 
 
 def node_file(tmp_path: Path, **settings: object) -> Path:
