@@ -51,6 +51,7 @@ from fmcore.federated.site import (
 from fmcore.federated.sites import FRESH_KEY
 from fmcore.federated.wire import (
     CONFIG_RECORD,
+    GLOBAL_DTYPE_KEY,
     METRICS_RECORD,
     SITE_RECORD,
     to_record,
@@ -141,10 +142,11 @@ def site_errors_stay_local(handler: Callable[[Message, Context], Message]):
 
 
 def global_weights(message: Message) -> dict[str, Tensor]:
-    """The weights of every group a server message carries, as one state dict."""
+    """The weights of every group a server message carries, as one float32 state dict."""
+    dtype = str(message.content[CONFIG_RECORD].get(GLOBAL_DTYPE_KEY, "fp32"))
     received: dict[str, Tensor] = {}
     for record in message.content.array_records.values():
-        received.update(to_state(record))
+        received.update(to_state(record, dtype))
     return received
 
 

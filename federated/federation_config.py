@@ -77,6 +77,7 @@ class FederatedSection:
     connect_timeout: float = MISSING
     evaluate_every: int = MISSING
     update_dtype: str = MISSING
+    global_dtype: str = MISSING
     site_names: list[str] | None = MISSING
     site_data: list[str | None] | None = MISSING
     site_domains: list[str | None] | None = MISSING
@@ -99,6 +100,7 @@ class FederatedSection:
                 f"federated.min_sites={self.min_sites} is more than federated.sites={self.sites}"
             )
         one_of("federated.update_dtype", self.update_dtype, WIRE_DTYPES)
+        one_of("federated.global_dtype", self.global_dtype, WIRE_DTYPES)
         for key in ("site_names", "site_data", "site_domains", "site_overrides"):
             listed = getattr(self, key)
             if listed is not None and len(listed) != self.sites:

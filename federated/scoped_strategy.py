@@ -19,7 +19,7 @@ from flwr.serverapp.strategy import Strategy
 from fmcore.federated.scopes import SHARED_GROUP
 from fmcore.federated.sites import SiteInfo
 from fmcore.federated.store import GlobalState, flat_state, grouped_state
-from fmcore.federated.wire import CONFIG_RECORD, METRICS_RECORD, as_record, to_numpy
+from fmcore.federated.wire import CONFIG_RECORD, METRICS_RECORD, as_record, narrowed, to_numpy
 
 log = logging.getLogger("fmcore.federated")
 
@@ -60,7 +60,8 @@ class ScopedAggregation(Strategy):
     ``sites`` are the sites that answered the opening query; ``federation`` goes into every
     message's config; ``evaluate_round`` says after which rounds every site scores the global
     encoder (kNN on its labelled splits), averaged by the shared group's strategy; ``records``
-    converts the weights (shared with the other wrappers).
+    converts the weights (shared with the other wrappers); the sites receive the global weights
+    in ``global_dtype`` (the strategies keep them in float32).
     """
 
     def __init__(
@@ -70,8 +71,10 @@ class ScopedAggregation(Strategy):
         federation: str,
         evaluate_round: Callable[[int], bool],
         records: StateRecords,
+        global_dtype: str = "fp32",
     ) -> None:
         self.records = records
+        self.global_dtype = global_dtype
         self.strategies = strategies
         self.sites = sites
         self.federation = federation
@@ -114,7 +117,11 @@ class ScopedAggregation(Strategy):
                 for key, value in message.content["config"].items():
                     content[CONFIG_RECORD].setdefault(key, value)
         return [
-            Message(content, dst_node_id=node, message_type=MessageType.TRAIN)
+            Message(
+                narrowed(content, self.global_dtype),
+                dst_node_id=node,
+                message_type=MessageType.TRAIN,
+            )
             for node, content in contents.items()
         ]
 
@@ -158,11 +165,14 @@ class ScopedAggregation(Strategy):
         state = self.records.state_of(arrays)
         return [
             Message(
-                RecordDict(
-                    {
-                        **{group: as_record(state[group]) for group in site.groups},
-                        CONFIG_RECORD: self._config(),
-                    }
+                narrowed(
+                    RecordDict(
+                        {
+                            **{group: as_record(state[group]) for group in site.groups},
+                            CONFIG_RECORD: self._config(),
+                        }
+                    ),
+                    self.global_dtype,
                 ),
                 dst_node_id=node,
                 message_type=MessageType.EVALUATE,

@@ -91,6 +91,11 @@ def check_secure_config(config: DictConfig) -> None:
         )
     if settings.sites < 2:
         raise ConfigError("federated.secure_aggregation=true needs federated.sites >= 2")
+    if settings.global_dtype != "fp32":
+        raise ConfigError(
+            "federated.global_dtype=bf16 is not used by secure aggregation's rounds: set"
+            " federated.global_dtype=fp32 with federated.secure_aggregation=true"
+        )
     own = str(config.domain.name)
     domains = {own if d is None else d for d in settings.site_domains or [None]}
     if len(domains) > 1:

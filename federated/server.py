@@ -91,6 +91,7 @@ class Federation:
             opened.federation,
             self._evaluates,
             records,
+            self.settings.global_dtype,
         )
         if last:
             saved = self.store.optimizer(last)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from fmcore.errors import ConfigError
 from fmcore.federated.store import contiguous
@@ -18,6 +18,8 @@ WIRE_DTYPES = ("fp32", "bf16")
 SITE_RECORD = "site"
 METRICS_RECORD = "metrics"
 CONFIG_RECORD = "config"
+#: The config record's key naming the wire dtype of the global weights a server message carries.
+GLOBAL_DTYPE_KEY = "global-dtype"
 
 
 def check_wire_dtype(dtype: str) -> str:
@@ -59,6 +61,20 @@ def to_numpy(record: ArrayRecord, dtype: str = "fp32") -> dict[str, np.ndarray]:
 
 def to_state(record: ArrayRecord, dtype: str = "fp32") -> dict[str, torch.Tensor]:
     return {key: torch.from_numpy(value.copy()) for key, value in to_numpy(record, dtype).items()}
+
+
+def narrowed(content: RecordDict, dtype: str) -> RecordDict:
+    """``content`` with its weights in ``dtype`` on the wire (bf16: float32 arrays as bf16 bit
+    patterns), and the dtype named in its config record for the receiver."""
+    if check_wire_dtype(dtype) == "fp32":
+        return content
+    out = RecordDict()
+    for name, record in content.items():
+        if isinstance(record, ArrayRecord):
+            record = to_record(to_state(record), dtype)
+        out[name] = record
+    out[CONFIG_RECORD] = ConfigRecord({**content[CONFIG_RECORD], GLOBAL_DTYPE_KEY: dtype})
+    return out
 
 
 def record_bytes(record: ArrayRecord) -> int:

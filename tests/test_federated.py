@@ -308,7 +308,8 @@ def test_a_restarted_federation_resumes_after_the_last_complete_round(tmp_path: 
     run.dir and resume=true alone continues the federation's own config: it redoes round 2 from
     round 1's weights and goes on to round 3."""
     run = tmp_path / "federation"
-    common = [*FEDERATION, "federated.sites=1", "federated.update_dtype=bf16", f"run.dir={run}"]
+    bf16_both_ways = ["federated.update_dtype=bf16", "federated.global_dtype=bf16"]
+    common = [*FEDERATION, "federated.sites=1", *bf16_both_ways, f"run.dir={run}"]
     fmcore("federate", *common, cwd=tmp_path, timeout=300)
     round_2 = run / "rounds" / "round_0002.safetensors"
     round_2.rename(round_2.with_name(".partial-round_0002.safetensors"))
@@ -348,7 +349,8 @@ def test_a_restarted_federation_resumes_after_the_last_complete_round(tmp_path: 
         "round_0003.safetensors",
     ]
     # One site sending bf16: the global weights are its own rounded to bf16 (8 significant
-    # bits), and it sent two bytes per value plus a .npy header per entry.
+    # bits), and it sent two bytes per value plus a .npy header per entry; so did the server
+    # (and the site read them back as weights, not as their 16-bit patterns, up to 65535).
     site = site_state(run, "site-0")
     final = global_round(run, 3)
     entries = [(key, value) for group in final.values() for key, value in group.items()]
@@ -358,6 +360,9 @@ def test_a_restarted_federation_resumes_after_the_last_complete_round(tmp_path: 
     halves = 2 * sum(value.size for _, value in entries)
     sent = rounds_log(run)[-1]["bytes_up"]["site-0"]
     assert halves < sent <= halves + 256 * len(entries)
+    received = rounds_log(run)[-1]["bytes_down"]["site-0"]
+    assert halves < received <= halves + 256 * len(entries)
+    assert max(float(np.abs(value).max()) for _, value in entries if value.size) < 100
 
 
 @pytest.mark.slow
