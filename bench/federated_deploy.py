@@ -12,7 +12,9 @@ the encoders as ``fixed + bytes / throughput`` (bytes: what one site receives pl
 two sites' transfers overlap), which separates the per-round cost (a ClientApp process per
 message, Flower's bookkeeping, the site's set-up) from the cost per byte. Also measured: the
 start of one ClientApp process's imports (``python -c "import fmcore.federated.apps"``), which
-Flower pays once per message. Prints one JSON line per federation and the fit.
+Flower pays once per message, and the peak resident memory of each kind of process (the
+SuperLink, its ServerApp, a SuperNode, a ClientApp), sampled every half second.
+Prints one JSON line per federation and the fit.
 """
 
 from __future__ import annotations
@@ -24,13 +26,17 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the deployment tests' loopback cluster
 
-from loopback import BIN, cluster, free_port, write_connection  # noqa: E402
+from loopback import BIN, cluster, free_port, started_under, write_connection  # noqa: E402
+
+ROLES = ("flower-superlink", "flwr-serverapp", "flower-supernode", "flwr-clientapp")
 
 WORDS = [
     "domain=digits",
@@ -52,6 +58,33 @@ def app_process_start() -> float:
     started = time.perf_counter()
     subprocess.run([sys.executable, "-c", "import fmcore.federated.apps"], check=True)
     return time.perf_counter() - started
+
+
+def peak_memory(directory: Path, stop: threading.Event, peaks: dict[str, float]) -> None:
+    """Until ``stop``: the largest resident set (MB) seen of one process of each role."""
+    while not stop.wait(0.5):
+        for pid in started_under(directory):
+            try:
+                command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            role = next((r for r in ROLES if r in command), None)
+            rss = [line for line in status.splitlines() if line.startswith("VmRSS:")]
+            if role and rss:
+                peaks[role] = max(peaks.get(role, 0.0), int(rss[0].split()[1]) / 1024)
+
+
+def sampling(directory: Path, peaks: dict[str, float]) -> Callable[[], None]:
+    stop = threading.Event()
+    thread = threading.Thread(target=peak_memory, args=(directory, stop, peaks), daemon=True)
+    thread.start()
+
+    def finish() -> None:
+        stop.set()
+        thread.join()
+
+    return finish
 
 
 def federation(encoder: str, rounds: int, dtype: str, directory: Path) -> dict:
@@ -78,14 +111,18 @@ def federation(encoder: str, rounds: int, dtype: str, directory: Path) -> dict:
             f"encoder={encoder}",
             f"federated.rounds={rounds}",
             f"federated.update_dtype={dtype}",
+            f"federated.global_dtype={dtype}",
             f"run.dir={server_dir}",
         ]
         subprocess.run(
             [sys.executable, "-m", "fmcore", "federate-app", str(app), *words], check=True
         )
+        peaks: dict[str, float] = {}
+        finish = sampling(directory, peaks)
         started = time.perf_counter()
         result = running.federate_run(app, timeout=7200)
         total = time.perf_counter() - started
+        finish()
         if result.returncode != 0:
             raise RuntimeError(f"{encoder}: the federation failed\n{running.logs()}")
     records = [json.loads(line) for line in (server_dir / "rounds.jsonl").read_text().splitlines()]
@@ -96,7 +133,7 @@ def federation(encoder: str, rounds: int, dtype: str, directory: Path) -> dict:
     up = statistics.median(statistics.mean(r["bytes_up"].values()) for r in later)
     return {
         "encoder": encoder,
-        "update_dtype": dtype,
+        "wire_dtype": dtype,
         "rounds": rounds,
         "round_wall_s": round(wall, 2),
         "site_train_s": round(training, 2),
@@ -104,6 +141,7 @@ def federation(encoder: str, rounds: int, dtype: str, directory: Path) -> dict:
         "bytes_down_per_site": int(down),
         "bytes_up_per_site": int(up),
         "federation_s": round(total, 1),
+        "peak_rss_mb": {role: round(mb) for role, mb in sorted(peaks.items())},
     }
 
 

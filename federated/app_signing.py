@@ -1,5 +1,5 @@
 """Signed federation apps: the consortium signs an app directory, a hospital's node runs only apps
-signed by a key it trusts.
+signed by a key it trusts, with the run config the signature covers.
 
 flwr 1.41/1.42 verify app signatures (``flower-supernode --trusted-entities``) only for apps
 fetched from Flower Hub: an app submitted from a directory (``flwr run DIR``, fmcore's
@@ -8,8 +8,10 @@ fmcore's included. fmcore therefore signs the app itself: ``fmcore federate-sign
 builds the app's bundle (FAB) exactly as ``flwr run`` does, hashes every file in it and signs the
 hash with an Ed25519 key (``ssh-keygen -t ed25519``); the signature travels inside the bundle as
 ``fmcore-signature.json``. The node checks it before the bundle is installed or any of its code
-imported (:mod:`.app_gate`). Trusted keys are listed in Flower's trusted-entities format: a YAML
-mapping of key ids to OpenSSH public keys.
+imported (:mod:`.app_gate`). ``flwr run --run-config`` could still change the words a signed
+fmcore app runs with, so the gate also remembers the bundle's own run config and fmcore's apps
+refuse a run whose config differs (:func:`check_run_config`). Trusted keys are listed in
+Flower's trusted-entities format: a YAML mapping of key ids to OpenSSH public keys.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ import base64
 import hashlib
 import io
 import json
-import time
+import posixpath
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import yaml
@@ -33,7 +36,15 @@ from fmcore.io import atomic_write_text
 SIGNATURE_FILE = "fmcore-signature.json"
 #: flwr's own file list inside a bundle (it lists the signature file too, so it is not signed).
 FLOWER_MANIFEST = ".info/CONTENT"
-SIGNATURE_SCHEME = "fmcore-app-signature-v1"
+SIGNATURE_SCHEME = "fmcore-app-signature-v2"
+#: A bundle larger than this, unpacked, is refused before it is hashed (flwr caps FABs at 10 MB
+#: packed; an app of config files is a few kB).
+MAX_UNPACKED_BYTES = 256 * 2**20
+_CHUNK = 2**20
+
+#: The run config of the bundle this process installed after checking its signature (set by
+#: the gate, in the process that then runs the app); None where no gate ran.
+_signed_config: dict[str, object] | None = None
 
 
 class AppRefused(FmcoreError):
@@ -49,48 +60,78 @@ def app_bundle(app_dir: Path) -> bytes:
     return build_fab_from_disk(app_dir)
 
 
+def _checked_names(archive: zipfile.ZipFile) -> list[str]:
+    """The archive's file names, refused when one could be read two ways (duplicates, control
+    characters, absolute or un-normalised paths) or the files unpack to too much."""
+    names = archive.namelist()
+    for name in names:
+        unusual = any(ord(c) < 32 for c in name) or name.startswith("/") or "\\" in name
+        if unusual or posixpath.normpath(name) != name or name.startswith(".."):
+            raise AppRefused(f"the app bundle holds a file named {name!r}")
+    if len(set(names)) != len(names):
+        raise AppRefused("the app bundle holds two files of one name")
+    if sum(info.file_size for info in archive.infolist()) > MAX_UNPACKED_BYTES:
+        raise AppRefused(f"the app bundle unpacks to more than {MAX_UNPACKED_BYTES:,} bytes")
+    return names
+
+
+def _file_hash(archive: zipfile.ZipFile, name: str) -> str:
+    digest = hashlib.sha256()
+    with archive.open(name) as stream:
+        while chunk := stream.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def bundle_digest(bundle: bytes) -> str:
-    """SHA-256 over every file of the bundle but flwr's manifest and the signature: one line of
-    path and content hash per file, sorted by path."""
+    """SHA-256 of the canonical JSON list of [path, content hash] of every file of the bundle but
+    flwr's manifest and the signature, sorted by path."""
     try:
         with zipfile.ZipFile(io.BytesIO(bundle)) as archive:
-            lines = sorted(
-                f"{name}\t{hashlib.sha256(archive.read(name)).hexdigest()}\n"
-                for name in archive.namelist()
+            names = _checked_names(archive)
+            pairs = sorted(
+                [name, _file_hash(archive, name)]
+                for name in names
                 if name not in (FLOWER_MANIFEST, SIGNATURE_FILE)
             )
     except zipfile.BadZipFile as error:
         raise AppRefused(f"the app bundle is not a zip archive ({error})") from error
-    return hashlib.sha256("".join(lines).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(pairs, separators=(",", ":")).encode()).hexdigest()
 
 
-def _signed_message(digest: str, signed_at: int) -> bytes:
-    return f"{SIGNATURE_SCHEME}\n{digest}\n{signed_at}".encode()
+def _signed_message(digest: str) -> bytes:
+    return f"{SIGNATURE_SCHEME}\n{digest}".encode()
+
+
+def _private_key(path: Path) -> Ed25519PrivateKey:
+    try:
+        key = load_ssh_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as error:
+        raise ConfigError(f"--key {path}: not an unencrypted OpenSSH key ({error})") from error
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigError(f"--key {path}: an Ed25519 key is needed (ssh-keygen -t ed25519)")
+    return key
 
 
 def sign_app(app_dir: Path, private_key: Path, key_id: str) -> Path:
     """Sign ``app_dir`` with the Ed25519 OpenSSH key at ``private_key``; writes and returns
-    ``app_dir/fmcore-signature.json``. Any change to the app's files afterwards voids it."""
-    try:
-        key = load_ssh_private_key(private_key.read_bytes(), password=None)
-    except (OSError, ValueError, TypeError) as error:
-        raise ConfigError(
-            f"--key {private_key}: not an unencrypted OpenSSH private key ({error})"
-        ) from error
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ConfigError(f"--key {private_key}: an Ed25519 key is needed (ssh-keygen -t ed25519)")
+    ``app_dir/fmcore-signature.json``, after checking that the bundle ``flwr run`` builds now
+    carries it and verifies. Any change to the app's files afterwards voids it."""
+    key = _private_key(private_key)
     digest = bundle_digest(app_bundle(app_dir))
-    signed_at = int(time.time())
-    signature = key.sign(_signed_message(digest, signed_at))
     record = {
         "scheme": SIGNATURE_SCHEME,
         "key-id": key_id,
-        "signed-at": signed_at,
         "digest": digest,
-        "signature": base64.b64encode(signature).decode(),
+        "signature": base64.b64encode(key.sign(_signed_message(digest))).decode(),
     }
     target = app_dir / SIGNATURE_FILE
     atomic_write_text(target, json.dumps(record, indent=2) + "\n")
+    try:
+        verify_bundle(app_bundle(app_dir), {key_id: key.public_key()})
+    except AppRefused as error:  # e.g. a .gitignore or fab-exclude rule drops the signature
+        target.unlink()
+        raise ConfigError(f"{app_dir}: the signed bundle does not verify: {error}") from error
     return target
 
 
@@ -130,27 +171,59 @@ def read_trusted_keys(path: Path) -> dict[str, Ed25519PublicKey]:
     return keys
 
 
-def verify_bundle(bundle: bytes, trusted: dict[str, Ed25519PublicKey]) -> str:
-    """The id of the trusted key that signed ``bundle``; :class:`AppRefused` saying why not."""
-    digest = bundle_digest(bundle)
-    with zipfile.ZipFile(io.BytesIO(bundle)) as archive:
-        if SIGNATURE_FILE not in archive.namelist():
-            raise AppRefused(f"the app is not signed (its bundle holds no {SIGNATURE_FILE})")
-        try:
+def _signature_record(bundle: bytes) -> tuple[str, bytes, str]:
+    """(key id, signature, signed digest) from the bundle's signature file."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(bundle)) as archive:
+            if SIGNATURE_FILE not in archive.namelist():
+                raise AppRefused(f"the app is not signed (its bundle holds no {SIGNATURE_FILE})")
+            if archive.getinfo(SIGNATURE_FILE).file_size > 64 * 1024:
+                raise AppRefused(f"the app's {SIGNATURE_FILE} is too large")
             record = json.loads(archive.read(SIGNATURE_FILE))
-            key_id, signed_at = str(record["key-id"]), int(record["signed-at"])
-            signature = base64.b64decode(record["signature"], validate=True)
-        except (ValueError, KeyError, TypeError) as error:
-            raise AppRefused(f"the app's {SIGNATURE_FILE} is unreadable ({error!r})") from error
+        signature = base64.b64decode(record["signature"], validate=True)
+        return str(record["key-id"]), signature, str(record["digest"])
+    except zipfile.BadZipFile as error:
+        raise AppRefused(f"the app bundle is not a zip archive ({error})") from error
+    except (ValueError, KeyError, TypeError) as error:
+        raise AppRefused(f"the app's {SIGNATURE_FILE} is unreadable ({error!r})") from error
+
+
+def verify_bundle(bundle: bytes, trusted: Mapping[str, Ed25519PublicKey]) -> str:
+    """The id of the trusted key that signed ``bundle``; :class:`AppRefused` saying why not.
+    The signer is checked before any other file of the bundle is read."""
+    key_id, signature, signed_digest = _signature_record(bundle)
     if key_id not in trusted:
         raise AppRefused(
             f"the app is signed by {key_id!r}, which this node does not trust"
             f" (trusted: {', '.join(sorted(trusted))})"
         )
-    if record.get("digest") != digest:
+    if signed_digest != bundle_digest(bundle):
         raise AppRefused(f"the app's files changed after {key_id!r} signed it")
     try:
-        trusted[key_id].verify(signature, _signed_message(digest, signed_at))
+        trusted[key_id].verify(signature, _signed_message(signed_digest))
     except InvalidSignature as error:
         raise AppRefused(f"the app's signature does not verify with {key_id!r}'s key") from error
     return key_id
+
+
+def record_signed_config(bundle: bytes) -> None:
+    """Remember the run config of ``bundle`` (verified) for :func:`check_run_config`."""
+    from flwr.common.config import flatten_dict, get_fab_config
+
+    global _signed_config
+    _signed_config = flatten_dict(get_fab_config(bundle)["tool"]["flwr"]["app"].get("config"))
+
+
+def check_run_config(run_config: Mapping[str, object]) -> None:
+    """Refuse a run config other than the signed bundle's (``flwr run --run-config`` overrides);
+    nothing to check in a process no gate ran in."""
+    if _signed_config is not None and dict(run_config) != _signed_config:
+        changed = sorted(
+            key
+            for key in {*run_config, *_signed_config}
+            if run_config.get(key) != _signed_config.get(key)
+        )
+        raise AppRefused(
+            f"the run config differs from the signed app's in {', '.join(changed)}"
+            " (flwr run --run-config): sign an app with those words instead"
+        )

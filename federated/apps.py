@@ -27,6 +27,7 @@ from torch import Tensor
 
 from fmcore.errors import ConfigError
 from fmcore.factory import cache_dir
+from fmcore.federated.app_signing import check_run_config
 from fmcore.federated.audit import append_audit
 from fmcore.federated.federation_config import (
     ComposedConfigs,
@@ -63,6 +64,7 @@ log = logging.getLogger("fmcore.federated")
 
 
 def _run_words(context: Context) -> list[str]:
+    check_run_config(context.run_config)  # behind the app gate: the signed words only
     return federation_words(shlex.split(str(context.run_config.get("overrides", ""))))
 
 

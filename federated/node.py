@@ -15,7 +15,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import tomllib
@@ -28,7 +27,7 @@ from typing import get_args, get_type_hints
 from fmcore.config import compose, config_sources
 from fmcore.errors import ConfigError, FmcoreError
 from fmcore.factory import build_domain
-from fmcore.federated.app_gate import write_gate
+from fmcore.federated.app_gate import gated_path
 from fmcore.federated.app_signing import read_trusted_keys
 from fmcore.federated.flower_commands import flower_executable
 from fmcore.plugin_manager import Registry
@@ -94,12 +93,10 @@ class NodeSettings:
         return [*command, "--node-config", self.node_config()]
 
     def supernode_environment(self, scratch: Path) -> dict[str, str]:
-        """The SuperNode's environment: this environment's Flower first on ``PATH``, and before
-        it, with trusted app keys, the gate that checks every app's signature (in ``scratch``)."""
-        path = [str(Path(sys.executable).parent), os.environ.get("PATH", "")]
-        if self.trusted_app_keys is not None:
-            path.insert(0, str(write_gate(scratch / "bin", Path(self.trusted_app_keys))))
-        return {**os.environ, "PATH": os.pathsep.join(path)}
+        """The SuperNode's environment: on ``PATH`` first the gate (in ``scratch``: ClientApps
+        only, signed by the trusted app keys when set), then this environment's Flower."""
+        keys = None if self.trusted_app_keys is None else Path(self.trusted_app_keys)
+        return {**os.environ, "PATH": gated_path(scratch / "bin", keys, "flwr-clientapp")}
 
 
 def read_node_settings(path: Path) -> NodeSettings:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
@@ -19,7 +20,14 @@ from flwr.serverapp.strategy import Strategy
 from fmcore.federated.scopes import SHARED_GROUP
 from fmcore.federated.sites import SiteInfo
 from fmcore.federated.store import GlobalState, flat_state, grouped_state
-from fmcore.federated.wire import CONFIG_RECORD, METRICS_RECORD, as_record, narrowed, to_numpy
+from fmcore.federated.wire import (
+    CONFIG_RECORD,
+    METRICS_RECORD,
+    as_record,
+    narrowed,
+    to_numpy,
+    wire_rounded,
+)
 
 log = logging.getLogger("fmcore.federated")
 
@@ -60,8 +68,10 @@ class ScopedAggregation(Strategy):
     ``sites`` are the sites that answered the opening query; ``federation`` goes into every
     message's config; ``evaluate_round`` says after which rounds every site scores the global
     encoder (kNN on its labelled splits), averaged by the shared group's strategy; ``records``
-    converts the weights (shared with the other wrappers); the sites receive the global weights
-    in ``global_dtype`` (the strategies keep them in float32).
+    converts the weights (shared with the other wrappers). The sites receive the global weights
+    in ``global_dtype``: with bf16 the strategies see the rounded weights the sites start from
+    (their updates are then exact differences), and the rounding's residual is added back to
+    the aggregate, so the float32 global keeps its precision round after round.
     """
 
     def __init__(
@@ -80,6 +90,7 @@ class ScopedAggregation(Strategy):
         self.federation = federation
         self.evaluate_round = evaluate_round
         self.current: GlobalState = {}
+        self.sent: GlobalState = {}  # the current weights as the sites receive them
 
     def summary(self) -> None:
         for group, strategy in self.strategies.items():
@@ -93,9 +104,12 @@ class ScopedAggregation(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> list[Message]:
         self.current = self.records.state_of(arrays)
+        self.sent = {
+            group: wire_rounded(state, self.global_dtype) for group, state in self.current.items()
+        }
         planned = self.strategies[SHARED_GROUP].configure_train(
             server_round,
-            as_record(self.current[SHARED_GROUP]),
+            as_record(self.sent[SHARED_GROUP]),
             ConfigRecord({**config, **self._config()}),
             NodeSubset(self.sites),
         )
@@ -110,7 +124,7 @@ class ScopedAggregation(Strategy):
             if group == SHARED_GROUP or not members:
                 continue
             for message in strategy.configure_train(
-                server_round, as_record(self.current[group]), self._config(), NodeSubset(members)
+                server_round, as_record(self.sent[group]), self._config(), NodeSubset(members)
             ):
                 content = contents[message.metadata.dst_node_id]
                 content[group] = message.content["arrays"]
@@ -150,12 +164,19 @@ class ScopedAggregation(Strategy):
             )
             if arrays is not None:  # strategies may compute in float64 (FedAdam): keep dtypes
                 state[group] = {
-                    key: array.numpy().astype(state[group][key].dtype, copy=False)
+                    key: self._with_residual(group, key, array.numpy())
                     for key, array in arrays.items()
                 }
             if group == SHARED_GROUP:
                 metrics = group_metrics
         return self.records.record_of(state), metrics
+
+    def _with_residual(self, group: str, key: str, aggregated: np.ndarray) -> np.ndarray:
+        """``aggregated`` plus what rounding the global weights for the wire took off them."""
+        current, sent = self.current[group][key], self.sent[group][key]
+        if current is not sent:
+            aggregated = aggregated + (current.astype(np.float64) - sent)
+        return aggregated.astype(current.dtype, copy=False)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -25,7 +25,8 @@ GLOBAL_DTYPE_KEY = "global-dtype"
 def check_wire_dtype(dtype: str) -> str:
     if dtype not in WIRE_DTYPES:
         raise ConfigError(
-            f"federated.update_dtype must be {' or '.join(WIRE_DTYPES)}, not '{dtype}'"
+            f"a wire dtype (federated.update_dtype, federated.global_dtype) must be"
+            f" {' or '.join(WIRE_DTYPES)}, not '{dtype}'"
         )
     return dtype
 
@@ -61,6 +62,20 @@ def to_numpy(record: ArrayRecord, dtype: str = "fp32") -> dict[str, np.ndarray]:
 
 def to_state(record: ArrayRecord, dtype: str = "fp32") -> dict[str, torch.Tensor]:
     return {key: torch.from_numpy(value.copy()) for key, value in to_numpy(record, dtype).items()}
+
+
+def wire_rounded(state: dict[str, np.ndarray], dtype: str) -> dict[str, np.ndarray]:
+    """``state`` with its floating arrays rounded to what ``dtype`` on the wire delivers (the
+    same dtype kept; other arrays as they are)."""
+    if check_wire_dtype(dtype) == "fp32":
+        return state
+    rounded = {}
+    for key, value in state.items():
+        if np.issubdtype(value.dtype, np.floating):
+            as_bf16 = torch.from_numpy(np.ascontiguousarray(value, np.float32)).bfloat16()
+            value = as_bf16.float().numpy().astype(value.dtype, copy=False)
+        rounded[key] = value
+    return rounded
 
 
 def narrowed(content: RecordDict, dtype: str) -> RecordDict:

@@ -440,3 +440,39 @@ def test_weights_of_another_shape_are_refused_naming_the_key_and_both_shapes() -
         load_partial_state(model, {"weight": torch.zeros(2, 4)})
     load_partial_state(model, {"bias": torch.ones(2)})
     assert torch.equal(model.bias.data, torch.ones(2))
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "fedadam"])
+def test_bf16_global_weights_lose_no_float32_precision_round_after_round(
+    flower_task: None, strategy: str
+) -> None:
+    """Sites receive the global weights rounded to bf16 and each adds 1e-3 (below half a bf16
+    step at 1.0): after 20 rounds the global has moved as in float32 (FedAvg: 1 + 20e-3
+    exactly as float32 sums; FedAdam: the same steps as a float32 run), not stuck at 1.0."""
+    from fmcore.federated.scoped_strategy import ScopedAggregation, StateRecords
+    from fmcore.federated.sites import SiteInfo
+
+    def run(dtype: str) -> np.ndarray:
+        settings = federated_settings(f"federated={strategy}", "federated.sites=2")
+        sites = {n: SiteInfo(n, f"site-{n}", (SHARED_GROUP,)) for n in (1, 2)}
+        groups = {SHARED_GROUP: make_strategy(settings, sites=2, min_sites=2, fraction=1.0)}
+        records = StateRecords()
+        scoped = ScopedAggregation(groups, sites, "f", lambda _: False, records, dtype)
+        arrays = records.record_of({SHARED_GROUP: {"w": np.full(3, 1.0, np.float32)}})
+        for server_round in range(1, 21):
+            replies = []
+            for message in scoped.configure_train(server_round, arrays, ConfigRecord(), None):
+                TaskIdentity._node_id = message.metadata.dst_node_id
+                dtype_sent = str(message.content["config"].get("global-dtype", "fp32"))
+                received = to_numpy(message.content[SHARED_GROUP], dtype_sent)["w"]
+                content = {
+                    SHARED_GROUP: to_record({"w": torch.from_numpy(received + 1e-3)}),
+                    "metrics": MetricRecord({"num-examples": 1}),
+                }
+                replies.append(Message(RecordDict(content), reply_to=message))
+            arrays, _ = scoped.aggregate_train(server_round, replies)
+        return records.state_of(arrays)[SHARED_GROUP]["w"]
+
+    in_float32, in_bf16 = run("fp32"), run("bf16")
+    assert in_float32[0] > 1.0 + 2 * 2.0**-8  # it moved by more than two bf16 steps
+    np.testing.assert_allclose(in_bf16, in_float32, rtol=0, atol=1e-5)
