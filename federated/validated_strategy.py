@@ -105,7 +105,13 @@ class ValidatedUpdates(StrategyWrapper):
                 continue
             report.site_train_seconds[name] = metrics["train-seconds"]
             report.site_examples[name] = int(metrics["num-examples"])
-            content = RecordDict({group: as_record(entries) for group, entries in decoded.items()})
+            content = RecordDict(
+                {
+                    group: _aggregable(reply.content[group], entries)
+                    for group, entries in decoded.items()
+                }
+            )
+            del decoded  # a model-sized copy per site: gone before the next reply is decoded
             content[METRICS_RECORD] = MetricRecord(metrics)
             accepted.append(Message(content, metadata=reply.metadata))
         for node in sorted(self.asked - answered):
@@ -152,6 +158,14 @@ def decode_update(content: RecordDict) -> tuple[dict[str, dict[str, np.ndarray]]
     metrics = {key: float(received[key]) for key in UPDATE_METRICS}
     groups = {group: to_numpy(content[group], dtype) for group in content.array_records}
     return groups, metrics
+
+
+def _aggregable(received: ArrayRecord, decoded: dict[str, np.ndarray]) -> ArrayRecord:
+    """What the strategies aggregate: the received record itself when it already holds the
+    decoded arrays in sorted order (float32 updates; no second model-sized copy per site), else
+    the decoded (widened) arrays."""
+    same = all(received[key].dtype == str(value.dtype) for key, value in decoded.items())
+    return received if same and list(received) == sorted(decoded) else as_record(decoded)
 
 
 def content_bytes(content: RecordDict) -> int:

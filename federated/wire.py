@@ -32,11 +32,12 @@ def check_wire_dtype(dtype: str) -> str:
 
 
 def to_record(state: dict[str, torch.Tensor], dtype: str = "fp32") -> ArrayRecord:
-    """Float entries travel as float32, or as bf16 bit patterns with ``dtype='bf16'``."""
+    """Float entries travel as float32, or as bf16 bit patterns with ``dtype='bf16'``; in sorted
+    order, as :func:`as_record` writes them, so a receiver can aggregate the record as it is."""
     check_wire_dtype(dtype)
     arrays = {}
-    for key, tensor in state.items():
-        tensor = tensor.detach().cpu()
+    for key in sorted(state):
+        tensor = state[key].detach().cpu()
         if tensor.is_floating_point():
             if dtype == "bf16":
                 tensor = tensor.to(torch.bfloat16).view(torch.int16)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import SMALL_RUN, fmcore
 from omegaconf import OmegaConf
 from safetensors.numpy import load_file
@@ -348,14 +349,22 @@ def test_a_restarted_federation_resumes_after_the_last_complete_round(tmp_path: 
         "round_0002.safetensors",
         "round_0003.safetensors",
     ]
-    # One site sending bf16: the global weights are its own rounded to bf16 (8 significant
-    # bits), and it sent two bytes per value plus a .npy header per entry; so did the server
-    # (and the site read them back as weights, not as their 16-bit patterns, up to 65535).
+
+    # One site, bf16 both ways: the global weights are the site's rounded to bf16 (8 significant
+    # bits) plus what rounding round 2's weights for the wire took off them (the server keeps
+    # float32 precision); the site sent, and the server sent, two bytes per value plus a .npy
+    # header per entry (and the site read them as weights, not as 16-bit patterns up to 65535).
+    def bf16(value: np.ndarray) -> np.ndarray:
+        return torch.from_numpy(value).bfloat16().float().numpy()
+
     site = site_state(run, "site-0")
-    final = global_round(run, 3)
+    final, before = global_round(run, 3), global_round(run, 2)
     entries = [(key, value) for group in final.values() for key, value in group.items()]
+    previous = {key: value for group in before.values() for key, value in group.items()}
     for key, value in entries:
-        assert np.all(np.abs(value - site[key]) <= np.abs(site[key]) * 2.0**-8), key
+        if np.issubdtype(value.dtype, np.floating):
+            expected = bf16(site[key]) + (previous[key] - bf16(previous[key]))
+            np.testing.assert_allclose(value, expected, rtol=1e-6, atol=1e-7, err_msg=key)
     assert any(not np.array_equal(value, site[key]) for key, value in entries)
     halves = 2 * sum(value.size for _, value in entries)
     sent = rounds_log(run)[-1]["bytes_up"]["site-0"]
