@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -193,7 +194,13 @@ def test_an_interrupted_embed_resumes_and_skips_the_slides_already_written(
     assert "sample_slide_1" in written
 
     resumed = fmcore("embed", *pathology_words(interrupted, sample_cache), cwd=tmp_path)
-    assert "1 of 2 file(s) already" in resumed.stderr or "2 of 2" in resumed.stderr
+    # It embeds the tiles of the slides not written, and those only (a count, from its log).
+    missing = sorted(set(first) - set(written))
+    tiles = {name: len(load_file(str(path))["coords"]) for name, path in slide_files(out).items()}
+    assert f"{len(written)} of 2 file(s) already" in resumed.stderr
+    assert f"embedding {sum(tiles[name] for name in missing)} sample(s)" in resumed.stderr
+    logged = re.findall(r"^embed: (\S+): (\d+) sample\(s\) in ", resumed.stderr, re.MULTILINE)
+    assert logged == [(name, str(tiles[name])) for name in missing]
     after = {name: path.stat().st_mtime_ns for name, path in slide_files(interrupted).items()}
     assert sorted(after) == sorted(first)
     assert all(after[name] == stamp for name, stamp in written.items())  # not rewritten

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -199,6 +200,7 @@ def _write_files(
     encoder = loaded.encoder.to(device)
     pooling = file_metadata["pooling"]
     filling = _Filling()
+    started = time.perf_counter()
     for index, ((number, _), (batch, skipped)) in enumerate(zip(batches, loader, strict=True)):
         filling.skipped += skipped
         if batch is not None:
@@ -208,13 +210,19 @@ def _write_files(
             filling.labels.append(batch.labels)
             filling.meta += batch.meta
         if index + 1 == len(batches) or batches[index + 1][0] != number:
-            _write_file(files[number], filling, refs, file_metadata)
+            _write_file(files[number], filling, refs, file_metadata, started)
             filling = _Filling()
+            started = time.perf_counter()
 
 
 def _write_file(
-    file: FeatureFile, filling: _Filling, refs: Sequence[Any], metadata: dict[str, str]
+    file: FeatureFile,
+    filling: _Filling,
+    refs: Sequence[Any],
+    metadata: dict[str, str],
+    started: float,
 ) -> None:
+    """Write one file; ``started``: when its first batch was asked for (``perf_counter``)."""
     name = file.slide_id or file.path.name
     if not filling.features:  # not written: a later run tries it again
         print(f"embed: {name}: no readable sample, not written", file=sys.stderr, flush=True)
@@ -241,8 +249,14 @@ def _write_file(
         if (labels >= 0).any():
             tensors["labels"] = labels
     atomic_save_tensors(tensors, file.path, metadata)
+    seconds = time.perf_counter() - started
     skipped = f", {len(filling.skipped)} bad sample(s) skipped" if filling.skipped else ""
-    print(f"embed: {name}: {len(features)} sample(s){skipped}", file=sys.stderr, flush=True)
+    print(
+        f"embed: {name}: {len(features)} sample(s){skipped} in {seconds:.1f} s"
+        f" ({len(features) / seconds:.1f} samples/s)",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _count(files: list[FeatureFile]) -> dict[str, Any]:
