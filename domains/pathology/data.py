@@ -31,7 +31,7 @@ from fmcore.domains.pathology.labelled_sample import write_labelled_slides
 from fmcore.domains.pathology.orientation import RandomDihedral
 from fmcore.domains.pathology.refs import ImageTileRef, SlideRecord, TileRef, TileTable
 from fmcore.domains.pathology.sample_slide import write_sample_slides
-from fmcore.domains.pathology.slides import SLIDE_EXTENSIONS, SlideError, SlideHandles, opaque_rgb
+from fmcore.domains.pathology.slides import SLIDE_EXTENSIONS, SlideError, SlideHandles, read_rgb
 from fmcore.domains.pathology.stain import HEDJitter
 from fmcore.domains.pathology.tiling import (
     TileIndex,
@@ -228,12 +228,17 @@ class Pathology(Domain):
         except SlideError as error:
             raise BadSample(ref.path, f"{where}: {error}") from error
         try:
-            region = slide.read_region((ref.x, ref.y), ref.level, (ref.width, ref.height))
+            image = read_rgb(
+                slide,
+                (ref.x, ref.y),
+                ref.level,
+                (ref.width, ref.height),
+                self.handles.background(ref.path),
+            )
         except openslide.OpenSlideError as error:
             # OpenSlide handles are dead after any error: the next tile of this slide reopens it.
             self.handles.drop(ref.path)
             raise BadSample(ref.path, f"cannot read {where}: {error}") from error
-        image = opaque_rgb(region, self.handles.background(ref.path))
         meta = {
             "slide": ref.slide_id,
             "path": ref.path,
