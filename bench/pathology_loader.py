@@ -1,13 +1,15 @@
-"""Tiles/s of the real pathology loader against a plain ``read_region`` loop on the same slide.
+"""Tiles/s of the real pathology loader against bare ``read_region`` calls, both through the
+engine's loader with the same workers, and the bytes of one collated batch.
 
     python bench/pathology_loader.py --workers 0 1 2
     python bench/pathology_loader.py --slide /data/case.svs --mpp 0.5 --batches 50
 
 The loader is the engine's: the pathology domain's tile references in a ``DomainDataset``,
 batched by ``ResumableBatchSampler`` through ``make_loader`` (worker processes, prefetching),
-each tile read through the worker's own OpenSlide handle, resized to the tile size and converted
-to a float tensor. The plain loop reads the same regions in the same order with one handle and
-does nothing else: it is what OpenSlide alone costs in one process.
+each tile read through the worker's own OpenSlide handle, made opaque RGB, resized to the tile
+size and handed over as uint8 (the transport rule). The bare arm reads the same regions in the
+same order through the same loader and workers, each worker with its own handle, and does
+nothing else (it hands over one byte per tile): what OpenSlide alone costs.
 
 Without ``--slide`` it writes (once, under ``--workdir``) a synthetic H&E slide shaped like an
 Aperio scan: 0.25 mpp with levels at 4x and 16x only, so 0.5-mpp tiles are read as 448 px from
@@ -18,18 +20,46 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
-import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from loader_timing import machine_record, time_loader
+import torch
+from loader_timing import machine_record, print_against_bare
 
 from fmcore.config import compose, config_sources
+from fmcore.domain import Sample
+from fmcore.domains.pathology.refs import TileRef
 from fmcore.domains.pathology.sample_slide import synthetic_section, write_pyramidal_tiff
-from fmcore.engine.data import DomainDataset, ResumableBatchSampler
+from fmcore.engine.data import DomainDataset, collate
 from fmcore.factory import build_domain
 from fmcore.plugin_manager import registry
+
+
+class BareReadRegion(torch.utils.data.Dataset):
+    """``read_region`` of each tile's region through the process's own handle, and nothing
+    else: one byte per tile goes to the collate."""
+
+    def __init__(self, refs: list[TileRef]) -> None:
+        self.refs = refs
+        self.slides: dict[str, Any] = {}
+        self.owner = os.getpid()
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __getitem__(self, index: int) -> Sample:
+        import openslide
+
+        if self.owner != os.getpid():  # a forked worker opens its own handles
+            self.slides, self.owner = {}, os.getpid()
+        ref = self.refs[index]
+        if ref.path not in self.slides:
+            self.slides[ref.path] = openslide.OpenSlide(ref.path)
+        self.slides[ref.path].read_region((ref.x, ref.y), ref.level, (ref.width, ref.height))
+        return Sample(data=torch.zeros(1, dtype=torch.uint8))
 
 
 def aperio_like_slide(path: Path, size: int) -> Path:
@@ -62,25 +92,6 @@ def build(slide: Path, cache: Path, tile: int, mpp: float):  # -> (domain, refs)
     return domain, domain.index()
 
 
-def order(count: int, batch: int, batches: int, seed: int) -> list[int]:
-    """The tile order the engine's sampler produces: the plain loop reads the same tiles."""
-    sampler = iter(ResumableBatchSampler(count, batch, seed))
-    return [i for _ in range(batches) for i in next(sampler)]
-
-
-def plain_loop(refs, indices: list[int]) -> float:
-    import openslide
-
-    slide = openslide.OpenSlide(refs[0].path)
-    started = time.perf_counter()
-    for i in indices:
-        ref = refs[i]
-        slide.read_region((ref.x, ref.y), ref.level, (ref.width, ref.height))
-    elapsed = time.perf_counter() - started
-    slide.close()
-    return len(indices) / elapsed
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--slide", type=Path, default=None, help="a slide; default: synthetic")
@@ -94,7 +105,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--batches", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rounds", type=int, default=3, help="alternations, best rate kept")
     args = parser.parse_args()
 
     synthetic = args.workdir / f"aperio_like_{args.size}.tif"
@@ -110,27 +121,20 @@ def main() -> None:
         "read": f"{ref.width}x{ref.height} at level {ref.level}",
         "batch": args.batch,
     }
-    indices = order(len(refs), args.batch, args.batches, args.seed)
-    plain_loop(refs, indices[: args.batch])  # warm the file cache
-    print(json.dumps({**common, "loader": "plain read_region loop", "workers": 0,
-                      "tiles_per_s": round(plain_loop(refs, indices), 1)}))  # fmt: skip
-    for workers in args.workers:
-        timing = time_loader(
-            DomainDataset(domain, refs), workers, args.batch, args.batches, args.warmup, args.seed
-        )
-        print(
-            json.dumps(
-                {
-                    **common,
-                    "loader": "fmcore DomainDataset + DataLoader",
-                    "workers": workers,
-                    "tiles_per_s": round(timing.samples_per_s, 1),
-                    "first_batches_s": round(timing.first_batches_s, 2),
-                    "skipped": timing.skipped,
-                }
-            ),
-            flush=True,
-        )
+    dataset = DomainDataset(domain, refs)
+    batch, _ = collate([dataset[i] for i in range(min(args.batch, len(refs)))])
+    print(json.dumps({**common, "batch_dtype": str(batch.data.dtype).removeprefix("torch."),
+                      "batch_bytes": batch.data.nbytes,
+                      "float32_batch_bytes": batch.data.numel() * 4}))  # fmt: skip
+    print_against_bare(
+        dataset,
+        BareReadRegion(list(refs)),
+        args.workers,
+        (args.batch, args.batches, args.warmup),
+        common,
+        unit="tiles",
+        rounds=args.rounds,
+    )
 
 
 if __name__ == "__main__":

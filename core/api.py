@@ -44,6 +44,7 @@ from fmcore.modalities.base import (
 )
 from fmcore.modalities.masking import block_mask, masked_count, random_token_mask, split_indices
 from fmcore.run_files import ENCODER_FILE
+from fmcore.transport import quantize
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -104,6 +105,7 @@ __all__ = [  # grouped by contract in the imports above
     "masked_count",
     "pool",
     "process_rank",
+    "quantize",
     "random_token_mask",
     "report_figures",
     "split_indices",

@@ -29,14 +29,16 @@ from fmcore.errors import BadSample, ConfigError, MissingExtra, MissingPath
 from fmcore.io import atomic_write_text
 from fmcore.labels import SAMPLE_LABELS, LabelTable, load_labels
 from fmcore.modalities.base import ViewStep
+from fmcore.transport import unit_float
 
 
 @dataclass
 class Sample:
     """One decoded sample: data in the modality's layout, an integer label or -1, metadata
     (only str / int / float values, so they batch and serialise), and where the data has a
-    region without content (a fundus camera's black surround), ``valid``: (1, *S) in [0, 1],
-    1 where a pixel holds data; masked-modelling methods leave the rest out of their loss."""
+    region without content (a fundus camera's black surround), ``valid``: (1, *S) of 0 and 1
+    (handed over as uint8), 1 where a pixel holds data; masked-modelling methods leave the rest
+    out of their loss."""
 
     data: Tensor
     label: int = -1
@@ -45,7 +47,7 @@ class Sample:
 
 
 # (observations, states) -> actions: one (B, *sample shape) tensor per sample of a time step (a
-# camera each, or one of stacked cameras) in [0, 1] as ``load`` gives them, and (B, S) states.
+# camera each, or one of stacked cameras) as ``load`` gives them (uint8), and (B, S) states.
 Act = Callable[[list[Tensor], Tensor], Tensor]
 
 
@@ -84,6 +86,10 @@ class Domain(ABC):
     partition_keys: ClassVar[tuple[str, ...]] = ()  # see partition_key
     splits: ClassVar[tuple[str, ...]] = ("train", "all")  # what index() accepts
     sample_kinds: ClassVar[tuple[str, ...]] = ("plain",)  # data.sample values: see sample_kind
+    # The transport rule (fmcore.transport); an instance may set its own. value_range: the
+    # stored values that mean 0 and 1, where not 0 and the integer type's full scale (255).
+    value_range: tuple[float, float] | None = None
+    float_samples: bool = False  # True: load returns floats, their nature (point coordinates)
 
     def __init__(self, data: DictConfig, cache_dir: Path) -> None:
         self.data = data
@@ -246,9 +252,14 @@ class Domain(ABC):
         """Decode one referenced sample; raise :class:`BadSample` (naming the file) if unusable.
 
         Must be deterministic given ``ref`` (put any random choice, such as a tile position,
-        into the references ``index`` returns), so resumed runs see the same data. Images,
-        volumes and video are float tensors in [0, 1] (map intensities there, e.g. CT windows):
-        the view ops clamp to and threshold in that range. Points are (N, 3 + F) floats.
+        into the references ``index`` returns), so resumed runs see the same data.
+
+        The transport rule (:mod:`fmcore.transport`): images, volumes and video are the
+        integers the file stores (uint8 for 8-bit pictures and video, uint16 for 16-bit), never
+        floats; the device maps them to [0, 1] (by the type's full scale, or ``value_range``),
+        where the view ops clamp and threshold. Only a domain with ``float_samples`` returns
+        floats: points are (N, 3 + F) floats, and radiology's and OCT's preprocessed
+        intensities are floats in [0, 1] until their windowing moves to the device.
         """
 
     def write_sample_data(self, directory: Path) -> None:
@@ -273,6 +284,15 @@ class Domain(ABC):
     def view_steps(self) -> list[ViewStep]:
         """Domain-specific batched view steps applied after the modality's (e.g. stain jitter)."""
         return []
+
+    def to_unit(self, data: Tensor) -> Tensor:
+        """A batch as workers hand it over -> float32 in [0, 1], on ``data``'s device."""
+        return unit_float(data, self.value_range)
+
+    def encoder_input(self, data: Tensor) -> Tensor:
+        """A raw batch as the encoder sees it without augmentation (evaluation, embedding):
+        :meth:`to_unit`, then :meth:`normalize`."""
+        return self.normalize(self.to_unit(data))
 
     def normalize(self, views: Tensor) -> Tensor:
         """Map augmented views to the encoder's input range: by default ``data.mean``, ``.std``."""

@@ -145,5 +145,6 @@ def build_parts(config: DictConfig, registry: Registry, fresh_start: bool = Fals
         domain.view_steps(),
         domain.normalize,
         as_dict(config.data.get("views")),
+        domain.to_unit,
     )
     return Parts(domain, modality, method, views)

@@ -38,6 +38,7 @@ from fmcore.eval.run import evaluate
 from fmcore.factory import Parts, build_domain, build_parts
 from fmcore.method import Scope, StepContext
 from fmcore.plugin_manager import PluginInfo, Registry
+from fmcore.transport import transport_problem
 
 PASS, FAIL, SKIP = "pass", "FAIL", "skip"
 # The partners a plugin's method, or domain, is checked with.
@@ -340,8 +341,13 @@ def _check_sample(sample: Sample, domain: Domain) -> None:
             f"load gave a sample of shape {tuple(data.shape)}; data.size={list(size)} and"
             f" data.channels={channels} make {expected} for modality {domain.modality}"
         )
-    if not data.is_floating_point() or not torch.isfinite(data).all():
-        raise ConfigError(f"load gave {data.dtype} data that is not all finite floats")
+    problem = transport_problem(data, domain.float_samples, domain.value_range)
+    if problem is not None:
+        raise ConfigError(problem)
+    if not domain.float_samples:
+        return  # integers: finite, and the device clamps them into [0, 1]
+    if not torch.isfinite(data).all():
+        raise ConfigError(f"load gave {data.dtype} data that is not all finite")
     if domain.modality != "points" and (data.min() < 0 or data.max() > 1):
         low, high = float(data.min()), float(data.max())
         raise ConfigError(f"load gave values in [{low:.3g}, {high:.3g}], not in [0, 1]")

@@ -10,10 +10,14 @@ import torch
 from torch import Tensor
 
 from fmcore.modalities.base import Modality, ViewSpec, ViewStep
+from fmcore.transport import unit_float
 
 
 class ViewMaker:
-    """Turns a method's :class:`ViewSpec` into views of a batch.
+    """Turns a method's :class:`ViewSpec` into views of a batch as workers hand it over.
+
+    ``to_unit`` maps that batch to floats in [0, 1] (``Domain.to_unit``; by default unsigned
+    integers by their full scale, floats unchanged), on the device, before the first view step.
 
     ``overrides`` are the domain's view policy (``data.views``), applied to every spec: digits are
     not mirror-symmetric (``flip: 0``), a grayscale modality has no saturation to jitter, and so on.
@@ -27,12 +31,14 @@ class ViewMaker:
         domain_steps: Sequence[ViewStep] = (),
         normalize: Callable[[Tensor], Tensor] = lambda views: views,
         overrides: dict[str, Any] | None = None,
+        to_unit: Callable[[Tensor], Tensor] = unit_float,
     ) -> None:
         self.modality = modality
         self.sample_size = tuple(sample_size)
         self.size_multiple = tuple(size_multiple)
         self.domain_steps = list(domain_steps)
         self.normalize = normalize
+        self.to_unit = to_unit
         self.overrides = dict(overrides or {})
         modality.view_spec.from_config(self.overrides)  # names every unknown key of the policy
         self.overrides = {
@@ -54,9 +60,11 @@ class ViewMaker:
         views = []
         # Views are data preparation: full precision even inside the engine's bf16 autocast.
         with torch.autocast(data.device.type, enabled=False):
+            unit = self.to_unit(data)
+            valid = None if valid is None else valid.float()
             for _ in range(spec.count):
                 view, view_valid = self.modality.augment_with_valid(
-                    data.float(), valid, spec, out_size, generator
+                    unit, valid, spec, out_size, generator
                 )
                 for step in self.domain_steps:
                     view = step(view, generator)

@@ -149,9 +149,9 @@ def test_the_sample_slides_give_one_file_per_slide_with_the_domains_tiles(
         assert tensors["coords"].dtype == torch.int64 and torch.equal(tensors["coords"], expected)
         assert tensors["features"].shape == (len(tiles), 64)
         assert tensors["features"].dtype == torch.float32
-        first = torch.stack([loaded.domain.load(tile).data for tile in tiles[:4]])
+        first = torch.stack([loaded.domain.load(tile).data for tile in tiles[:4]])  # uint8
         with torch.no_grad():
-            cls = loaded.encoder(loaded.domain.normalize(first)).cls
+            cls = loaded.encoder(loaded.domain.normalize(first.float() / 255)).cls
         torch.testing.assert_close(tensors["features"][:4], cls, rtol=1e-4, atol=1e-5)
         metadata = read_metadata(files[slide_id])
         assert metadata["path"] == tiles[0].path and metadata["slide"] == slide_id

@@ -63,7 +63,8 @@ def test_the_reaching_task_is_solved_by_seeing_the_target_and_not_without() -> N
     loop = ReachingLoop([["top"]], size=64)
 
     def sees_the_target(observations: list[torch.Tensor], states: torch.Tensor) -> torch.Tensor:
-        red, green, blue = observations[0].unbind(1)  # (B, H, W) each
+        assert observations[0].dtype == torch.uint8  # as the domain hands its samples over
+        red, green, blue = (observations[0].float() / 255).unbind(1)  # (B, H, W) each
         target = (red > 0.7) & (green < 0.3) & (blue < 0.3)
         ys, xs = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
         count = target.sum((1, 2)).clamp_min(1)

@@ -19,6 +19,7 @@ from fmcore.config import compose, config_sources
 from fmcore.domain import Domain, Sample
 from fmcore.engine.trainer import train
 from fmcore.plugin_manager import load_registry
+from fmcore.transport import quantize
 
 
 class GeneratedDomain(Domain):
@@ -39,14 +40,14 @@ class GeneratedDomain(Domain):
         )
         mode = "bilinear" if len(self.sample_size) == 2 else "trilinear"
         field = torch.nn.functional.interpolate(coarse[None], size=self.sample_size, mode=mode)[0]
-        return Sample(data=field, label=ref % 2)
+        return Sample(data=quantize(field, torch.uint8), label=ref % 2)
 
 
 def make_domain(modality: str) -> type[GeneratedDomain]:
     return type(
         f"Generated_{modality}",
         (GeneratedDomain,),
-        {"name": f"gen_{modality}", "modality": modality},
+        {"name": f"gen_{modality}", "modality": modality, "float_samples": modality == "points"},
     )
 
 

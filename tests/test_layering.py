@@ -16,7 +16,7 @@ PACKAGES = {"core": "fmcore", "domains": "fmcore.domains", "plugins": "fmcore.pl
 PACKAGES["federated"] = "fmcore.federated"
 
 FLOORS: list[tuple[str, ...]] = [
-    # 0 foundation: errors, files, process groups, collapse statistics
+    # 0 foundation: errors, files, process groups, collapse statistics, the transport rule
     (
         "errors",
         "crops",
@@ -30,6 +30,7 @@ FLOORS: list[tuple[str, ...]] = [
         "collapse",
         "distribution",
         "scaffold",
+        "transport",
     ),
     # 1 configuration, labels, and the report drawn from a run directory's files
     ("config", "config_sections", "labels", "splits", "report"),

@@ -14,6 +14,7 @@ pytest.importorskip("skimage", reason="needs the ophthalmology extra")
 
 import skimage
 import tifffile
+import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -68,7 +69,7 @@ def test_the_real_retina_photograph_is_cropped_to_its_round_field_of_view(tmp_pa
     domain = ophthalmology(RETINA_JPG, tmp_path)
     (ref,) = domain.index("train")
     sample = domain.load(ref)
-    image, valid = sample.data.numpy(), sample.valid.numpy()[0]
+    image, valid = domain.to_unit(sample.data).numpy(), sample.valid.numpy()[0]
     assert image.shape == (3, SIDE, SIDE) and valid.shape == (SIDE, SIDE)
     assert valid.mean() == pytest.approx(math.pi / 4, abs=0.04)
     assert valid[SIDE // 2, SIDE // 2] == 1 and valid[0, 0] == valid[-1, -1] == 0
@@ -83,7 +84,7 @@ def test_a_photograph_without_black_surround_keeps_its_whole_frame(tmp_path: Pat
     Image.fromarray(crop).save(tmp_path / "crop.png")
     domain = ophthalmology(tmp_path / "crop.png", tmp_path / "cache")
     sample = domain.load(domain.index("train")[0])
-    assert float(sample.valid.mean()) > 0.97
+    assert float(sample.valid.float().mean()) > 0.97
 
 
 # --- every format ------------------------------------------------------------------------
@@ -105,10 +106,10 @@ def test_every_format_of_the_sample_reads_with_its_eye(sample: Path, tmp_path: P
     for name, ref in refs.items():
         sample_ = domain.load(ref)
         assert sample_.data.shape == (3, SIDE, SIDE), name
-        assert float(sample_.valid.mean()) == pytest.approx(math.pi / 4, abs=0.05), name
+        assert float(sample_.valid.float().mean()) == pytest.approx(math.pi / 4, abs=0.05), name
         # the optic disc sits on the nasal side: right of centre in a right eye
         expected_right = "_R" in name
-        assert (disc_column(sample_.data.numpy()) > 0.5) == expected_right, name
+        assert (disc_column(domain.to_unit(sample_.data).numpy()) > 0.5) == expected_right, name
     red_free = domain.load(refs["patient_c_L_redfree.dcm"]).data
     assert bool((red_free[0] == red_free[1]).all() and (red_free[1] == red_free[2]).all())
 
@@ -123,7 +124,9 @@ def test_exif_orientation_is_honoured(tmp_path: Path) -> None:
     assert stored.shape[:2] == image.shape[1::-1]  # Pillow alone gives the stored pixels
     domain = ophthalmology(tmp_path, tmp_path / "cache")
     refs = by_name(domain)
-    upright, turned = (domain.load(refs[name]).data for name in ("upright.jpg", "turned.jpg"))
+    upright, turned = (
+        domain.to_unit(domain.load(refs[n]).data) for n in ("upright.jpg", "turned.jpg")
+    )
     assert float((upright - turned).abs().mean()) < 0.02
 
 
@@ -136,7 +139,9 @@ def test_sixteen_bit_tiff_keeps_its_precision(tmp_path: Path) -> None:
     tifffile.imwrite(tmp_path / "flat.tif", pixels, photometric="rgb")
     domain = ophthalmology(tmp_path / "flat.tif", tmp_path / "cache")
     sample = domain.load(domain.index("train")[0])
-    core = sample.data[:, SIDE // 2 - 8 : SIDE // 2 + 8, SIDE // 2 - 8 : SIDE // 2 + 8]
+    assert sample.data.dtype == torch.uint16  # 16 bits handed over as 16 bits
+    unit = domain.to_unit(sample.data)
+    core = unit[:, SIDE // 2 - 8 : SIDE // 2 + 8, SIDE // 2 - 8 : SIDE // 2 + 8]
     assert float(core.mean()) == pytest.approx(40000 / 65535, abs=1e-5)
 
 
@@ -155,7 +160,9 @@ def test_a_compressed_tiff_with_separate_colour_planes_reads_as_rgb(tmp_path: Pa
     domain = ophthalmology(tmp_path, tmp_path / "cache")
     refs = by_name(domain)
     assert domain.bad_inputs == []
-    planar, contiguous = (domain.load(refs[n]).data for n in ("planar.tif", "contiguous.png"))
+    planar, contiguous = (
+        domain.to_unit(domain.load(refs[n]).data) for n in ("planar.tif", "contiguous.png")
+    )
     assert float((planar - contiguous).abs().max()) < 1e-6
 
 
@@ -167,8 +174,8 @@ def test_mirror_left_eyes_turns_every_eye_to_a_right_eyes_orientation(
     domain = ophthalmology(sample, tmp_path, mirror_left_eyes=True)
     refs = by_name(domain)
     left = domain.load(refs["patient_c_L_redfree.dcm"])
-    assert left.meta["eye"] == "L" and disc_column(left.data.numpy()) > 0.5
-    assert disc_column(domain.load(refs["patient_a_L.png"]).data.numpy()) < 0.5
+    assert left.meta["eye"] == "L" and disc_column(domain.to_unit(left.data).numpy()) > 0.5
+    assert disc_column(domain.to_unit(domain.load(refs["patient_a_L.png"]).data).numpy()) < 0.5
 
 
 # --- labels ------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("openslide", reason="needs the pathology extra: pip install -e '.[pathology]'")
 
@@ -23,8 +24,9 @@ from fmcore.domains.pathology.slides import (
     SlideError,
     SlideHandles,
     best_level,
-    opaque_rgb,
     open_slide,
+    premultiplied_over,
+    read_rgb,
     slide_mpp,
 )
 from fmcore.errors import BadSample
@@ -67,9 +69,8 @@ def make_domain(tmp_path: Path, root: Path, *overrides: str) -> Pathology:
 
 def tile_pixels(domain: Pathology, ref: TileRef) -> np.ndarray:
     sample = domain.load(ref)
-    assert sample.data.shape == (3, TILE, TILE)
-    assert float(sample.data.min()) >= 0.0 and float(sample.data.max()) <= 1.0
-    return np.round(sample.data.permute(1, 2, 0).numpy() * 255).astype(np.int64)
+    assert sample.data.shape == (3, TILE, TILE) and sample.data.dtype == torch.uint8
+    return sample.data.permute(1, 2, 0).numpy().astype(np.int64)
 
 
 def test_a_tile_at_half_mpp_comes_from_the_level_scanned_at_half_mpp(tmp_path: Path) -> None:
@@ -164,17 +165,36 @@ def test_mpp_comes_from_metadata_or_the_override_and_its_absence_is_a_clear_erro
 
 
 def test_transparent_regions_take_the_slide_background() -> None:
-    rgba = np.zeros((2, 2, 4), np.uint8)
-    rgba[0, 0] = (10, 20, 30, 255)
-    rgba[0, 1] = (100, 100, 100, 0)  # outside the scanned area
-    rgba[1, 0] = (0, 0, 200, 128)  # half covered
-    rgba[1, 1] = (50, 60, 70, 255)
-    from PIL import Image
-
-    rgb = np.asarray(opaque_rgb(Image.fromarray(rgba), (255, 255, 255)))
+    """OpenSlide's premultiplied pixels, as the bytes B, G, R, A of its little-endian ARGB."""
+    bgra = np.zeros((2, 2, 4), np.uint8)
+    bgra[0, 0] = (30, 20, 10, 255)
+    bgra[0, 1] = (0, 0, 0, 0)  # outside the scanned area
+    bgra[1, 0] = (100, 0, 0, 128)  # half covered: blue 200 premultiplied by 128/255
+    bgra[1, 1] = (70, 60, 50, 255)
+    rgb = np.asarray(premultiplied_over(bgra, (255, 255, 255)))
     assert rgb[0, 0].tolist() == [10, 20, 30] and rgb[1, 1].tolist() == [50, 60, 70]
     assert rgb[0, 1].tolist() == [255, 255, 255]
     assert rgb[1, 0].tolist() == [127, 127, 227]
+    opaque = np.asarray(premultiplied_over(bgra[[0, 1], [0, 1]][None], (255, 255, 255)))
+    assert opaque.tolist() == [[[10, 20, 30], [50, 60, 70]]]  # Pillow's one-pass unpacking
+
+
+def test_the_low_level_read_gives_openslides_read_region_made_opaque(tmp_path: Path) -> None:
+    """read_rgb against openslide-python's read_region on a JPEG slide: the same pixels inside
+    the slide, and the background where the region runs past its edge (alpha 0 there)."""
+    import openslide
+
+    path = tmp_path / "jpeg.tif"
+    write_pyramidal_tiff(path, [pattern_image(256, 192, 0)], mpp=0.25)
+    slide = openslide.OpenSlide(str(path))
+    for corner in ((64, 32), (192, 128)):  # inside; over the right and bottom edges
+        rgba = np.asarray(slide.read_region(corner, 0, (128, 96)))
+        assert set(np.unique(rgba[..., 3])) <= {0, 255}
+        inside = rgba[..., 3:] == 255
+        expected = np.where(inside, rgba[..., :3], np.uint8(250))
+        got = np.asarray(read_rgb(slide, corner, 0, (128, 96), (250, 250, 250)))
+        assert np.array_equal(got, expected)
+    assert not inside.all()  # the second region did run past the edge
 
 
 def _handles_in_child(handles: SlideHandles, path: str) -> tuple[int, int]:

@@ -63,7 +63,8 @@ def _lines(run: Path) -> list[dict]:
 def _split_features(encoder: Encoder, domain: Domain, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Class-token features of a whole split in one batch, written out here on purpose."""
     samples = [domain.load(ref) for ref in domain.index(split)]
-    images = domain.normalize(torch.stack([sample.data for sample in samples]))
+    sixteenths = torch.stack([sample.data for sample in samples])  # int16, of counts 0-16
+    images = domain.normalize(sixteenths.float() / 256)
     with torch.no_grad():
         features = encoder.eval()(images).cls
     return features.numpy(), np.array([sample.label for sample in samples])

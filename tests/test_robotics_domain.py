@@ -73,8 +73,9 @@ def test_every_frame_is_the_simulators_frame_with_its_state_and_action(
         following = actions[[frame, min(frame + 1, len(actions) - 1)]].reshape(-1)
         np.testing.assert_allclose(ref.actions, following, rtol=1e-6)
         camera = ref.reads[0].camera
-        pixels = robotics.load(ref).data
-        assert pixels.shape == (3, 64, 64)
+        raw = robotics.load(ref).data
+        assert raw.shape == (3, 64, 64) and raw.dtype == torch.uint8
+        pixels = robotics.to_unit(raw)  # as the device sees it
         error = (pixels - _rendered(scenes[frame], camera)).abs().mean().item()
         if layout == "hdf5":
             assert error == 0  # stored losslessly, at the sample's size
@@ -135,8 +136,9 @@ def test_clips_of_stacked_cameras(datasets: dict[str, Path], tmp_path: Path) -> 
     assert [r.frame for r in refs[:6]] == [0, 5, 10, 15, 20, 0]
     assert refs[1].reads[0].indices == (0, 0, 2, 5)  # the first frame repeats
     assert refs[3].reads[0].indices == (6, 9, 12, 15)
-    sample = robotics.load(refs[3]).data
-    assert sample.shape == (6, 4, 64, 64)
+    raw = robotics.load(refs[3]).data
+    assert raw.shape == (6, 4, 64, 64) and raw.dtype == torch.uint8
+    sample = robotics.to_unit(raw)
     scenes = run_episode(FIRST_SEED)[0]
     np.testing.assert_array_equal(sample[3:, 1], _rendered(scenes[9], "top"))
     np.testing.assert_array_equal(sample[:3, 3], _rendered(scenes[15], "wrist"))

@@ -42,8 +42,9 @@ def numbered_frames(count: int = FRAMES, height: int = 48, width: int = 64) -> n
 
 
 def frame_numbers(clip: np.ndarray) -> list[int]:
-    """The frame each (C, T, H, W) clip frame in [0, 1] shows, read from its grey level."""
-    levels = clip.mean(axis=(0, 2, 3)) * 255
+    """The frame each (C, T, H, W) uint8 clip frame shows, read from its grey level."""
+    assert clip.dtype == np.uint8  # the transport rule: the decoded bytes, no floats
+    levels = clip.mean(axis=(0, 2, 3))
     return [round((level - 16) / 7) for level in levels]
 
 
@@ -142,7 +143,7 @@ def test_dicom_cine_loops_read_with_their_frame_time(tmp_path: Path) -> None:
     assert refs["ultrasound.dcm"].info.frames == 30
     assert refs["ultrasound.dcm"].info.fps == pytest.approx(30.0, rel=1e-3)
     colour = domain.load(refs["ultrasound.dcm"]).data
-    assert colour.shape == (3, 4, 32, 32) and 0 < float(colour.mean()) < 1
+    assert colour.shape == (3, 4, 32, 32) and 0 < float(colour.float().mean()) < 255
     assert refs["grey.dcm"].info.fps == pytest.approx(10.0)
     assert frame_numbers(domain.load(refs["grey.dcm"]).data.numpy()) == list(
         refs["grey.dcm"].indices

@@ -127,7 +127,7 @@ def test_per_video_features_are_the_mean_of_the_videos_clips(tmp_path: Path) -> 
     labels: dict[str, int] = {}
     for ref in domain.index("val"):
         sample = domain.load(ref)
-        pixels = domain.normalize(sample.data[None]).flatten()
+        pixels = domain.normalize(sample.data[None].float() / 255).flatten()  # uint8 clip
         sums[ref.video_id] = sums.get(ref.video_id, 0) + pixels
         counts[ref.video_id] += 1
         labels[ref.video_id] = sample.label

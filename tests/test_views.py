@@ -557,7 +557,7 @@ def test_collate_stacks_valid_masks_and_fills_a_missing_one_with_ones():
     half = torch.zeros(1, 4, 4)
     half[..., :2] = 1
     batch, _ = collate([Sample(torch.rand(3, 4, 4), valid=half), Sample(torch.rand(3, 4, 4))])
-    assert batch.valid.shape == (2, 1, 4, 4)
-    assert torch.equal(batch.valid[0], half) and bool((batch.valid[1] == 1).all())
+    assert batch.valid.shape == (2, 1, 4, 4) and batch.valid.dtype == torch.uint8
+    assert torch.equal(batch.valid[0].float(), half) and bool((batch.valid[1] == 1).all())
     plain, _ = collate([Sample(torch.rand(3, 4, 4))])
     assert plain.valid is None

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from fmcore.domain import Domain, Sample
 from fmcore.errors import BadSample, NoUsableSamples
 from fmcore.method import Batch
+from fmcore.transport import stack_samples, transport_problem
 
 
 @dataclass
@@ -40,13 +41,18 @@ class DomainDataset(Dataset):
     def __getitem__(self, index: int) -> Sample | Skipped:
         ref = self.refs[index]
         try:
-            return self.domain.load(ref)
+            sample = self.domain.load(ref)
         except BadSample as error:
             return Skipped(str(error))
         except (
             Exception
         ) as error:  # an unexpected decoder failure on one file must not end a long run
             return Skipped(f"{ref}: {type(error).__name__}: {error}")
+        # A broken contract, not a bad file: it would fail every sample, so it ends the run.
+        problem = transport_problem(sample.data, self.domain.float_samples, self.domain.value_range)
+        if problem is not None:
+            raise TypeError(f"domain '{self.domain.name}': {problem} ({ref})")
+        return sample
 
 
 def collate(items: list[Sample | Skipped]) -> tuple[Batch | None, list[str]]:
@@ -56,7 +62,7 @@ def collate(items: list[Sample | Skipped]) -> tuple[Batch | None, list[str]]:
     if not good:
         return None, skipped
     batch = Batch(
-        data=torch.stack([s.data for s in good]),
+        data=stack_samples([s.data for s in good]),
         labels=torch.tensor([s.label for s in good], dtype=torch.long),
         meta=[s.meta for s in good],
         valid=_stack_valid(good),
@@ -65,13 +71,16 @@ def collate(items: list[Sample | Skipped]) -> tuple[Batch | None, list[str]]:
 
 
 def _stack_valid(samples: list[Sample]) -> Tensor | None:
-    """The samples' valid-pixel masks as one (B, 1, *S) batch; a sample without one is valid
-    everywhere; None when no sample has one."""
+    """The samples' valid-pixel masks as one (B, 1, *S) uint8 batch (a share of valid area
+    would need floats: workers give 0/1 masks); a sample without one is valid everywhere; None
+    when no sample has one."""
     if all(s.valid is None for s in samples):
         return None
     return torch.stack(
         [
-            s.data.new_ones((1, *s.data.shape[1:])) if s.valid is None else s.valid.float()
+            torch.ones((1, *s.data.shape[1:]), dtype=torch.uint8)
+            if s.valid is None
+            else s.valid.to(torch.uint8)
             for s in samples
         ]
     )

@@ -221,7 +221,7 @@ def actor(
     def act(observations: list[Tensor], states: Tensor) -> Tensor:
         if policy.use_features:
             encoded = [
-                encoder.features(domain.normalize(o.to(device)), kind).float().cpu()
+                encoder.features(domain.encoder_input(o.to(device)), kind).float().cpu()
                 for o in observations
             ]
             features = torch.cat(encoded, dim=1)

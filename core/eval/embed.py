@@ -204,7 +204,7 @@ def _write_files(
     for index, ((number, _), (batch, skipped)) in enumerate(zip(batches, loader, strict=True)):
         filling.skipped += skipped
         if batch is not None:
-            images = loaded.domain.normalize(batch.data.to(device).float())
+            images = loaded.domain.encoder_input(batch.data.to(device))
             valid = None if batch.valid is None else batch.valid.to(device)
             filling.features.append(encoder.features(images, pooling, valid).float().cpu())
             filling.labels.append(batch.labels)

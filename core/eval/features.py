@@ -122,7 +122,7 @@ def encode_samples(
         for batch, unreadable in loader:
             if unreadable:
                 raise BadSample(unreadable[0].split(":", 1)[0], f"cannot evaluate: {unreadable[0]}")
-            images = domain.normalize(batch.data.to(device, non_blocking=True).float())
+            images = domain.encoder_input(batch.data.to(device, non_blocking=True))
             valid = None if batch.valid is None else batch.valid.to(device)
             chunks.append(encoder.features(images, kind, valid).float().cpu())
             labels.append(batch.labels)

@@ -66,6 +66,8 @@ class Ophthalmology(Domain):
     def __init__(self, data: DictConfig, cache_dir: Path) -> None:
         super().__init__(data, cache_dir)
         self.mode: Mode = read_mode(data)
+        # OCT: percentile-scaled floats until that scaling moves to the device.
+        self.float_samples = self.mode.is_oct
         self.sample_size  # noqa: B018 -- a wrong data.size fails here, not in a worker
         self.oct if self.mode.is_oct else self.fov  # noqa: B018 -- bad settings fail here
         self.mirror_left_eyes = bool(data.get("mirror_left_eyes", False))

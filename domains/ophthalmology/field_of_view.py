@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fmcore.transport import quantize
+
 THUMBNAIL_SIDE = 256  # pixels the FOV is searched on; enough for a circle, cheap on any photo
 BLACK = 0.02  # a 99th-percentile brightness below this is a black image
 
@@ -60,10 +62,11 @@ def find_field_of_view(brightness: np.ndarray, settings: FovSettings) -> np.ndar
 
 
 def fundus_sample(rgb: np.ndarray, side: int, settings: FovSettings) -> tuple[Tensor, Tensor]:
-    """The (3, side, side) image in [0, 1] of a photograph (H, W, 3), uint8 or float in [0, 1],
-    cropped to its field of view, fitted into a black square and resized, black outside the
-    FOV, and its (1, side, side) FOV mask. An 8-bit photograph stays 8-bit until it is small:
-    resizing uint8 is many times faster than converting a full photograph to float first."""
+    """The (3, side, side) image of a photograph (H, W, 3), uint8 or float in [0, 1], cropped
+    to its field of view, fitted into a black square and resized, black outside the FOV, and its
+    (1, side, side) uint8 FOV mask (1 inside). An 8-bit photograph stays uint8 (resizing uint8
+    is many times faster than converting a full photograph to float first, and the device makes
+    the floats); a deeper one, float here, is resized and handed over as uint16."""
     height, width = rgb.shape[:2]
     stride = max(1, -(-max(height, width) // THUMBNAIL_SIDE))
     thumbnail = rgb[::stride, ::stride].max(axis=2).astype(np.float32)
@@ -77,10 +80,11 @@ def fundus_sample(rgb: np.ndarray, side: int, settings: FovSettings) -> tuple[Te
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         crop = torch.from_numpy(rgb[top * stride : bottom * stride, left * stride : right * stride])
     image = _fit_square(crop.permute(2, 0, 1), side)
-    image = image.float().div_(255) if image.dtype == torch.uint8 else image.clamp(0, 1)
     mask = torch.from_numpy(fov[top:bottom, left:right].astype(np.float32))[None]
-    valid = (_fit_square(mask, side) >= 0.5).float()
-    return (image * valid).contiguous(), valid
+    valid = (_fit_square(mask, side) >= 0.5).to(torch.uint8)
+    if image.dtype == torch.uint8:
+        return image * valid, valid
+    return quantize(image * valid, torch.uint16), valid
 
 
 def _fit_square(image: Tensor, side: int) -> Tensor:

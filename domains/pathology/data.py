@@ -31,7 +31,7 @@ from fmcore.domains.pathology.labelled_sample import write_labelled_slides
 from fmcore.domains.pathology.orientation import RandomDihedral
 from fmcore.domains.pathology.refs import ImageTileRef, SlideRecord, TileRef, TileTable
 from fmcore.domains.pathology.sample_slide import write_sample_slides
-from fmcore.domains.pathology.slides import SLIDE_EXTENSIONS, SlideError, SlideHandles, opaque_rgb
+from fmcore.domains.pathology.slides import SLIDE_EXTENSIONS, SlideError, SlideHandles, read_rgb
 from fmcore.domains.pathology.stain import HEDJitter
 from fmcore.domains.pathology.tiling import (
     TileIndex,
@@ -228,12 +228,17 @@ class Pathology(Domain):
         except SlideError as error:
             raise BadSample(ref.path, f"{where}: {error}") from error
         try:
-            region = slide.read_region((ref.x, ref.y), ref.level, (ref.width, ref.height))
+            image = read_rgb(
+                slide,
+                (ref.x, ref.y),
+                ref.level,
+                (ref.width, ref.height),
+                self.handles.background(ref.path),
+            )
         except openslide.OpenSlideError as error:
             # OpenSlide handles are dead after any error: the next tile of this slide reopens it.
             self.handles.drop(ref.path)
             raise BadSample(ref.path, f"cannot read {where}: {error}") from error
-        image = opaque_rgb(region, self.handles.background(ref.path))
         meta = {
             "slide": ref.slide_id,
             "path": ref.path,
@@ -273,7 +278,8 @@ class Pathology(Domain):
         return Sample(data=self._to_tensor(image), label=ref.label, meta=meta)
 
     def _to_tensor(self, image: Image.Image) -> torch.Tensor:
-        """An RGB image -> (3, tile, tile) float in [0, 1], resized if needed.
+        """An RGB image -> (3, tile, tile) uint8, resized if needed (the device makes the
+        floats: the transport rule).
 
         Shrinking averages the pixels each output pixel covers: exactly for a whole factor
         (``reduce``: a 40x slide without a 20x level gives 2x2 means), else with a box filter
@@ -292,12 +298,10 @@ class Pathology(Domain):
                 image = image.resize((size, size), Image.Resampling.BOX)
             else:
                 image = image.resize((size, size), Image.Resampling.BILINEAR)
-        pixels = np.asarray(image)
-        # Converted in NumPy: a small torch op in the main process (num_workers=0) pays for
-        # waking torch's intra-op threads, which costs more than the conversion itself.
-        planes = pixels.transpose(2, 0, 1).astype(np.float32)
-        planes *= 1.0 / 255.0
-        return torch.from_numpy(planes)
+        # Channels first by a NumPy copy: the collate's torch.stack of channel-last views is
+        # ten times slower, and a torch op in the main process (num_workers=0) wakes torch's
+        # intra-op threads, which costs more than the copy itself.
+        return torch.from_numpy(np.ascontiguousarray(np.asarray(image).transpose(2, 0, 1)))
 
     # --- sample data and views ---------------------------------------------------------------
 

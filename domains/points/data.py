@@ -45,6 +45,7 @@ class PointClouds(Domain):
     splits = SPLITS
     sample_kinds = ("plain", "labelled")
     partition_keys = ("cloud", "label")
+    float_samples = True  # coordinates and features are floats by nature
 
     def __init__(self, data: DictConfig, cache_dir: Path) -> None:
         super().__init__(data, cache_dir)

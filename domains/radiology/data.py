@@ -38,6 +38,7 @@ class Radiology(Domain):
     extra = "radiology"
     splits = SPLITS
     sample_kinds = ("plain", "labelled")
+    float_samples = True  # windowed, resampled floats until the windowing moves to the device
 
     def __init__(self, data: DictConfig, cache_dir: Path) -> None:
         super().__init__(data, cache_dir)

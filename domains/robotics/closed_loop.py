@@ -41,9 +41,9 @@ class ReachingLoop:
         return reached
 
     def observe(self, sim: Reaching, cameras: Sequence[str]) -> torch.Tensor:
-        """(3 * cameras, size, size) in [0, 1]: rendered as the sample was, then resized and
+        """(3 * cameras, size, size) uint8: rendered as the sample was, then resized and
         cropped as the domain's ``load`` does."""
         frames = np.stack([sim.render(camera, FRAME_SIZE) for camera in cameras])
         fitted = fit_frames(frames, (self.size, self.size))
         stacked = np.concatenate(list(fitted), axis=-1)  # (H, W, 3 * cameras)
-        return torch.from_numpy(stacked).permute(2, 0, 1).float().div_(255)
+        return torch.from_numpy(stacked).permute(2, 0, 1)

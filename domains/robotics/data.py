@@ -219,12 +219,12 @@ class Robotics(Domain):
 
     def load(self, ref: FrameRef) -> Sample:
         parts = [self._read(read) for read in ref.reads]  # each (T, H, W, 3) uint8
-        pixels = torch.from_numpy(np.concatenate(parts, axis=-1))
-        data = pixels.permute(3, 0, 1, 2)  # (C, T, H, W)
+        pixels = np.concatenate(parts, axis=-1).transpose(3, 0, 1, 2)  # (C, T, H, W)
         if int(self.data.frames) == 1:
-            data = data[:, 0]
+            pixels = pixels[:, 0]
+        # Contiguous: the collate stacks those many times faster than channel-last views.
         return Sample(
-            data=data.float().div_(255),
+            data=torch.from_numpy(np.ascontiguousarray(pixels)),
             label=ref.label,
             meta={
                 "episode": ref.episode,

@@ -4,7 +4,7 @@
 :mod:`.probe`, cached by path, size and modification time), leaves out the unusable ones as bad
 inputs with their reason, and draws ``data.clips_per_video`` clips per video with ``data.seed``
 (:mod:`.sampling`), so ``load`` of a reference always decodes the same frames. ``load`` decodes
-them at the clip's size (:mod:`.readers`) into a (3, T, H, W) float tensor in [0, 1]. With
+them at the clip's size (:mod:`.readers`) into a (3, T, H, W) uint8 tensor. With
 ``data.labels``, only the videos it labels are used, split as it says.
 """
 
@@ -93,9 +93,11 @@ class Video(Domain):
 
     def load(self, ref: ClipRef) -> Sample:
         frames = self.reader.read(ref.path, ref.info, ref.indices)  # (T, H, W, 3) uint8
-        clip = torch.from_numpy(frames).permute(3, 0, 1, 2)  # .float() below copies it
+        # Channels first by a NumPy copy: the collate stacks contiguous samples many times
+        # faster than channel-last views.
+        clip = torch.from_numpy(np.ascontiguousarray(frames.transpose(3, 0, 1, 2)))
         return Sample(
-            data=clip.float().div_(255),
+            data=clip,
             label=ref.label,
             meta={"video": ref.video_id, "start": ref.indices[0]},
         )

@@ -177,7 +177,7 @@ def draw_reconstructions(
     method.eval()
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=cuda):
-            view = domain.normalize(data.to(device))  # (B, C, *S), as evaluation sees it
+            view = domain.encoder_input(data.to(device))  # (B, C, *S), as evaluation sees it
             out = method.reconstruct(view, generator, decode_all=True)
     finally:
         method.train(was_training)

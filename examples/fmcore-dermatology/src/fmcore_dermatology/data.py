@@ -71,8 +71,9 @@ class Dermatology(Domain):
             raise BadSample(
                 path, f"cannot decode photo: {type(error).__name__}: {error}"
             ) from error
-        pixels = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0)
-        return Sample(data=pixels.permute(2, 0, 1).contiguous(), label=label, meta={"path": path})
+        # uint8, as stored: the device makes the floats (fmcore's transport rule).
+        pixels = torch.from_numpy(np.array(rgb))
+        return Sample(data=pixels.permute(2, 0, 1), label=label, meta={"path": path})
 
     def write_sample_data(self, directory: Path) -> None:
         """24 synthetic 64x64 dermoscopy-like PNGs: ``nevus/`` and ``melanoma/``, 12 each."""
