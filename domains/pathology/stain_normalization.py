@@ -42,8 +42,9 @@ def stain_maxima(tiles: Sequence[Tensor]) -> tuple[float, float] | None:
     stained = (density >= MIN_DENSITY).all(dim=1)  # (B, H, W)
     if not stained.any():
         return None
-    hed = rgb_to_hed(rgb.float()).double()
-    maxima = [float(torch.quantile(hed[:, stain][stained], PERCENTILE / 100.0)) for stain in (0, 1)]
+    hed = rgb_to_hed(rgb.float())
+    # NumPy: torch.quantile refuses more than 2^24 values (16 tiles of 1024 px).
+    maxima = [float(np.percentile(hed[:, stain][stained].numpy(), PERCENTILE)) for stain in (0, 1)]
     return maxima[0], maxima[1]
 
 
