@@ -208,6 +208,11 @@ def train(
     return {"command": "fmcore " + " ".join(words), "seconds": seconds}
 
 
+def data_words(settings: list[str]) -> list[str]:
+    """The ``data.*`` words among ``settings``."""
+    return [word for word in settings if word.startswith("data.")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--domain", choices=sorted(TARGETS), default="digits")
@@ -228,7 +233,9 @@ def main() -> None:
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "date": date.today().isoformat(),
         "budget_s": BUDGET_S,
-        "pixels": score(target, "pixels", work / "pixels", cache, []),
+        # The data words of --set change what every encoder sees (stain normalisation): the
+        # pixels too.
+        "pixels": score(target, "pixels", work / "pixels", cache, data_words(args.set)),
         "presets": {},
     }
     for preset in presets:

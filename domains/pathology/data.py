@@ -13,6 +13,7 @@ domain without the ``pathology`` extra installed.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import sys
 from collections import defaultdict
 from collections.abc import Sequence
@@ -33,6 +34,12 @@ from fmcore.domains.pathology.refs import ImageTileRef, SlideRecord, TileRef, Ti
 from fmcore.domains.pathology.sample_slide import write_sample_slides
 from fmcore.domains.pathology.slides import SLIDE_EXTENSIONS, SlideError, SlideHandles, read_rgb
 from fmcore.domains.pathology.stain import HEDJitter
+from fmcore.domains.pathology.stain_normalization import (
+    estimate_tiles,
+    normalization_scale,
+    normalize_stains,
+    stain_maxima,
+)
 from fmcore.domains.pathology.tiling import (
     TileIndex,
     TileIndexCache,
@@ -48,6 +55,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
 TileReference = TileRef | ImageTileRef
+JITTER_KEYS = ("p", "scale", "bias")
 
 
 class Pathology(Domain):
@@ -76,6 +84,7 @@ class Pathology(Domain):
             raise ConfigError(f"data.tiles_per_slide must be null or >= 1, not {per_slide}")
         self.tiles_per_slide = None if per_slide is None else int(per_slide)
         self.index_workers = int(data.get("index_workers", 4))
+        self.stain_jitter, self.stain_reference = stain_options(data)
         self.handles = SlideHandles()
         self.tile_cache = TileIndexCache(cache_dir / "pathology" / "tile-index")
 
@@ -117,6 +126,8 @@ class Pathology(Domain):
             record = SlideRecord(
                 slide.path, slide.slide_id, slide.label, result.level, result.read_size
             )
+            if self.stain_reference is not None:
+                record = self._with_stain_scale(record, result)
             entries.append((record, xs, ys))
         table = TileTable.build(self.params.mpp, entries, self._balance_images(images))
         self._log(table, len(slides))
@@ -154,6 +165,30 @@ class Pathology(Domain):
             return [one(slide) for slide in slides]
         with ThreadPoolExecutor(max_workers=self.index_workers) as pool:
             return list(pool.map(one, slides))
+
+    def _with_stain_scale(self, record: SlideRecord, index: TileIndex) -> SlideRecord:
+        """``record`` with the factors that bring its slide's stains to the reference,
+        measured on a fixed spread of the slide's tissue tiles (a tile that fails to read is
+        left out of the estimate; the engine reports it when it samples it)."""
+        assert self.stain_reference is not None
+        tiles = []
+        for position in estimate_tiles(len(index)):
+            ref = TileRef(
+                record.path,
+                record.slide_id,
+                record.label,
+                record.level,
+                int(index.xs[position]),
+                int(index.ys[position]),
+                *record.read_size,
+                self.params.mpp,
+            )
+            try:
+                tiles.append(self._read_tile(ref).float() / 255)
+            except BadSample:
+                continue
+        scale = normalization_scale(stain_maxima(tiles) if tiles else None, self.stain_reference)
+        return dataclasses.replace(record, stain_scale=scale)
 
     def _no_tiles_reason(self, index: TileIndex) -> str:
         tile = f"{self.tile_size} px at {self.params.mpp} um/px"
@@ -218,6 +253,23 @@ class Pathology(Domain):
     def load(self, ref: TileReference) -> Sample:
         if isinstance(ref, ImageTileRef):
             return self._load_image_tile(ref)
+        tile = self._read_tile(ref)
+        if ref.stain_scale != (1.0, 1.0):  # in floats, handed over as uint8 again
+            normalized = normalize_stains(tile.float() / 255, ref.stain_scale)
+            tile = (normalized * 255).round().clamp(0, 255).to(torch.uint8)
+        meta = {
+            "slide": ref.slide_id,
+            "path": ref.path,
+            "level": ref.level,
+            "x": ref.x,
+            "y": ref.y,
+            "mpp": ref.mpp,
+            "tile_size": self.tile_size,
+        }
+        return Sample(data=tile, label=ref.label, meta=meta)
+
+    def _read_tile(self, ref: TileRef) -> torch.Tensor:
+        """The tile's pixels as the slide holds them: (3, tile, tile) uint8."""
         import openslide
 
         where = (
@@ -239,16 +291,7 @@ class Pathology(Domain):
             # OpenSlide handles are dead after any error: the next tile of this slide reopens it.
             self.handles.drop(ref.path)
             raise BadSample(ref.path, f"cannot read {where}: {error}") from error
-        meta = {
-            "slide": ref.slide_id,
-            "path": ref.path,
-            "level": ref.level,
-            "x": ref.x,
-            "y": ref.y,
-            "mpp": ref.mpp,
-            "tile_size": self.tile_size,
-        }
-        return Sample(data=self._to_tensor(image), label=ref.label, meta=meta)
+        return self._to_tensor(image)
 
     def _load_image_tile(self, ref: ImageTileRef) -> Sample:
         from PIL import Image
@@ -312,13 +355,38 @@ class Pathology(Domain):
             write_sample_slides(directory)
 
     def view_steps(self) -> list[ViewStep]:
-        stain = as_dict(self.data.get("stain")) or {}
-        unknown = set(stain) - {"p", "scale", "bias"}
-        if unknown:
-            raise ConfigError(
-                f"unknown data.stain option(s) {sorted(unknown)}; valid: p, scale, bias"
-            )
-        return [RandomDihedral(float(self.data.get("dihedral", 0.5))), HEDJitter(**stain)]
+        return [
+            RandomDihedral(float(self.data.get("dihedral", 0.5))),
+            HEDJitter(**self.stain_jitter),
+        ]
+
+
+def stain_options(data: DictConfig) -> tuple[dict[str, Any], tuple[float, float] | None]:
+    """``data.stain``'s jitter options (p, scale, bias) and, with ``normalize`` on, the
+    reference haematoxylin and eosin maxima every slide is brought to (else None)."""
+    stain = dict(as_dict(data.get("stain")) or {})
+    unknown = set(stain) - {*JITTER_KEYS, "normalize", "reference"}
+    if unknown:
+        raise ConfigError(
+            f"unknown data.stain option(s) {sorted(unknown)}; valid:"
+            f" {', '.join(JITTER_KEYS)}, normalize, reference"
+        )
+    normalize = stain.pop("normalize", False)
+    reference = stain.pop("reference", None)
+    if not isinstance(normalize, bool):
+        raise ConfigError(f"data.stain.normalize must be true or false, not {normalize!r}")
+    if not normalize:
+        return stain, None
+    if (
+        not isinstance(reference, list | tuple)
+        or len(reference) != 2
+        or not all(isinstance(v, int | float) and v > 0 for v in reference)
+    ):
+        raise ConfigError(
+            "data.stain.reference must be two positive numbers (the haematoxylin and eosin"
+            f" maxima every slide is normalised to), not {reference!r}"
+        )
+    return stain, (float(reference[0]), float(reference[1]))
 
 
 def tiling_params(data: DictConfig) -> TilingParams:

@@ -29,6 +29,7 @@ class TileRef(NamedTuple):
     width: int
     height: int
     mpp: float  # microns per pixel of the decoded tile
+    stain_scale: tuple[float, float] = (1.0, 1.0)  # haematoxylin, eosin (data.stain.normalize)
 
 
 class ImageTileRef(NamedTuple):
@@ -48,6 +49,7 @@ class SlideRecord:
     label: int
     level: int
     read_size: tuple[int, int]
+    stain_scale: tuple[float, float] = (1.0, 1.0)  # haematoxylin, eosin (data.stain.normalize)
 
 
 @dataclass
@@ -107,6 +109,7 @@ class TileTable(Sequence[TileRef | ImageTileRef]):
             width=slide.read_size[0],
             height=slide.read_size[1],
             mpp=self.mpp,
+            stain_scale=slide.stain_scale,
         )
 
     def __iter__(self) -> Iterator[TileRef | ImageTileRef]:
