@@ -37,9 +37,11 @@ class Scope(StrEnum):
 
 @dataclass
 class Batch:
-    """A collated batch: data (B, ...) on the device, labels (B,) (-1 unknown), per-sample meta,
-    and the samples' valid-pixel masks (B, 1, *S) when the domain gives them (``Sample.valid``),
-    else None."""
+    """A collated batch: data (B, ...) on the device as the workers handed it over (integers,
+    uint8/uint16, except for domains with ``float_samples``: ``Domain.to_unit`` makes the
+    [0, 1] floats, ``Domain.encoder_input`` also normalises; ``ctx.views`` does both), labels
+    (B,) (-1 unknown), per-sample meta, and the samples' valid-pixel masks (B, 1, *S) uint8
+    when the domain gives them (``Sample.valid``), else None."""
 
     data: Tensor
     labels: Tensor

@@ -62,6 +62,8 @@ def stack_samples(samples: list[Tensor]) -> Tensor:
             raise TypeError(f"samples of one batch have different types {sorted(map(str, dtypes))}")
         widest = max(dtypes, key=full_scale)
         samples = [_widen(sample, widest) for sample in samples]
+    if samples[0].dtype == torch.bfloat16:  # NumPy has no bfloat16
+        return torch.stack(samples)
     return torch.from_numpy(np.stack([sample.numpy() for sample in samples]))
 
 

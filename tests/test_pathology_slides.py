@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -179,16 +180,22 @@ def test_transparent_regions_take_the_slide_background() -> None:
     assert opaque.tolist() == [[[10, 20, 30], [50, 60, 70]]]  # Pillow's one-pass unpacking
 
 
-def test_the_low_level_read_gives_openslides_read_region_made_opaque(tmp_path: Path) -> None:
+@pytest.mark.parametrize("binding", ["low-level", "public, without openslide's private names"])
+def test_the_low_level_read_gives_openslides_read_region_made_opaque(
+    tmp_path: Path, binding: str
+) -> None:
     """read_rgb against openslide-python's read_region on a JPEG slide: the same pixels inside
-    the slide, and the background where the region runs past its edge (alpha 0 there)."""
+    the slide, and the background where the region runs past its edge (alpha 0 there); also
+    through the public method it falls back to when openslide-python's private names change."""
     import openslide
 
     path = tmp_path / "jpeg.tif"
     write_pyramidal_tiff(path, [pattern_image(256, 192, 0)], mpp=0.25)
-    slide = openslide.OpenSlide(str(path))
+    slide = opened = openslide.OpenSlide(str(path))
+    if binding != "low-level":
+        slide = SimpleNamespace(read_region=opened.read_region)  # no private handle to use
     for corner in ((64, 32), (192, 128)):  # inside; over the right and bottom edges
-        rgba = np.asarray(slide.read_region(corner, 0, (128, 96)))
+        rgba = np.asarray(opened.read_region(corner, 0, (128, 96)))
         assert set(np.unique(rgba[..., 3])) <= {0, 255}
         inside = rgba[..., 3:] == 255
         expected = np.where(inside, rgba[..., :3], np.uint8(250))

@@ -80,7 +80,7 @@ def _stack_valid(samples: list[Sample]) -> Tensor | None:
         [
             torch.ones((1, *s.data.shape[1:]), dtype=torch.uint8)
             if s.valid is None
-            else s.valid.to(torch.uint8)
+            else (s.valid >= 0.5).to(torch.uint8)  # a mask given as floats: valid from 0.5
             for s in samples
         ]
     )

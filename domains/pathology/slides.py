@@ -158,10 +158,20 @@ def read_rgb(
     costs what ``read_region`` does (bench/pathology_loader.py).
     """
     from openslide import lowlevel
+    from PIL import Image
 
     width, height = size
+    low_level = getattr(lowlevel, "_read_region", None)
+    handle = getattr(slide, "_osr", None)
+    if low_level is None or handle is None or width <= 0 or height <= 0:
+        # another openslide-python than the one this was written against (private names), or
+        # a size the public method refuses itself: its own, slower path
+        rgba = slide.read_region(location, level, size)
+        opaque = Image.new("RGB", rgba.size, background)
+        opaque.paste(rgba, mask=rgba.getchannel("A"))
+        return opaque
     pixels = (ctypes.c_uint32 * (width * height))()
-    lowlevel._read_region(slide._osr, pixels, location[0], location[1], level, width, height)
+    low_level(handle, pixels, location[0], location[1], level, width, height)
     return premultiplied_over(np.frombuffer(pixels, np.uint8).reshape(height, width, 4), background)
 
 
