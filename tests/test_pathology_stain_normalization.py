@@ -93,3 +93,14 @@ def test_a_bad_reference_is_refused_naming_the_key(two_stainings: Path, tmp_path
         )
     with pytest.raises(ConfigError, match=r"data\.stain\.normalize"):
         tiles_by_slide(two_stainings, tmp_path, "data.stain.normalize=macenko")
+
+
+def test_a_folder_of_tiles_is_refused_rather_than_left_unnormalised(tmp_path: Path) -> None:
+    """Tiles cut elsewhere carry no slide to measure: normalisation would silently skip them."""
+    from PIL import Image
+
+    folder = tmp_path / "tiles"
+    folder.mkdir()
+    Image.new("RGB", (64, 64), (200, 120, 180)).save(folder / "tile.png")
+    with pytest.raises(ConfigError, match=r"data\.stain\.normalize=false for tile folders"):
+        tiles_by_slide(folder, tmp_path / "cache", "data.stain.normalize=true")

@@ -111,6 +111,13 @@ class Pathology(Domain):
             for item in items
             if item.is_image_tile
         ]
+        if images and self.stain_reference is not None:
+            # measured per slide from its own tiles: a folder of tiles has no slide to measure
+            raise ConfigError(
+                f"data.stain.normalize=true normalises whole slides; data.root={root} holds"
+                f" {len(images)} tile image(s) (e.g. {images[0].path}): set"
+                " data.stain.normalize=false for tile folders"
+            )
         entries = []
         for slide, result in zip(slides, self._index_slides(slides), strict=True):
             if isinstance(result, str):
