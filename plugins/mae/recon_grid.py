@@ -21,6 +21,7 @@ from fmcore.domain import Domain
 from fmcore.errors import BadSample, FmcoreError
 from fmcore.modalities.grid import GridTokenizer, patchify
 from fmcore.plugins.mae.method import MAE
+from fmcore.transport import stack_samples
 
 PICTURE_DIR = "reconstructions"
 SAMPLES = 8
@@ -151,7 +152,7 @@ def _read_picture_samples(domain: Domain, count: int) -> Tensor | None:
             if len(samples) == count:
                 break
         if samples:
-            return torch.stack(samples)
+            return stack_samples(samples)  # 8- and 16-bit photographs widened as in training
     return None
 
 
